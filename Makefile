@@ -1,0 +1,42 @@
+# cortex: the targets CI runs (`make test`) and the ones developers use day to day.
+.DEFAULT_GOAL := help
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+# uv is the one tool this needs on the machine; `make install` fetches it if missing.
+UV ?= $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## Show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: uv
+uv: ## Install uv if this machine lacks it
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+.PHONY: install
+install: uv ## Install every package and the dev tools into .venv (from uv.lock)
+	$(UV) sync --locked --all-packages
+
+.PHONY: format
+format: ## Format and autofix the code
+	$(UV) run --no-sync ruff format
+	$(UV) run --no-sync ruff check --fix
+
+.PHONY: lint
+lint: ## Check formatting and lint
+	$(UV) run --no-sync ruff format --check
+	$(UV) run --no-sync ruff check
+
+.PHONY: typecheck
+typecheck: ## Type-check packages and tests (mypy --strict)
+	$(UV) run --no-sync mypy
+
+.PHONY: test-fast
+test-fast: ## Run the quick tests (no vLLM engines, no processes)
+	$(UV) run --no-sync pytest -m "not slow" $(PYTEST_ARGS)
+
+.PHONY: test
+test: install lint typecheck ## Install, check, and run every test
+	$(UV) run --no-sync pytest $(PYTEST_ARGS)

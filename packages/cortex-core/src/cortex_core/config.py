@@ -1,0 +1,228 @@
+"""Configuration files: ``cortex.toml`` for the gateway, ``neuron.toml`` for a neuron.
+
+Loading a file either returns typed, validated settings or raises one
+:class:`ConfigError` that names the file, the key and what is wrong with it.
+Config types refuse unknown keys (a typo must not pass silently), unlike wire
+types.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from msgspec import Meta, Struct, field
+
+from cortex_core._toml import (
+    ConfigError,
+    check_name,
+    check_url,
+    check_value,
+    convert_section,
+    convert_table,
+    parse_hostport,
+    read_toml,
+    toml_key,
+)
+from cortex_core.catalogue import Catalogue, load_catalogue
+from cortex_core.ids import validate_source_name
+
+__all__ = [
+    "DEFAULT_SOURCES",
+    "ConfigError",
+    "CortexConfig",
+    "EvictionSection",
+    "GatewayConfig",
+    "GatewaySection",
+    "NeuronConfig",
+    "NeuronEntry",
+    "NeuronSection",
+    "SourceConfig",
+    "convert_section",
+    "load_gateway_config",
+    "load_neuron_config",
+    "parse_hostport",
+    "read_toml",
+]
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+PositiveSeconds = Annotated[float, Meta(gt=0)]
+NonNegSeconds = Annotated[float, Meta(ge=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+
+
+class _Config(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Base of config types: unknown keys are errors."""
+
+
+# --- cortex.toml ------------------------------------------------------------------
+
+
+class GatewaySection(_Config):
+    listen: str = "0.0.0.0:31313"
+    metrics_listen: str = "0.0.0.0:31314"
+    models: str = "models.toml"
+    """The catalogue; a relative path is relative to cortex.toml."""
+    poll_interval_s: PositiveSeconds = 5.0
+    load_timeout_s: PositiveSeconds = 900.0
+    api_keys: list[str] = field(default_factory=list)
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
+    """Larger request bodies are refused with 413 before they are read in full."""
+
+
+class EvictionSection(_Config):
+    strategy: Literal["lru", "priority"] = "lru"
+    idle_timeout_s: NonNegSeconds = 0.0
+    """0: never unload a model for idleness alone."""
+    defrag_after_cycles: NonNegInt = 50
+    """0: never repack a node."""
+
+
+class NeuronEntry(_Config):
+    name: str
+    endpoint: str
+
+
+class CortexConfig(_Config):
+    """``cortex.toml`` as written."""
+
+    gateway: GatewaySection = field(default_factory=GatewaySection)
+    eviction: EvictionSection = field(default_factory=EvictionSection)
+    neurons: list[NeuronEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """Everything the gateway reads at start: ``cortex.toml`` and the catalogue it names."""
+
+    path: Path
+    cortex: CortexConfig
+    models_path: Path
+    catalogue: Catalogue
+
+    def neuron(self, name: str) -> NeuronEntry | None:
+        """The configured neuron called ``name``, if any."""
+        return next((n for n in self.cortex.neurons if n.name == name), None)
+
+
+def _validate_cortex(path: Path, config: CortexConfig) -> None:
+    gateway = config.gateway
+    check_value(path, "gateway.listen", parse_hostport, gateway.listen)
+    check_value(path, "gateway.metrics_listen", parse_hostport, gateway.metrics_listen)
+    if gateway.listen == gateway.metrics_listen:
+        raise ConfigError(path, "gateway.metrics_listen", "must differ from gateway.listen")
+    for i, key in enumerate(gateway.api_keys):
+        if not key.strip():
+            raise ConfigError(path, f"gateway.api_keys[{i}]", "an API key may not be empty")
+    seen: set[str] = set()
+    for i, neuron in enumerate(config.neurons):
+        check_value(path, f"neurons[{i}].name", check_name, neuron.name)
+        check_value(path, f"neurons[{i}].endpoint", check_url, neuron.endpoint)
+        if neuron.name in seen:
+            raise ConfigError(path, f"neurons[{i}].name", f"duplicate neuron name {neuron.name!r}")
+        seen.add(neuron.name)
+
+
+def load_gateway_config(path: str | Path) -> GatewayConfig:
+    """Load and validate ``cortex.toml`` and its ``models.toml``; raise :class:`ConfigError`."""
+    path = Path(path)
+    config = convert_section(read_toml(path), CortexConfig, path)
+    _validate_cortex(path, config)
+    models_path = Path(config.gateway.models)
+    if not models_path.is_absolute():
+        models_path = path.parent / models_path
+    catalogue = load_catalogue(models_path)
+    known = {n.name for n in config.neurons}
+    for i, profile in enumerate(catalogue.models):
+        for node in profile.nodes or ():
+            if node not in known:
+                raise ConfigError(
+                    models_path,
+                    f"models[{i}].nodes",
+                    f"names neuron {node!r}, which {path.name} does not define"
+                    f" (defined: {', '.join(sorted(known)) or 'none'})",
+                )
+    return GatewayConfig(path=path, cortex=config, models_path=models_path, catalogue=catalogue)
+
+
+# --- neuron.toml --------------------------------------------------------------------
+
+
+class NeuronSection(_Config):
+    name: str = field(default_factory=lambda: socket.gethostname().split(".")[0] or "neuron")
+    listen: str = "0.0.0.0:13131"
+    advertise_url: str = "http://localhost:13131"
+    """What ``/models/{id}/endpoint`` hands out; the gateway rewrites loopback hosts."""
+    cache_dir: str = "/var/cache/neuron"
+    default_source: str = "huggingface"
+
+
+class SourceConfig(_Config):
+    """A place models come from: a hub-compatible ``endpoint`` or a local ``path``."""
+
+    endpoint: str | None = None
+    token_env: str | None = None
+    """The environment variable holding this source's token, if it needs one."""
+    path: str | None = None
+
+    @property
+    def kind(self) -> Literal["hub", "path"]:
+        """``hub`` for a hub-compatible endpoint, ``path`` for a directory."""
+        return "path" if self.path is not None else "hub"
+
+
+DEFAULT_SOURCES: dict[str, SourceConfig] = {
+    "huggingface": SourceConfig(endpoint="https://huggingface.co", token_env="HF_TOKEN"),
+}
+"""The sources a ``neuron.toml`` without ``[sources]`` has."""
+
+
+class NeuronConfig(_Config):
+    """``neuron.toml``."""
+
+    neuron: NeuronSection = field(default_factory=NeuronSection)
+    sources: dict[str, SourceConfig] = field(default_factory=lambda: dict(DEFAULT_SOURCES))
+    engine: dict[str, Any] = field(default_factory=dict)
+    """Engine options for every load; a load's own options override them."""
+
+
+def _validate_neuron(path: Path, config: NeuronConfig) -> None:
+    section = config.neuron
+    check_value(path, "neuron.name", check_name, section.name)
+    check_value(path, "neuron.listen", parse_hostport, section.listen)
+    check_value(path, "neuron.advertise_url", check_url, section.advertise_url)
+    if not section.cache_dir:
+        raise ConfigError(path, "neuron.cache_dir", "may not be empty")
+    for name, source in config.sources.items():
+        key = f"sources.{toml_key(name)}"
+        check_value(path, key, validate_source_name, name)
+        if (source.endpoint is None) == (source.path is None):
+            raise ConfigError(path, key, "give exactly one of `endpoint` (a hub) or `path`")
+        if source.endpoint is not None:
+            check_value(path, f"{key}.endpoint", check_url, source.endpoint)
+        elif source.token_env is not None:
+            raise ConfigError(path, f"{key}.token_env", "only a hub `endpoint` source uses a token")
+        elif not source.path:
+            raise ConfigError(path, f"{key}.path", "may not be empty")
+    if section.default_source not in config.sources:
+        raise ConfigError(
+            path,
+            "neuron.default_source",
+            f"names source {section.default_source!r}, which [sources] does not define"
+            f" (defined: {', '.join(sorted(config.sources)) or 'none'})",
+        )
+
+
+def load_neuron_config(path: str | Path) -> NeuronConfig:
+    """Load and validate ``neuron.toml``; raise :class:`ConfigError`."""
+    path = Path(path)
+    data = read_toml(path)
+    sources = data.pop("sources", None)
+    config = convert_section(data, NeuronConfig, path)
+    if sources is not None:
+        config.sources = convert_table(sources, SourceConfig, path, "sources")
+    _validate_neuron(path, config)
+    return config
