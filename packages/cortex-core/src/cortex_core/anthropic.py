@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from msgspec import Meta, Struct, field
+from msgspec import Meta, Struct
 
 __all__ = [
     "AnyToolChoice",
@@ -274,7 +274,7 @@ class Message(_Out, tag_field="type", tag="message"):
     role: Literal["assistant"] = "assistant"
     stop_reason: StopReason | None = None
     stop_sequence: str | None = None
-    usage: Usage = field(default_factory=Usage)
+    usage: Usage | None = None
 
 
 # --- stream events -----------------------------------------------------------
@@ -335,7 +335,7 @@ class MessageDeltaUsage(_Out):
 
 class MessageDelta(_Out, tag_field="type", tag="message_delta"):
     delta: MessageDeltaBody
-    usage: MessageDeltaUsage = field(default_factory=MessageDeltaUsage)
+    usage: MessageDeltaUsage | None = None
 
 
 class MessageStop(_Out, tag_field="type", tag="message_stop"):

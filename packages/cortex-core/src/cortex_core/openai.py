@@ -114,18 +114,16 @@ class FunctionDefinition(_Wire):
     strict: bool | None = None
 
 
-class ToolDefinition(_Wire):
+class ToolDefinition(_Wire, tag_field="type", tag="function"):
     function: FunctionDefinition
-    type: Literal["function"] = "function"
 
 
 class FunctionName(_Wire):
     name: str
 
 
-class NamedToolChoice(_Wire):
+class NamedToolChoice(_Wire, tag_field="type", tag="function"):
     function: FunctionName
-    type: Literal["function"] = "function"
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
@@ -137,10 +135,9 @@ class FunctionCall(_Wire):
     """The arguments as a JSON text, exactly as the model wrote them."""
 
 
-class ToolCall(_Wire):
+class ToolCall(_Wire, tag_field="type", tag="function"):
     id: str
     function: FunctionCall
-    type: Literal["function"] = "function"
 
 
 # --- messages ----------------------------------------------------------------

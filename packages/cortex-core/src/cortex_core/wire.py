@@ -67,6 +67,8 @@ def decode(data: bytes | bytearray | memoryview | str, type_: type[T]) -> T:
         raise WireError(f"{text} at `{path}`" if path else text, path=path) from exc
     except msgspec.DecodeError as exc:
         raise WireError(f"body is not valid JSON: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise WireError("body is not valid UTF-8") from exc
     except RecursionError as exc:
         raise WireError("body is nested too deeply") from exc
 
