@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import msgspec
 import pytest
 
+from cortex_core.catalogue import ModelProfile
 from cortex_core.config import (
     DEFAULT_SOURCES,
     ConfigError,
+    EvictionSection,
+    GatewaySection,
+    NeuronEntry,
+    NeuronSection,
+    SourceConfig,
     load_gateway_config,
     load_neuron_config,
     parse_hostport,
@@ -330,3 +339,28 @@ def test_parse_hostport(text: str, expected: tuple[str, int]) -> None:
 def write(write_file: Write) -> Write:
     """Shorthand for the shared file writer."""
     return write_file
+
+
+def _keys(type_: Any) -> set[str]:
+    info = msgspec.inspect.type_info(type_)
+    assert isinstance(info, msgspec.inspect.StructType)
+    return {field.encode_name for field in info.fields}
+
+
+@pytest.mark.parametrize(
+    ("heading", "type_"),
+    [
+        ("### `[gateway]`", GatewaySection),
+        ("### `[eviction]`", EvictionSection),
+        ("### `[[neurons]]`", NeuronEntry),
+        ("### `[[models]]`", ModelProfile),
+        ("### `[neuron]`", NeuronSection),
+        ("### `[sources.NAME]`", SourceConfig),
+    ],
+)
+def test_configuration_doc_lists_every_key(heading: str, type_: Any) -> None:
+    """docs/configuration.md documents every key of each config section, and no other."""
+    doc = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
+    section = doc.split(heading, 1)[1].split("\n#", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+    assert documented == _keys(type_)
