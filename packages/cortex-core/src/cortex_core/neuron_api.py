@@ -81,6 +81,8 @@ class ModelInfo(_Wire):
     max_model_len: int | None = None
     error: str | None = None
     """Why a ``failed`` load failed."""
+    phase: str | None = None
+    """While ``loading``: ``preflight``, ``fetching`` or ``starting``."""
 
 
 class ModelsResponse(_Wire):
@@ -145,6 +147,8 @@ ErrorCode = Literal[
     "unsupported_model",
     "insufficient_memory",
     "load_failed",
+    "source_unavailable",
+    "busy",
     "not_loaded",
     "invalid_request",
     "invalid_option",
@@ -158,6 +162,8 @@ ERROR_STATUS: Final[dict[str, int]] = {
     "unsupported_model": 422,
     "insufficient_memory": 409,
     "load_failed": 500,
+    "source_unavailable": 502,
+    "busy": 409,
     "not_loaded": 404,
     "invalid_request": 400,
     "invalid_option": 422,

@@ -1,0 +1,74 @@
+"""Structured logging for both daemons: one line per event, text or JSON.
+
+Callers log a short event name and put the facts in ``extra`` with the same
+field names everywhere (``handler``, ``model``, ``node``, ``url``, ``status``,
+``error``, ...); the formatter renders them as ``key=value`` pairs or as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Literal
+
+__all__ = ["LogFormat", "StructuredFormatter", "configure_logging"]
+
+LogFormat = Literal["text", "json"]
+
+# Attributes every LogRecord has; anything else on a record came from `extra`.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+
+
+def _text_value(value: Any) -> str:
+    text = str(value)
+    if not text or any(c in text for c in ' "=\n'):
+        return json.dumps(text)
+    return text
+
+
+class StructuredFormatter(logging.Formatter):
+    """Formats a record and its ``extra`` fields as one text or JSON line."""
+
+    def __init__(self, fmt: LogFormat = "text") -> None:
+        super().__init__()
+        self.fmt = fmt
+
+    def format(self, record: logging.LogRecord) -> str:
+        """One line: time, level, logger, message, then the fields."""
+        fields = _fields(record)
+        if record.exc_info and record.exc_info[1] is not None:
+            fields.setdefault("error", repr(record.exc_info[1]))
+            fields["traceback"] = self.formatException(record.exc_info)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        stamp = f"{stamp}.{int(record.msecs):03d}Z"
+        if self.fmt == "json":
+            line = {
+                "ts": stamp,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "event": record.getMessage(),
+                **fields,
+            }
+            return json.dumps(line, default=str)
+        traceback = fields.pop("traceback", None)
+        pairs = " ".join(f"{k}={_text_value(v)}" for k, v in fields.items())
+        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        text = f"{text} {pairs}" if pairs else text
+        return f"{text}\n{traceback}" if traceback else text
+
+
+def configure_logging(fmt: LogFormat = "text", level: str | int = "INFO") -> None:
+    """Send every log record to stderr through :class:`StructuredFormatter`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(StructuredFormatter(fmt))
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(level)

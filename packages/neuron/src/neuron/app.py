@@ -1,0 +1,284 @@
+"""The neuron's HTTP API: management routes and the OpenAI inference routes.
+
+Routes are thin: they decode, ask the registry or an engine, and encode.
+Management errors use the neuron's ``{"error": {"code", "message", "details"}}``;
+``/v1`` routes use the OpenAI envelope. Every failure is logged once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from cortex_core.config import NeuronConfig
+from cortex_core.neuron_api import (
+    Device,
+    DevicesResponse,
+    EndpointResponse,
+    Health,
+    LoadRequest,
+    ModelsResponse,
+    TokenizeRequest,
+    UnloadRequest,
+)
+from cortex_core.openai import ModelList, ModelObject, error_envelope
+from cortex_core.wire import RouteView, WireError, decode, encode
+from neuron import __version__
+from neuron.devices import read_devices
+from neuron.engine import Engine, EngineFactory, JsonReply, Reply
+from neuron.errors import NeuronError
+from neuron.metrics import NeuronMetrics
+from neuron.registry import Registry
+from neuron.sources import Sources
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(encode(value), status_code=status, media_type=JSON)
+
+
+def _neuron_error(error: NeuronError, handler: str, **fields: Any) -> Response:
+    log.warning(
+        "request failed",
+        extra={
+            "handler": handler,
+            "status": error.status,
+            "code": error.code,
+            "error": error.message,
+            **fields,
+        },
+    )
+    return _json(error.response(), error.status)
+
+
+def _openai_error(status: int, message: str, kind: str, handler: str, **fields: Any) -> Response:
+    log.warning(
+        "request failed", extra={"handler": handler, "status": status, "error": message, **fields}
+    )
+    return _json(error_envelope(message, kind, code=status), status)
+
+
+class NeuronApp:
+    """Route handlers over one registry; state lives here, not in globals."""
+
+    def __init__(
+        self,
+        config: NeuronConfig,
+        registry: Registry,
+        devices: Callable[[], list[Device]],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.devices = devices
+        self.metrics = NeuronMetrics(registry, devices)
+
+    # --- management ----------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return _json(Health(status="ok", name=self.config.neuron.name, version=__version__))
+
+    async def list_devices(self, request: Request) -> Response:
+        return _json(DevicesResponse(devices=await asyncio.to_thread(self.devices)))
+
+    async def list_models(self, request: Request) -> Response:
+        return _json(ModelsResponse(models=self.registry.models()))
+
+    async def load(self, request: Request) -> Response:
+        try:
+            body = decode(await request.body(), LoadRequest)
+        except WireError as exc:
+            return _neuron_error(NeuronError("invalid_request", exc.message), "load")
+        try:
+            info = await self.registry.load(body)
+        except NeuronError as exc:
+            return _neuron_error(exc, "load", model=body.model)
+        return _json(info, 200 if info.state == "ready" else 202)
+
+    async def unload(self, request: Request) -> Response:
+        try:
+            body = decode(await request.body(), UnloadRequest)
+        except WireError as exc:
+            return _neuron_error(NeuronError("invalid_request", exc.message), "unload")
+        try:
+            return _json(await self.registry.unload(body.model))
+        except NeuronError as exc:
+            return _neuron_error(exc, "unload", model=body.model)
+
+    async def endpoint(self, request: Request) -> Response:
+        model_id = request.path_params["model"]
+        try:
+            self.registry.ready(model_id)
+        except NeuronError as exc:
+            return _neuron_error(exc, "endpoint", model=model_id)
+        url = self.config.neuron.advertise_url.rstrip("/") + "/v1"
+        return _json(EndpointResponse(url=url))
+
+    async def tokenize(self, request: Request) -> Response:
+        try:
+            body = decode(await request.body(), TokenizeRequest)
+        except WireError as exc:
+            return _neuron_error(NeuronError("invalid_request", exc.message), "tokenize")
+        if (body.messages is None) == (body.prompt is None):
+            error = NeuronError("invalid_request", "give exactly one of `messages` or `prompt`")
+            return _neuron_error(error, "tokenize", model=body.model)
+        try:
+            entry, engine = self.registry.acquire(body.model)
+        except NeuronError as exc:
+            return _neuron_error(exc, "tokenize", model=body.model)
+        try:
+            return _json(await engine.tokenize(body))
+        except ValueError as exc:
+            return _neuron_error(
+                NeuronError("invalid_request", str(exc)), "tokenize", model=body.model
+            )
+        finally:
+            self.registry.release(entry)
+
+    async def scrape(self, request: Request) -> Response:
+        text = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    # --- OpenAI inference ---------------------------------------------------------------
+
+    async def chat(self, request: Request) -> Response:
+        return await self._infer(request, "chat_completions", lambda e, b: e.chat(b))
+
+    async def completions(self, request: Request) -> Response:
+        return await self._infer(request, "completions", lambda e, b: e.completion(b))
+
+    async def _infer(
+        self, request: Request, handler: str, call: Callable[[Engine, bytes], Awaitable[Reply]]
+    ) -> Response:
+        body = await request.body()
+        try:
+            route = decode(body, RouteView)
+        except WireError as exc:
+            return _openai_error(400, exc.message, "invalid_request_error", handler)
+        try:
+            entry, engine = self.registry.acquire(route.model)
+        except NeuronError as exc:
+            return _openai_error(404, exc.message, "not_found_error", handler, model=route.model)
+        started = time.monotonic()
+        try:
+            reply = await call(engine, body)
+        except Exception:
+            self.registry.release(entry)
+            log.exception("engine failed", extra={"handler": handler, "model": route.model})
+            return _json(error_envelope("the engine failed", "server_error", code=500), 500)
+        if isinstance(reply, JsonReply):
+            self.registry.release(entry)
+            if reply.status >= 400:
+                log.warning(
+                    "engine refused request",
+                    extra={"handler": handler, "model": route.model, "status": reply.status},
+                )
+            else:
+                log.debug(
+                    "served",
+                    extra={
+                        "handler": handler,
+                        "model": route.model,
+                        "seconds": round(time.monotonic() - started, 3),
+                    },
+                )
+            return Response(reply.body, status_code=reply.status, media_type=JSON)
+        return StreamingResponse(
+            self.registry.guarded(entry, reply.chunks), media_type="text/event-stream"
+        )
+
+    async def openai_models(self, request: Request) -> Response:
+        ready = [m for m in self.registry.models() if m.state == "ready"]
+        created = int(min((m.loaded_at or 0 for m in ready), default=0))
+        data = [
+            ModelObject(
+                id=m.id, created=int(m.loaded_at or created), owned_by=self.config.neuron.name
+            )
+            for m in ready
+        ]
+        return _json(ModelList(data=data))
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guard(handler: Handler) -> Handler:
+    """Answer an unexpected exception with a 500 envelope, logged once with its traceback."""
+
+    async def guarded(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception:
+            log.exception("unhandled error", extra={"handler": request.url.path})
+            if request.url.path.startswith("/v1/"):
+                return _json(error_envelope("internal error", "server_error", code=500), 500)
+            return _json(NeuronError("internal_error", "internal error").response(), 500)
+
+    return guarded
+
+
+def create_app(
+    config: NeuronConfig,
+    factory: EngineFactory,
+    *,
+    sources: Sources | None = None,
+    devices: Callable[[], list[Device]] = read_devices,
+    host_free: Callable[[], int] | None = None,
+) -> Starlette:
+    """The neuron's ASGI app; its lifespan prepares the engine and stops every engine at exit."""
+    kwargs: dict[str, Any] = {"devices": devices}
+    if host_free is not None:
+        kwargs["host_free"] = host_free
+    registry = Registry(config, factory, sources or Sources(config), **kwargs)
+    app_state = NeuronApp(config, registry, devices)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        prepare = asyncio.create_task(factory.prepare())
+        watch = asyncio.create_task(registry.watch())
+        log.info(
+            "neuron started",
+            extra={
+                "name": config.neuron.name,
+                "version": __version__,
+                "sources": Sources(config).names,
+            },
+        )
+        try:
+            yield
+        finally:
+            watch.cancel()
+            prepare.cancel()
+            await registry.close()
+            log.info("neuron stopped")
+
+    routes = [
+        Route("/health", _guard(app_state.health)),
+        Route("/devices", _guard(app_state.list_devices)),
+        Route("/models", _guard(app_state.list_models)),
+        Route("/models/load", _guard(app_state.load), methods=["POST"]),
+        Route("/models/unload", _guard(app_state.unload), methods=["POST"]),
+        Route("/models/{model:path}/endpoint", _guard(app_state.endpoint)),
+        Route("/tokenize", _guard(app_state.tokenize), methods=["POST"]),
+        Route("/metrics", _guard(app_state.scrape)),
+        Route("/v1/chat/completions", _guard(app_state.chat), methods=["POST"]),
+        Route("/v1/completions", _guard(app_state.completions), methods=["POST"]),
+        Route("/v1/models", _guard(app_state.openai_models)),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.neuron = app_state
+    return app

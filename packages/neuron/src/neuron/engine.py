@@ -1,0 +1,137 @@
+"""What the neuron needs from an inference engine, independent of vLLM.
+
+The registry and the HTTP app talk only to these protocols; ``vllm_engine``
+implements them with real vLLM, and ``neuron.testing.scripted`` with a scripted
+engine for unit tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "EngineFactory",
+    "EngineSpec",
+    "EngineStats",
+    "InvalidOptionError",
+    "JsonReply",
+    "Reply",
+    "StreamReply",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """Everything an engine start needs: which model, from where, on what, how."""
+
+    model_id: str
+    """The concrete id the engine serves the model under."""
+    path: Path
+    """The local directory holding config, tokenizer and weights."""
+    devices: tuple[int, ...]
+    """GPU indices (NVML order) to pin the engine to; empty: the CPU engine."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Engine options: the neuron's ``[engine]`` with the load's own on top."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonReply:
+    """A complete answer: HTTP status and a JSON body."""
+
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    """A server-sent-event stream; closing the iterator aborts the request."""
+
+    chunks: AsyncIterator[bytes]
+
+
+Reply = JsonReply | StreamReply
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """The engine's own view of its load, where it reports one."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+
+class EngineError(Exception):
+    """An engine that failed to start or broke; ``message`` is safe to show operators."""
+
+
+class InvalidOptionError(ValueError):
+    """Engine options the engine does not know or cannot take."""
+
+
+class Engine(Protocol):
+    """A started engine serving one model through the OpenAI API."""
+
+    @property
+    def max_model_len(self) -> int:
+        """The context length the engine was started with."""
+        ...
+
+    @property
+    def pids(self) -> frozenset[int]:
+        """The engine's own processes, which must be gone after :meth:`shutdown`."""
+        ...
+
+    @property
+    def dead(self) -> bool:
+        """Whether the engine has died and can serve nothing more."""
+        ...
+
+    async def chat(self, body: bytes) -> Reply:
+        """Serve an OpenAI chat completion body (``model`` already names this engine)."""
+        ...
+
+    async def completion(self, body: bytes) -> Reply:
+        """Serve an OpenAI legacy completion body."""
+        ...
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        """Count tokens with the model's tokenizer and chat template."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """The latest statistics the engine reported."""
+        ...
+
+    async def shutdown(self) -> None:
+        """Stop the engine and give back its processes and memory."""
+        ...
+
+
+class EngineFactory(Protocol):
+    """Starts engines and answers what they support, without starting one."""
+
+    async def prepare(self) -> None:
+        """Do slow one-time set-up (imports) so the first load does not pay for it."""
+        ...
+
+    def supported_architectures(self) -> frozenset[str] | None:
+        """Architectures the engine can run, or ``None`` if it cannot tell."""
+        ...
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise :class:`InvalidOptionError` naming any option the engine does not take."""
+        ...
+
+    async def start(self, spec: EngineSpec) -> Engine:
+        """Start an engine for ``spec``; raise :class:`EngineError` with the engine's reason."""
+        ...

@@ -1,0 +1,381 @@
+"""The models a neuron holds and their lifecycle: load, serve, unload.
+
+Loads run as tasks of their own, so a client that goes away cancels nothing;
+a second load of a model already loading joins the first. Memory claimed by
+loads still under way is reserved so two loads never count the same free
+memory. The management API stays responsive throughout: everything slow runs
+in a thread or in the engine's own processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import psutil
+
+from cortex_core.config import NeuronConfig
+from cortex_core.ids import InvalidModelId, ModelId, parse_model_id
+from cortex_core.neuron_api import Device, LoadRequest, ModelInfo, ModelState, UnloadResponse
+from neuron.devices import read_devices
+from neuron.engine import Engine, EngineError, EngineFactory, EngineSpec, InvalidOptionError
+from neuron.errors import NeuronError
+from neuron.preflight import Plan, check_architecture, plan_load
+from neuron.sources import Sources
+
+__all__ = ["Entry", "Registry", "host_free_bytes"]
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 30.0
+"""How long an unload waits for requests in flight before stopping the engine anyway."""
+HEALTH_INTERVAL_S = 5.0
+
+
+def host_free_bytes() -> int:
+    """Memory the host can still give (``MemAvailable``)."""
+    return int(psutil.virtual_memory().available)
+
+
+@dataclass
+class Entry:
+    """One model on this neuron, in any state."""
+
+    id: str
+    source: str
+    state: ModelState = "loading"
+    phase: str | None = "preflight"
+    plan: Plan | None = None
+    engine: Engine | None = None
+    error: str | None = None
+    loaded_at: float | None = None
+    last_used: float | None = None
+    in_flight: int = 0
+    task: asyncio.Task[None] | None = None
+    planned: asyncio.Event = field(default_factory=asyncio.Event)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def info(self) -> ModelInfo:
+        """The wire form ``GET /models`` shows."""
+        plan = self.plan
+        return ModelInfo(
+            id=self.id,
+            source=self.source,
+            state=self.state,
+            devices=list(plan.devices) if plan else [],
+            memory_bytes=plan.needed_bytes if plan else 0,
+            loaded_at=self.loaded_at,
+            last_used=self.last_used,
+            in_flight=self.in_flight,
+            max_model_len=self.engine.max_model_len if self.engine else None,
+            error=self.error,
+            phase=self.phase if self.state == "loading" else None,
+        )
+
+
+class Registry:
+    """Every model this neuron holds, and the only place that starts or stops engines."""
+
+    def __init__(
+        self,
+        config: NeuronConfig,
+        factory: EngineFactory,
+        sources: Sources,
+        *,
+        devices: Callable[[], list[Device]] = read_devices,
+        host_free: Callable[[], int] = host_free_bytes,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._config = config
+        self._factory = factory
+        self._sources = sources
+        self._devices = devices
+        self._host_free = host_free
+        self._clock = clock
+        self._entries: dict[str, Entry] = {}
+        self._placement = asyncio.Lock()
+        self._reserved: dict[int | None, int] = {}
+        self._unloads: dict[str, asyncio.Task[UnloadResponse]] = {}
+        self.on_load: Callable[[str, str, float], None] = lambda model, outcome, seconds: None
+        """Called after every load with the model, ``ready``/``failed``, and seconds taken."""
+
+    # --- views ---------------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        """Every model in any state."""
+        return [entry.info() for entry in self._entries.values()]
+
+    def entries(self) -> Mapping[str, Entry]:
+        """The entries by concrete id (read only)."""
+        return dict(self._entries)
+
+    def ready(self, model_id: str) -> Entry:
+        """The ready entry serving ``model_id``, or ``not_loaded``."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.state != "ready" or entry.engine is None:
+            state = f" (it is {entry.state})" if entry else ""
+            raise NeuronError("not_loaded", f"model {model_id!r} is not loaded here{state}")
+        return entry
+
+    # --- serving -----------------------------------------------------------------------
+
+    def acquire(self, model_id: str) -> tuple[Entry, Engine]:
+        """Count a request in flight on ``model_id``; pair with :meth:`release`."""
+        entry = self.ready(model_id)
+        assert entry.engine is not None
+        entry.in_flight += 1
+        entry.drained.clear()
+        entry.last_used = self._clock()
+        return entry, entry.engine
+
+    def release(self, entry: Entry) -> None:
+        """A request on ``entry`` finished."""
+        entry.in_flight -= 1
+        entry.last_used = self._clock()
+        if entry.in_flight == 0:
+            entry.drained.set()
+
+    async def guarded(self, entry: Entry, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass a stream through, releasing the entry when it ends or the client leaves."""
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            self.release(entry)
+
+    # --- loading -------------------------------------------------------------------------
+
+    async def load(self, request: LoadRequest) -> ModelInfo:
+        """Load (or join the load of) a model; with ``wait``, return once it is ready."""
+        try:
+            model = parse_model_id(request.model)
+        except InvalidModelId as exc:
+            raise NeuronError("invalid_model_id", str(exc), {"model": request.model}) from None
+        source = self._sources.for_model(model)
+        pending = self._unloads.get(model.concrete)
+        if pending is not None:
+            await asyncio.shield(pending)
+        entry = self._entries.get(model.concrete)
+        if entry is not None and entry.state == "ready":
+            return entry.info()
+        if entry is None or entry.state == "failed":
+            entry = Entry(id=model.concrete, source=source.name)
+            self._entries[model.concrete] = entry
+            entry.task = asyncio.create_task(self._load(entry, model, request))
+            # Failures reach whoever waits; one nobody waits for is already logged.
+            entry.task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        else:
+            log.info("joining a load under way", extra={"model": model.concrete})
+        task = entry.task
+        assert task is not None
+        if request.wait:
+            await asyncio.shield(task)
+        else:
+            await asyncio.shield(entry.planned.wait())
+            if task.done() and task.exception() is not None:
+                await task
+        return entry.info()
+
+    async def _load(self, entry: Entry, model: ModelId, request: LoadRequest) -> None:
+        started = time.monotonic()
+        try:
+            plan = await self._preflight(entry, model, request)
+            try:
+                entry.phase = "fetching"
+                log.info("fetching model files", extra={"model": model.qualified})
+                source = self._sources.for_model(model)
+                path = await asyncio.to_thread(source.fetch, model)
+                entry.phase = "starting"
+                log.info(
+                    "starting engine",
+                    extra={
+                        "model": entry.id,
+                        "devices": list(plan.devices) or "cpu",
+                        "path": str(path),
+                    },
+                )
+                spec = EngineSpec(entry.id, path, plan.devices, plan.options)
+                entry.engine = await self._factory.start(spec)
+            finally:
+                self._release_reservation(plan)
+        except NeuronError as exc:
+            self._fail(entry, model, exc, started, planned=entry.planned.is_set())
+            raise
+        except EngineError as exc:
+            error = NeuronError(
+                "load_failed", f"engine failed to start: {exc}", {"model": entry.id}
+            )
+            self._fail(entry, model, error, started, planned=True)
+            raise error from None
+        except asyncio.CancelledError:
+            self._entries.pop(entry.id, None)
+            raise
+        except Exception as exc:
+            log.exception("load failed unexpectedly", extra={"model": entry.id})
+            error = NeuronError("load_failed", f"{type(exc).__name__}: {exc}", {"model": entry.id})
+            self._fail(entry, model, error, started, planned=entry.planned.is_set())
+            raise error from None
+        finally:
+            entry.planned.set()
+        entry.state, entry.phase = "ready", None
+        entry.loaded_at = entry.last_used = self._clock()
+        entry.drained.set()
+        seconds = time.monotonic() - started
+        self.on_load(entry.id, "ready", seconds)
+        log.info("model ready", extra={"model": entry.id, "seconds": round(seconds, 1)})
+
+    async def _preflight(self, entry: Entry, model: ModelId, request: LoadRequest) -> Plan:
+        await self._factory.prepare()
+        options = {**self._config.engine, **request.options}
+        try:
+            self._factory.check_options(options)
+        except InvalidOptionError as exc:
+            raise NeuronError("invalid_option", str(exc), {"options": sorted(options)}) from None
+        source = self._sources.for_model(model)
+        metadata = await asyncio.to_thread(source.metadata, model)
+        check_architecture(metadata.config, self._factory.supported_architectures())
+        async with self._placement:
+            devices = await asyncio.to_thread(self._devices)
+            available = [
+                Device(
+                    index=d.index,
+                    name=d.name,
+                    uuid=d.uuid,
+                    memory_total=d.memory_total,
+                    memory_used=d.memory_used + self._reserved.get(d.index, 0),
+                    memory_free=d.memory_free - self._reserved.get(d.index, 0),
+                    utilization=d.utilization,
+                )
+                for d in devices
+            ]
+            host_free = self._host_free() - self._reserved.get(None, 0)
+            plan = plan_load(
+                metadata.config,
+                metadata.weights_bytes,
+                options,
+                available,
+                request.devices,
+                host_free,
+            )
+            entry.plan = plan
+            for key in plan.devices or (None,):
+                share = plan.needed_bytes // max(len(plan.devices), 1)
+                self._reserved[key] = self._reserved.get(key, 0) + share
+        entry.planned.set()
+        log.info(
+            "preflight passed",
+            extra={
+                "model": model.qualified,
+                "devices": list(plan.devices) or "cpu",
+                "needed_bytes": plan.needed_bytes,
+                "max_model_len": plan.max_model_len,
+            },
+        )
+        return plan
+
+    def _release_reservation(self, plan: Plan) -> None:
+        for key in plan.devices or (None,):
+            share = plan.needed_bytes // max(len(plan.devices), 1)
+            self._reserved[key] = self._reserved.get(key, 0) - share
+
+    def _fail(
+        self, entry: Entry, model: ModelId, error: NeuronError, started: float, *, planned: bool
+    ) -> None:
+        seconds = time.monotonic() - started
+        self.on_load(entry.id, "failed", seconds)
+        log.warning(
+            "load failed",
+            extra={"model": model.qualified, "code": error.code, "error": error.message},
+        )
+        if not planned:
+            # Refused in preflight: nothing was touched, nothing to show in /models.
+            if self._entries.get(entry.id) is entry:
+                del self._entries[entry.id]
+            return
+        entry.state, entry.phase, entry.error, entry.engine = "failed", None, error.message, None
+
+    # --- unloading ---------------------------------------------------------------------
+
+    async def unload(self, model_id: str) -> UnloadResponse:
+        """Stop the model's engine once its requests drain; return when its memory is back."""
+        pending = self._unloads.get(model_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        entry = self._entries.get(model_id)
+        if entry is None or entry.state == "failed":
+            self._entries.pop(model_id, None)
+            raise NeuronError("not_loaded", f"model {model_id!r} is not loaded here")
+        if entry.state == "loading":
+            raise NeuronError("busy", f"model {model_id!r} is still loading; unload it once ready")
+        task = asyncio.create_task(self._unload(entry))
+        self._unloads[model_id] = task
+        task.add_done_callback(lambda _: self._unloads.pop(model_id, None))
+        return await asyncio.shield(task)
+
+    async def _unload(self, entry: Entry) -> UnloadResponse:
+        entry.state = "unloading"
+        if entry.in_flight:
+            log.info(
+                "unload waiting for requests in flight",
+                extra={"model": entry.id, "in_flight": entry.in_flight},
+            )
+            try:
+                await asyncio.wait_for(entry.drained.wait(), DRAIN_TIMEOUT_S)
+            except TimeoutError:
+                log.warning(
+                    "unload stops the engine with requests still in flight",
+                    extra={"model": entry.id, "in_flight": entry.in_flight},
+                )
+        freed = await self._stop(entry)
+        self._entries.pop(entry.id, None)
+        log.info("model unloaded", extra={"model": entry.id, "freed_bytes": freed})
+        return UnloadResponse(id=entry.id, freed_bytes=freed)
+
+    async def _stop(self, entry: Entry) -> int:
+        """Shut the engine down and measure the memory that came back."""
+        engine, plan = entry.engine, entry.plan
+        entry.engine = None
+        if engine is None or plan is None:
+            return 0
+        before = await asyncio.to_thread(self._used, plan.devices)
+        await engine.shutdown()
+        alive = [pid for pid in engine.pids if psutil.pid_exists(pid)]
+        if alive:
+            log.error(
+                "engine processes survived shutdown", extra={"model": entry.id, "pids": alive}
+            )
+        after = await asyncio.to_thread(self._used, plan.devices)
+        return max(before - after, 0)
+
+    def _used(self, devices: tuple[int, ...]) -> int:
+        if not devices:
+            return -self._host_free()
+        return sum(d.memory_used for d in self._devices() if d.index in devices)
+
+    # --- health and shutdown -----------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Mark models whose engine died as failed and reap what is left of them."""
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            for entry in list(self._entries.values()):
+                if entry.state == "ready" and entry.engine is not None and entry.engine.dead:
+                    log.error("engine died", extra={"model": entry.id})
+                    engine = entry.engine
+                    entry.state, entry.error, entry.engine = "failed", "engine died", None
+                    await engine.shutdown()
+
+    async def close(self) -> None:
+        """Stop every engine (daemon shutdown): loads under way are abandoned."""
+        for entry in list(self._entries.values()):
+            if entry.task is not None and not entry.task.done():
+                entry.task.cancel()
+        for entry in list(self._entries.values()):
+            if entry.engine is not None:
+                log.info("stopping engine", extra={"model": entry.id})
+                await self._stop(entry)
+        self._entries.clear()

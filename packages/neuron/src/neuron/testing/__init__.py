@@ -1,0 +1,1 @@
+"""Test doubles for the services neuron talks to, such as a hub-compatible model server."""

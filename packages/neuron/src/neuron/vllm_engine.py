@@ -1,0 +1,480 @@
+"""Real engines: vLLM's ``AsyncLLM`` with vLLM's own OpenAI serving layer, in-process.
+
+This is the only module that imports vLLM. Chat templates, sampling, tool-call
+and reasoning parsing and SSE framing are vLLM's; this module only turns bytes
+into vLLM requests and vLLM replies into bytes. vLLM's module paths move
+between releases: they are pinned to the version in ``VLLM_VERSION``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse
+from cortex_core.openai import error_envelope
+from cortex_core.wire import encode
+from neuron.engine import (
+    Engine,
+    EngineError,
+    EngineSpec,
+    EngineStats,
+    InvalidOptionError,
+    JsonReply,
+    Reply,
+    StreamReply,
+)
+
+__all__ = ["VLLM_VERSION", "VllmEngine", "VllmEngineFactory"]
+
+log = logging.getLogger(__name__)
+
+VLLM_VERSION = "0.32.0"
+"""The vLLM release whose module layout this adapter is written against."""
+
+# Set by the neuron itself from the model and its own settings, never by options.
+_CONTROLLED = frozenset({"model", "served_model_name", "tokenizer", "disable_log_stats"})
+# Options of vLLM's OpenAI layer rather than of the engine.
+_SERVING_OPTIONS = frozenset({"tool_call_parser", "reasoning_parser", "chat_template"})
+# Parsers for model families whose chat templates call tools or think in known
+# formats; an option of "" turns a default off.
+_DEFAULT_PARSERS: dict[str, tuple[str | None, str | None]] = {
+    "Qwen2ForCausalLM": ("hermes", None),
+    "Qwen3ForCausalLM": ("hermes", "qwen3"),
+    "Qwen3MoeForCausalLM": ("hermes", "qwen3"),
+    "LlamaForCausalLM": ("llama3_json", None),
+    "MistralForCausalLM": ("mistral", None),
+}
+_SHUTDOWN_GRACE_S = 20.0
+
+
+class _Vllm:
+    """The vLLM names this adapter uses, imported once (``import vllm`` takes seconds)."""
+
+    def __init__(self) -> None:
+        def load(module: str, name: str) -> Any:
+            return getattr(importlib.import_module(module), name)
+
+        self.version: str = importlib.import_module("vllm").__version__
+        if self.version != VLLM_VERSION:
+            log.warning(
+                "vLLM version differs from the one this neuron was written for",
+                extra={"found": self.version, "expected": VLLM_VERSION},
+            )
+        self.AsyncEngineArgs = load("vllm.engine.arg_utils", "AsyncEngineArgs")
+        self.AsyncLLM = load("vllm.v1.engine.async_llm", "AsyncLLM")
+        self.ModelRegistry = load("vllm.model_executor.models", "ModelRegistry")
+        self.StatLoggerBase = load("vllm.v1.metrics.loggers", "StatLoggerBase")
+        self.ChatCompletionRequest = load(
+            "vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"
+        )
+        self.CompletionRequest = load(
+            "vllm.entrypoints.openai.completion.protocol", "CompletionRequest"
+        )
+        self.OpenAIServingChat = load(
+            "vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat"
+        )
+        self.OpenAIServingCompletion = load(
+            "vllm.entrypoints.openai.completion.serving", "OpenAIServingCompletion"
+        )
+        self.BaseModelPath = load("vllm.entrypoints.openai.models.protocol", "BaseModelPath")
+        self.OpenAIServingModels = load(
+            "vllm.entrypoints.openai.models.serving", "OpenAIServingModels"
+        )
+        self.ServingTokenization = load(
+            "vllm.entrypoints.serve.tokenize.serving", "ServingTokenization"
+        )
+        self.TokenizeChatRequest = load(
+            "vllm.entrypoints.serve.tokenize.protocol", "TokenizeChatRequest"
+        )
+        self.TokenizeCompletionRequest = load(
+            "vllm.entrypoints.serve.tokenize.protocol", "TokenizeCompletionRequest"
+        )
+        self.OnlineRenderer = load("vllm.renderers.online_renderer", "OnlineRenderer")
+        self.ErrorResponse = load("vllm.entrypoints.serve.engine.protocol", "ErrorResponse")
+        self.create_error_response = load(
+            "vllm.entrypoints.serve.exception_handling.error_response", "create_error_response"
+        )
+        self.engine_fields = frozenset(
+            f.name for f in dataclasses.fields(self.AsyncEngineArgs) if f.init
+        )
+        self.architectures = frozenset(self.ModelRegistry.get_supported_archs())
+
+
+class _StatsRecorder:
+    """Keeps the latest statistics vLLM reports for one engine."""
+
+    def __init__(self) -> None:
+        self.stats = EngineStats()
+
+    def logger_factory(self, base: type[Any]) -> type[Any]:
+        recorder = self
+
+        class _Logger(base):  # type: ignore[misc]
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                self.engine_index = engine_index
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                *args: Any,
+                **kwargs: Any,
+            ) -> None:
+                old = recorder.stats
+                running, waiting, usage = old.running, old.waiting, old.kv_cache_usage
+                if scheduler_stats is not None:
+                    running = scheduler_stats.num_running_reqs
+                    waiting = scheduler_stats.num_waiting_reqs
+                    usage = float(scheduler_stats.kv_cache_usage)
+                prompt, generated = old.prompt_tokens, old.generation_tokens
+                if iteration_stats is not None:
+                    prompt += iteration_stats.num_prompt_tokens
+                    generated += iteration_stats.num_generation_tokens
+                recorder.stats = EngineStats(running, waiting, usage, prompt, generated)
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        return _Logger
+
+
+def _engine_processes() -> set[psutil.Process]:
+    # The multiprocessing resource tracker is shared by every engine: not one of theirs.
+    found = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "resource_tracker" not in " ".join(child.cmdline()):
+                found.add(child)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _reason(exc: BaseException) -> str:
+    """The most specific message in an exception chain, for a ``load_failed`` error."""
+    messages: list[str] = []
+    current: BaseException | None = exc
+    while current is not None and len(messages) < 5:
+        text = str(current).strip().splitlines()
+        messages.append(f"{type(current).__name__}: {text[0] if text else ''}".strip(": "))
+        current = current.__cause__ or current.__context__
+    return messages[-1] if len(messages) > 1 else messages[0]
+
+
+class VllmEngineFactory:
+    """Starts vLLM engines, one at a time, each with its own processes and socket folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self._vllm: _Vllm | None = None
+        self._import_lock = asyncio.Lock()
+        self._start_lock = asyncio.Lock()
+
+    async def prepare(self) -> None:
+        """Import vLLM in a thread, so the event loop keeps serving meanwhile."""
+        await self._lib()
+
+    async def _lib(self) -> _Vllm:
+        async with self._import_lock:
+            if self._vllm is None:
+                started = time.monotonic()
+                self._vllm = await asyncio.to_thread(_Vllm)
+                log.info(
+                    "vLLM imported",
+                    extra={
+                        "version": self._vllm.version,
+                        "seconds": round(time.monotonic() - started, 1),
+                    },
+                )
+            return self._vllm
+
+    def supported_architectures(self) -> frozenset[str] | None:
+        """The architectures in vLLM's model registry, once vLLM is imported."""
+        return self._vllm.architectures if self._vllm is not None else None
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Refuse options that are neither vLLM engine arguments nor serving options."""
+        if self._vllm is None:
+            raise RuntimeError("check_options before prepare()")
+        allowed = (self._vllm.engine_fields - _CONTROLLED) | _SERVING_OPTIONS
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise InvalidOptionError(
+                f"unknown engine option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}"
+            )
+        controlled = sorted(set(options) & _CONTROLLED)
+        if controlled:
+            raise InvalidOptionError(f"set by the neuron, not an option: {', '.join(controlled)}")
+
+    async def start(self, spec: EngineSpec) -> Engine:
+        """Start ``AsyncLLM`` in a thread and build vLLM's OpenAI layer over it."""
+        lib = await self._lib()
+        self.check_options(spec.options)
+        options = dict(spec.options)
+        serving = {k: options.pop(k) for k in _SERVING_OPTIONS if k in options}
+        if not spec.devices:
+            # vLLM's CPU backend: compiled mode starts far slower and decodes no faster.
+            options.setdefault("enforce_eager", True)
+            options.setdefault("dtype", "bfloat16")
+        recorder = _StatsRecorder()
+        rpc_dir = self._run_dir / "rpc" / spec.model_id.replace("/", "--")
+        shutil.rmtree(rpc_dir, ignore_errors=True)
+        rpc_dir.mkdir(parents=True)
+        async with self._start_lock:
+            # The engine's processes inherit the environment at spawn: set it per engine.
+            saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VLLM_RPC_BASE_PATH")}
+            os.environ["VLLM_RPC_BASE_PATH"] = str(rpc_dir)
+            if spec.devices:
+                os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order
+                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.devices))
+            before = _engine_processes()
+            try:
+                args = lib.AsyncEngineArgs(
+                    model=str(spec.path), served_model_name=[spec.model_id], **options
+                )
+                engine = await asyncio.to_thread(
+                    lib.AsyncLLM.from_engine_args,
+                    args,
+                    stat_loggers=[recorder.logger_factory(lib.StatLoggerBase)],
+                )
+            except Exception as exc:
+                await _reap(_engine_processes() - before)
+                shutil.rmtree(rpc_dir, ignore_errors=True)
+                raise EngineError(_reason(exc)) from exc
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+            processes = frozenset(_engine_processes() - before)
+        try:
+            return await _build(lib, engine, spec, serving, recorder, processes, rpc_dir)
+        except Exception as exc:
+            await asyncio.to_thread(engine.shutdown)
+            await _reap(set(processes))
+            raise EngineError(_reason(exc)) from exc
+
+
+async def _reap(processes: set[psutil.Process] | frozenset[psutil.Process]) -> None:
+    """Wait for processes to exit; kill what is still there after the grace period."""
+    if not processes:
+        return
+    _, alive = await asyncio.to_thread(psutil.wait_procs, list(processes), _SHUTDOWN_GRACE_S)
+    for process in alive:
+        log.warning("engine process outlived shutdown; killing it", extra={"pid": process.pid})
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            continue
+    if alive:
+        await asyncio.to_thread(psutil.wait_procs, alive, 5.0)
+
+
+async def _build(
+    lib: _Vllm,
+    engine: Any,
+    spec: EngineSpec,
+    serving: Mapping[str, Any],
+    recorder: _StatsRecorder,
+    processes: frozenset[psutil.Process],
+    rpc_dir: Path,
+) -> VllmEngine:
+    architectures = list(getattr(engine.model_config.hf_config, "architectures", None) or [])
+    default_tools, default_reasoning = next(
+        (_DEFAULT_PARSERS[a] for a in architectures if a in _DEFAULT_PARSERS), (None, None)
+    )
+    tool_parser = serving.get("tool_call_parser", default_tools) or None
+    reasoning_parser = serving.get("reasoning_parser", default_reasoning) or None
+    chat_template = serving.get("chat_template")
+    models = lib.OpenAIServingModels(
+        engine_client=engine,
+        base_model_paths=[lib.BaseModelPath(name=spec.model_id, model_path=str(spec.path))],
+        lora_modules=None,
+    )
+    await models.init_static_loras()
+    renderer = lib.OnlineRenderer(
+        model_config=engine.model_config,
+        renderer=engine.renderer,
+        request_logger=None,
+        chat_template=chat_template,
+        chat_template_content_format="auto",
+        enable_auto_tools=tool_parser is not None,
+        tool_parser=tool_parser,
+        reasoning_parser=reasoning_parser,
+        default_chat_template_kwargs=None,
+    )
+    renderer.warmup()
+    chat = lib.OpenAIServingChat(
+        engine,
+        models,
+        "assistant",
+        online_renderer=renderer,
+        request_logger=None,
+        chat_template=chat_template,
+        chat_template_content_format="auto",
+        enable_auto_tools=tool_parser is not None,
+        tool_parser=tool_parser,
+        reasoning_parser=reasoning_parser or "",
+    )
+    completion = lib.OpenAIServingCompletion(
+        engine, models, online_renderer=renderer, request_logger=None
+    )
+    tokenization = lib.ServingTokenization(
+        models,
+        renderer,
+        chat_template=chat_template,
+        chat_template_content_format="auto",
+        request_logger=None,
+    )
+    log.info(
+        "engine ready",
+        extra={
+            "model": spec.model_id,
+            "devices": list(spec.devices) or "cpu",
+            "max_model_len": engine.model_config.max_model_len,
+            "tool_call_parser": tool_parser,
+            "reasoning_parser": reasoning_parser,
+            "pids": sorted(p.pid for p in processes),
+        },
+    )
+    return VllmEngine(lib, engine, chat, completion, tokenization, recorder, processes, rpc_dir)
+
+
+class VllmEngine:
+    """One running ``AsyncLLM`` and the OpenAI serving objects over it."""
+
+    def __init__(
+        self,
+        lib: _Vllm,
+        engine: Any,
+        chat: Any,
+        completion: Any,
+        tokenization: Any,
+        recorder: _StatsRecorder,
+        processes: frozenset[psutil.Process],
+        rpc_dir: Path,
+    ) -> None:
+        self._lib = lib
+        self._engine = engine
+        self._chat = chat
+        self._completion = completion
+        self._tokenization = tokenization
+        self._recorder = recorder
+        self._processes = processes
+        self._rpc_dir = rpc_dir
+
+    @property
+    def max_model_len(self) -> int:
+        """The context length vLLM settled on."""
+        return int(self._engine.model_config.max_model_len)
+
+    @property
+    def pids(self) -> frozenset[int]:
+        """EngineCore and its workers."""
+        return frozenset(p.pid for p in self._processes)
+
+    @property
+    def dead(self) -> bool:
+        """Whether the engine's core has died (vLLM then refuses every request)."""
+        return bool(self._engine.errored)
+
+    async def chat(self, body: bytes) -> Reply:
+        """Validate with vLLM's own request model and serve with its chat layer."""
+        return await self._serve(
+            body, self._lib.ChatCompletionRequest, self._chat.create_chat_completion
+        )
+
+    async def completion(self, body: bytes) -> Reply:
+        """Validate with vLLM's own request model and serve with its completion layer."""
+        return await self._serve(
+            body, self._lib.CompletionRequest, self._completion.create_completion
+        )
+
+    async def _serve(self, body: bytes, request_type: Any, method: Any) -> Reply:
+        try:
+            request = request_type.model_validate_json(body)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            return JsonReply(400, encode(error_envelope(_validation_message(exc), code=400)))
+        try:
+            result = await method(request, None)
+        except Exception as exc:
+            # What vLLM's own FastAPI exception handlers do with these.
+            result = self._lib.create_error_response(exc)
+        return _reply(self._lib, result)
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
+        """Count with vLLM's tokenization layer: the model's tokenizer and chat template."""
+        if request.messages is not None:
+            vllm_request = self._lib.TokenizeChatRequest(
+                model=request.model,
+                messages=request.messages,
+                tools=request.tools,
+                add_generation_prompt=request.add_generation_prompt,
+            )
+        else:
+            vllm_request = self._lib.TokenizeCompletionRequest(
+                model=request.model, prompt=request.prompt or ""
+            )
+        result = await self._tokenization.create_tokenize(vllm_request, None)
+        if isinstance(result, self._lib.ErrorResponse):
+            raise ValueError(result.error.message)
+        return TokenizeResponse(
+            count=int(result.count),
+            max_model_len=int(result.max_model_len),
+            tokens=list(result.tokens),
+        )
+
+    def stats(self) -> EngineStats:
+        """What vLLM last reported for this engine."""
+        return self._recorder.stats
+
+    async def shutdown(self) -> None:
+        """Shut vLLM down, then make sure its processes are gone and its sockets removed."""
+        started = time.monotonic()
+        try:
+            await asyncio.to_thread(self._engine.shutdown)
+        except Exception:
+            log.warning("vLLM shutdown raised; reaping its processes", exc_info=True)
+        await _reap(set(self._processes))
+        shutil.rmtree(self._rpc_dir, ignore_errors=True)
+        log.info("engine stopped", extra={"seconds": round(time.monotonic() - started, 1)})
+
+
+def _validation_message(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+        return f"invalid request: {where}: {first.get('msg', 'invalid')}"
+    return f"invalid request: {exc}"
+
+
+def _reply(lib: _Vllm, result: Any) -> Reply:
+    if isinstance(result, lib.ErrorResponse):
+        status = result.error.code if isinstance(result.error.code, int) else 500
+        return JsonReply(status, result.model_dump_json().encode())
+    if hasattr(result, "__aiter__"):
+        return StreamReply(_utf8(result))
+    return JsonReply(200, result.model_dump_json().encode())
+
+
+async def _utf8(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    try:
+        async for line in lines:
+            yield line.encode()
+    finally:
+        # Closing vLLM's generator aborts the request in the engine.
+        await lines.aclose()  # type: ignore[attr-defined]
