@@ -44,6 +44,7 @@ SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "in_flight": 2,
                     "max_model_len": 16384,
                     "error": None,
+                    "phase": None,
                 },
                 {
                     "id": "Qwen/Qwen3-1.7B",
@@ -56,6 +57,7 @@ SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "in_flight": 0,
                     "max_model_len": None,
                     "error": "engine exited during start",
+                    "phase": None,
                 },
             ]
         },

@@ -51,6 +51,7 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 NonNegSeconds = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
+PositiveGiB = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
 
 
@@ -158,6 +159,8 @@ class NeuronSection(_Config):
     """What ``/models/{id}/endpoint`` hands out; the gateway rewrites loopback hosts."""
     cache_dir: str = "/var/cache/neuron"
     default_source: str = "huggingface"
+    memory_limit_gb: PositiveGiB | None = None
+    """At most this much memory planned for all engines together; none: free memory decides."""
 
 
 class SourceConfig(_Config):

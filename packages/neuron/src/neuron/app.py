@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from cortex_core.config import NeuronConfig
 from cortex_core.neuron_api import (
@@ -38,7 +39,7 @@ from neuron.devices import read_devices
 from neuron.engine import Engine, EngineFactory, JsonReply, Reply
 from neuron.errors import NeuronError
 from neuron.metrics import NeuronMetrics
-from neuron.registry import Registry
+from neuron.registry import Entry, Registry
 from neuron.sources import Sources
 
 __all__ = ["create_app"]
@@ -197,9 +198,7 @@ class NeuronApp:
                     },
                 )
             return Response(reply.body, status_code=reply.status, media_type=JSON)
-        return StreamingResponse(
-            self.registry.guarded(entry, reply.chunks), media_type="text/event-stream"
-        )
+        return _ReleasingStream(self.registry, entry, reply.chunks)
 
     async def openai_models(self, request: Request) -> Response:
         ready = [m for m in self.registry.models() if m.state == "ready"]
@@ -211,6 +210,30 @@ class NeuronApp:
             for m in ready
         ]
         return _json(ModelList(data=data))
+
+
+class _ReleasingStream(StreamingResponse):
+    """An SSE response that closes the engine's stream and releases its request, always.
+
+    Releasing from the response itself (not from inside the body iterator)
+    also covers a client gone before the first chunk, when Starlette never
+    starts the iterator at all.
+    """
+
+    def __init__(self, registry: Registry, entry: Entry, chunks: AsyncIterator[bytes]) -> None:
+        super().__init__(chunks, media_type="text/event-stream")
+        self._registry = registry
+        self._entry = entry
+        self._chunks = chunks
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            try:
+                await self._chunks.aclose()  # type: ignore[attr-defined]
+            finally:
+                self._registry.release(self._entry)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -253,7 +276,7 @@ def create_app(
         log.info(
             "neuron started",
             extra={
-                "name": config.neuron.name,
+                "neuron": config.neuron.name,
                 "version": __version__,
                 "sources": Sources(config).names,
             },

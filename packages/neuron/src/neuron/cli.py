@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -80,11 +82,33 @@ async def _serve(config: NeuronConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = create_app(config, VllmEngineFactory(run_dir))
+    if os.environ.get("NEURON_TEST_ENGINE") == "scripted":
+        app = _scripted_app(config)
+    else:
+        app = create_app(config, VllmEngineFactory(run_dir))
     try:
-        await hypercorn_serve(app, hyper, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+        # Starlette's ASGI types and hypercorn's differ only in how they spell them.
+        asgi: Any = app
+        await hypercorn_serve(asgi, hyper, shutdown_trigger=stop.wait)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _scripted_app(config: NeuronConfig) -> Any:
+    """A neuron whose engines are scripted (for the gateway's tests; see neuron.testing)."""
+    from neuron.app import create_app
+    from neuron.testing.fakegpu import FakeGpus, parse_gpus
+    from neuron.testing.scripted import ScriptedFactory
+
+    factory = ScriptedFactory(chunk_delay=float(os.environ.get("NEURON_TEST_CHUNK_DELAY", "0.05")))
+    gpus = FakeGpus(parse_gpus(os.environ.get("NEURON_TEST_GPUS", "")))
+    app = create_app(config, factory, devices=gpus.devices)
+    gpus.bind(app.state.neuron.registry)
+    logging.getLogger(__name__).warning(
+        "scripted engines: this neuron runs no model (test mode)",
+        extra={"gpus": len(gpus.sizes)},
+    )
+    return app
 
 
 @main.command()

@@ -169,6 +169,7 @@ def plan_load(
     by_index = {d.index: d for d in devices}
     tp = options.get("tensor_parallel_size")
     if requested:
+        requested = list(dict.fromkeys(requested))
         missing = [i for i in requested if i not in by_index]
         if missing:
             raise NeuronError(
@@ -179,6 +180,12 @@ def plan_load(
             )
         if tp is None and len(requested) > 1:
             options["tensor_parallel_size"] = tp = len(requested)
+        elif isinstance(tp, int) and tp != len(requested):
+            raise NeuronError(
+                "invalid_request",
+                f"{len(requested)} device(s) requested for tensor_parallel_size {tp}",
+                {"devices": requested},
+            )
         chosen = [by_index[i] for i in dict.fromkeys(requested)]
     else:
         count = tp if isinstance(tp, int) and tp > 0 else 1
@@ -189,7 +196,7 @@ def plan_load(
                 {"needed_bytes": 0, "devices": _free(devices)},
             )
         chosen = sorted(devices, key=lambda d: (-d.memory_free, d.index))[:count]
-    share = len(chosen) if isinstance(tp, int) and tp > 1 else 1
+    share = len(chosen)
     if size_kv:
         options["kv_cache_memory_bytes"] = kv // share  # vLLM's figure is per GPU
     per_device = (weights_bytes + kv) // share + GPU_OVERHEAD_BYTES

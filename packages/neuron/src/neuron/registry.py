@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import psutil
@@ -23,7 +23,7 @@ from cortex_core.neuron_api import Device, LoadRequest, ModelInfo, ModelState, U
 from neuron.devices import read_devices
 from neuron.engine import Engine, EngineError, EngineFactory, EngineSpec, InvalidOptionError
 from neuron.errors import NeuronError
-from neuron.preflight import Plan, check_architecture, plan_load
+from neuron.preflight import GIB, Plan, check_architecture, plan_load
 from neuron.sources import Sources
 
 __all__ = ["Entry", "Registry", "host_free_bytes"]
@@ -137,15 +137,6 @@ class Registry:
         entry.last_used = self._clock()
         if entry.in_flight == 0:
             entry.drained.set()
-
-    async def guarded(self, entry: Entry, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass a stream through, releasing the entry when it ends or the client leaves."""
-        try:
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
-            self.release(entry)
 
     # --- loading -------------------------------------------------------------------------
 
@@ -277,6 +268,16 @@ class Registry:
         )
         return plan
 
+    def _budget(self) -> int | None:
+        """What ``memory_limit_gb`` leaves after every plan held or reserved, if set."""
+        limit = self._config.neuron.memory_limit_gb
+        if limit is None:
+            return None
+        held = sum(
+            e.plan.needed_bytes for e in self._entries.values() if e.plan and e.state != "failed"
+        )
+        return int(limit * GIB) - held
+
     def _release_reservation(self, plan: Plan) -> None:
         for key in plan.devices or (None,):
             share = plan.needed_bytes // max(len(plan.devices), 1)
@@ -330,8 +331,12 @@ class Registry:
                     "unload stops the engine with requests still in flight",
                     extra={"model": entry.id, "in_flight": entry.in_flight},
                 )
-        freed = await self._stop(entry)
-        self._entries.pop(entry.id, None)
+        try:
+            freed = await self._stop(entry)
+        finally:
+            # Whatever happened to the engine, the entry must not stay `unloading`.
+            if self._entries.get(entry.id) is entry:
+                del self._entries[entry.id]
         log.info("model unloaded", extra={"model": entry.id, "freed_bytes": freed})
         return UnloadResponse(id=entry.id, freed_bytes=freed)
 

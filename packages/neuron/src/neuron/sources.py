@@ -110,7 +110,8 @@ class HubSource:
                 f"{model.concrete} is not in source {self.name!r} (or needs a token it lacks)",
                 details,
             )
-        if isinstance(exc, errors.EntryNotFoundError):
+        # Not the local-cache miss (also an EntryNotFoundError) an unreachable hub causes.
+        if isinstance(exc, errors.RemoteEntryNotFoundError):
             return NeuronError(
                 "unsupported_model",
                 f"{model.concrete} has no config.json in {self.name!r}",

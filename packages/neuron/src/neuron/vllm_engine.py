@@ -234,8 +234,18 @@ class VllmEngineFactory:
         rpc_dir.mkdir(parents=True)
         async with self._start_lock:
             # The engine's processes inherit the environment at spawn: set it per engine.
-            saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "VLLM_RPC_BASE_PATH")}
+            saved = {
+                k: os.environ.get(k)
+                for k in (
+                    "CUDA_VISIBLE_DEVICES",
+                    "CUDA_DEVICE_ORDER",
+                    "VLLM_RPC_BASE_PATH",
+                    "TMPDIR",
+                )
+            }
             os.environ["VLLM_RPC_BASE_PATH"] = str(rpc_dir)
+            # vLLM's processes leave files in TMPDIR when they fail; keep them in our folder.
+            os.environ["TMPDIR"] = str(rpc_dir)
             if spec.devices:
                 os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order
                 os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.devices))
@@ -305,6 +315,43 @@ async def _build(
         lora_modules=None,
     )
     await models.init_static_loras()
+    try:
+        layers = _serving_layers(lib, engine, models, chat_template, tool_parser, reasoning_parser)
+    except Exception as exc:
+        if "tool_call_parser" in serving and "reasoning_parser" in serving:
+            raise
+        # A family default that this model's tokenizer does not fit (a Llama
+        # without Llama 3's tool tokens, say): serve without the defaults.
+        log.warning(
+            "default parsers do not fit this model; serving without them",
+            extra={"model": spec.model_id, "error": _reason(exc)},
+        )
+        tool_parser = serving.get("tool_call_parser") or None
+        reasoning_parser = serving.get("reasoning_parser") or None
+        layers = _serving_layers(lib, engine, models, chat_template, tool_parser, reasoning_parser)
+    log.info(
+        "engine ready",
+        extra={
+            "model": spec.model_id,
+            "devices": list(spec.devices) or "cpu",
+            "max_model_len": engine.model_config.max_model_len,
+            "tool_call_parser": tool_parser,
+            "reasoning_parser": reasoning_parser,
+            "pids": sorted(p.pid for p in processes),
+        },
+    )
+    return VllmEngine(lib, engine, *layers, recorder, processes, rpc_dir)
+
+
+def _serving_layers(
+    lib: _Vllm,
+    engine: Any,
+    models: Any,
+    chat_template: str | None,
+    tool_parser: str | None,
+    reasoning_parser: str | None,
+) -> tuple[Any, Any, Any]:
+    """VLLM's chat, completion and tokenization layers, as its own API server builds them."""
     renderer = lib.OnlineRenderer(
         model_config=engine.model_config,
         renderer=engine.renderer,
@@ -339,18 +386,7 @@ async def _build(
         chat_template_content_format="auto",
         request_logger=None,
     )
-    log.info(
-        "engine ready",
-        extra={
-            "model": spec.model_id,
-            "devices": list(spec.devices) or "cpu",
-            "max_model_len": engine.model_config.max_model_len,
-            "tool_call_parser": tool_parser,
-            "reasoning_parser": reasoning_parser,
-            "pids": sorted(p.pid for p in processes),
-        },
-    )
-    return VllmEngine(lib, engine, chat, completion, tokenization, recorder, processes, rpc_dir)
+    return chat, completion, tokenization
 
 
 class VllmEngine:
