@@ -44,3 +44,23 @@ test-fast: ## Run the quick tests (no vLLM engines)
 .PHONY: test
 test: install engine lint typecheck ## Install, check, and run every test (real vLLM included)
 	$(UV) run --no-sync pytest $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: engine ## Run the demo: a neuron and the gateway on loopback, with SmolLM2 (see README)
+	UV="$(UV)" ./scripts/demo.sh
+
+.PHONY: demo-stop
+demo-stop: ## Stop what `make demo` started
+	./scripts/demo-stop.sh
+
+.PHONY: dist
+dist: install ## Build wheels and sdists of every distribution into dist/
+	UV="$(UV)" ./scripts/build-dists.sh
+
+.PHONY: srpm
+srpm: dist ## Build the cortex and helexa-neuron source RPMs into dist/srpm/
+	./scripts/build-srpms.sh
+
+.PHONY: test-packaging
+test-packaging: dist ## Install the built wheels into clean venvs and check what they pull in
+	$(UV) run --no-sync pytest -m packaging $(PYTEST_ARGS)

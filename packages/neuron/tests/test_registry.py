@@ -836,3 +836,22 @@ def test_models_view_is_a_snapshot(setup: Setup) -> None:
         await registry.close()
 
     run(main)
+
+
+def test_memory_limit_caps_what_is_planned(setup: Setup) -> None:
+    """With memory_limit_gb, a load that would exceed it with the models held is refused."""
+
+    async def scenario() -> None:
+        limited = setup.config
+        limited.neuron.memory_limit_gb = 3.0
+        registry = setup.registry(ScriptedFactory())
+        first = await registry.load(LoadRequest(model="test/tiny"))
+        assert first.state == "ready"
+        with pytest.raises(NeuronError) as info:
+            await registry.load(LoadRequest(model="test/other"))
+        assert info.value.code == "insufficient_memory"
+        assert "test/other" not in {m.id for m in registry.models()}
+        await registry.unload("test/tiny")
+        assert (await registry.load(LoadRequest(model="test/other"))).state == "ready"
+
+    asyncio.run(scenario())

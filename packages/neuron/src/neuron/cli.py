@@ -76,7 +76,7 @@ async def _serve(config: NeuronConfig) -> None:
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None
-    hyper.errorlog = None
+    hyper.errorlog = logging.getLogger("hypercorn.error")  # our handler and format
     hyper.graceful_timeout = 30.0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

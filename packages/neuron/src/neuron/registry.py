@@ -244,6 +244,9 @@ class Registry:
                 for d in devices
             ]
             host_free = self._host_free() - self._reserved.get(None, 0)
+            budget = self._budget()
+            if budget is not None and not available:
+                host_free = min(host_free, budget)
             plan = plan_load(
                 metadata.config,
                 metadata.weights_bytes,
@@ -252,6 +255,13 @@ class Registry:
                 request.devices,
                 host_free,
             )
+            if budget is not None and available and plan.needed_bytes > budget:
+                raise NeuronError(
+                    "insufficient_memory",
+                    f"needs {plan.needed_bytes / GIB:.1f} GiB; memory_limit_gb leaves"
+                    f" {max(budget, 0) / GIB:.1f} GiB",
+                    {"needed_bytes": plan.needed_bytes, "devices": [], "limit_free_bytes": budget},
+                )
             entry.plan = plan
             for key in plan.devices or (None,):
                 share = plan.needed_bytes // max(len(plan.devices), 1)

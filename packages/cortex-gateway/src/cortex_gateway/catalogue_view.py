@@ -1,0 +1,77 @@
+"""``GET /v1/models``: the catalogue merged with what the fleet has loaded."""
+
+from __future__ import annotations
+
+from msgspec import Struct, field
+
+from cortex_core.catalogue import Catalogue
+from cortex_gateway.fleet import Fleet
+from cortex_gateway.router import feasible_on
+
+__all__ = ["FleetModel", "FleetModelList", "list_models"]
+
+
+class FleetModel(Struct, kw_only=True):
+    """An OpenAI model object with where the model is and where it could go."""
+
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "cortex"
+    loaded: bool = False
+    locations: list[str] = field(default_factory=list)
+    feasible_on: list[str] = field(default_factory=list)
+    alias_of: str | None = None
+    pinned: bool = False
+
+
+class FleetModelList(Struct, kw_only=True):
+    """The OpenAI list envelope."""
+
+    data: list[FleetModel]
+    object: str = "list"
+
+
+def _entry(model_id: str, catalogue: Catalogue, fleet: Fleet) -> FleetModel:
+    profile = catalogue.profile(model_id)
+    locations = fleet.locations(model_id)
+    loaded_at = [
+        int(info.loaded_at)
+        for name in locations
+        if (info := fleet.nodes[name].model(model_id)) is not None and info.loaded_at
+    ]
+    return FleetModel(
+        id=model_id,
+        created=min(loaded_at, default=0),
+        loaded=bool(locations),
+        locations=locations,
+        feasible_on=feasible_on(profile, model_id, fleet),
+        pinned=bool(profile and profile.pinned),
+    )
+
+
+def list_models(catalogue: Catalogue, fleet: Fleet) -> FleetModelList:
+    """Every catalogue model, every model loaded anywhere, then one entry per alias."""
+    ids = [p.id for p in catalogue.models]
+    ids += [m for m in fleet.loaded_ids() if m not in ids]
+    entries = {model_id: _entry(model_id, catalogue, fleet) for model_id in ids}
+    data = list(entries.values())
+    for alias, target in catalogue.aliases.items():
+        mirror = entries[target]
+        data.append(
+            FleetModel(
+                id=alias,
+                created=mirror.created,
+                loaded=mirror.loaded,
+                locations=list(mirror.locations),
+                feasible_on=list(mirror.feasible_on),
+                alias_of=target,
+                pinned=mirror.pinned,
+            )
+        )
+    return FleetModelList(data=data)
+
+
+def find_model(model_id: str, catalogue: Catalogue, fleet: Fleet) -> FleetModel | None:
+    """The entry ``GET /v1/models/{id}`` shows, or ``None``."""
+    return next((m for m in list_models(catalogue, fleet).data if m.id == model_id), None)

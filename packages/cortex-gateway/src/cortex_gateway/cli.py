@@ -1,0 +1,251 @@
+"""The ``cortex`` command: run the gateway, and look at or steer the fleet through it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cortex_core.config import ConfigError, GatewayConfig, load_gateway_config, parse_hostport
+from cortex_core.logs import LogFormat, configure_logging
+from cortex_gateway import __version__
+
+DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
+DEFAULT_GATEWAY = "http://127.0.0.1:31313"
+GIB = 1 << 30
+
+gateway_option = click.option(
+    "--gateway",
+    default=lambda: os.environ.get("CORTEX_GATEWAY", DEFAULT_GATEWAY),
+    show_default="$CORTEX_GATEWAY or " + DEFAULT_GATEWAY,
+    help="The gateway's API address.",
+)
+
+
+def _config_path(path: str | None) -> Path:
+    return Path(path or os.environ.get("CORTEX_CONFIG") or DEFAULT_CONFIG)
+
+
+def _load(path: Path) -> GatewayConfig:
+    try:
+        return load_gateway_config(path)
+    except ConfigError as exc:
+        click.echo(f"cortex: {exc}", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="cortex")
+def main() -> None:
+    """cortex: one OpenAI + Anthropic endpoint for a fleet of GPU hosts."""
+
+
+# --- serving ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option(
+    "--config", "config_path", help=f"cortex.toml (default $CORTEX_CONFIG or {DEFAULT_CONFIG})"
+)
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain requests in flight."""
+    config = _load(_config_path(config_path))
+    configure_logging(log_format, log_level.upper())
+    asyncio.run(_serve(config))
+
+
+def _bind(listen: str) -> str:
+    host, port = parse_hostport(listen)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve(config: GatewayConfig) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+    from hypercorn.config import Config
+
+    from cortex_gateway.app import create_apps
+
+    api, metrics, _ = create_apps(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    def hyper(listen: str) -> Config:
+        settings = Config()
+        settings.bind = [_bind(listen)]
+        settings.accesslog = None
+        # Through our own handler and format, not hypercorn's second one.
+        settings.errorlog = logging.getLogger("hypercorn.error")
+        settings.graceful_timeout = 60.0  # requests in flight get this long after SIGTERM
+        return settings
+
+    # Starlette's ASGI types and hypercorn's differ only in how they spell them.
+    api_app: Any = api
+    metrics_app: Any = metrics
+    await asyncio.gather(
+        hypercorn_serve(api_app, hyper(config.cortex.gateway.listen), shutdown_trigger=stop.wait),
+        hypercorn_serve(
+            metrics_app, hyper(config.cortex.gateway.metrics_listen), shutdown_trigger=stop.wait
+        ),
+    )
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, help="cortex.toml to validate.")
+def check(config_path: str) -> None:
+    """Validate cortex.toml and its models.toml; exit non-zero naming file, key and problem."""
+    path = Path(config_path)
+    config = _load(path)
+    catalogue = config.catalogue
+    click.echo(
+        f"{path}: ok: {len(config.cortex.neurons)} neuron(s), {len(catalogue)} model(s) and"
+        f" {len(catalogue.aliases)} alias(es) in {config.models_path}"
+    )
+
+
+# --- client commands ---------------------------------------------------------------------
+
+
+def _request(gateway: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{gateway.rstrip('/')}{path}", data=data, method=method)
+    request.add_header("content-type", "application/json")
+    if key := os.environ.get("CORTEX_API_KEY"):
+        request.add_header("authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(request, timeout=3600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        click.echo(f"cortex: {exc.code}: {message}", err=True)
+        sys.exit(1)
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"cortex: cannot reach the gateway at {gateway}: {exc}", err=True)
+        sys.exit(1)
+
+
+def _ago(stamp: float | None) -> str:
+    if not stamp:
+        return "-"
+    seconds = max(time.time() - stamp, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _gib(value: int) -> str:
+    return f"{value / GIB:.1f}"
+
+
+def render_status(fleet: dict[str, Any]) -> str:
+    """The fleet as the readable tables ``cortex status`` prints."""
+    lines = ["NODES"]
+    for node in fleet["nodes"]:
+        state = "up" if node["up"] else f"DOWN ({node.get('error') or 'no answer'})"
+        version = node.get("version") or ""
+        lines.append(f"  {node['name']:<16} {state:<8} {node['endpoint']}  {version}".rstrip())
+        if node["up"] and not node["devices"]:
+            lines.append("      no GPUs (CPU engine)")
+        for device in node["devices"]:
+            lines.append(
+                f"      GPU {device['index']}  {device['name'][:28]:<28}"
+                f" {_gib(device['memory_used']):>6} / {_gib(device['memory_total'])} GiB"
+                f"  {device['utilization']:.0f}%"
+            )
+    in_flight = {(i["node"], i["model"]): i["count"] for i in fleet.get("in_flight", [])}
+    rows = []
+    for node in fleet["nodes"]:
+        for model in node["models"]:
+            busy = max(model.get("in_flight", 0), in_flight.get((node["name"], model["id"]), 0))
+            state = model["state"] + (f" ({model['phase']})" if model.get("phase") else "")
+            if model.get("error"):
+                state += f": {model['error']}"
+            rows.append((model["id"], node["name"], state, str(busy), _ago(model.get("last_used"))))
+    for model_id in fleet.get("loading", []):
+        if not any(r[0] == model_id for r in rows):
+            rows.append((model_id, "-", "placing", "0", "-"))
+    lines.append("")
+    lines.append("MODELS")
+    if not rows:
+        lines.append("  none loaded")
+    else:
+        header = ("MODEL", "NODE", "STATE", "IN FLIGHT", "LAST USE")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+        for row in [header, *rows]:
+            lines.append(
+                "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
+            )
+    return "\n".join(lines)
+
+
+@main.command()
+@gateway_option
+@click.option("--json", "as_json", is_flag=True, help="Print the fleet as JSON.")
+def status(gateway: str, as_json: bool) -> None:
+    """Nodes (up/down, GPUs with memory in use) and models (where, state, in flight, last use)."""
+    fleet = _request(gateway, "GET", "/admin/fleet")
+    click.echo(json.dumps(fleet, indent=2) if as_json else render_status(fleet))
+
+
+@main.command()
+@gateway_option
+@click.option("--json", "as_json", is_flag=True, help="Print the /v1/models JSON.")
+def models(gateway: str, as_json: bool) -> None:
+    """The catalogue: every model and alias, where it is loaded and where it could go."""
+    listing = _request(gateway, "GET", "/v1/models")
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    header = ("MODEL", "LOADED ON", "FITS ON", "NOTE")
+    rows = [
+        (
+            m["id"],
+            ", ".join(m.get("locations", [])) or "-",
+            ", ".join(m.get("feasible_on", [])) or "-",
+            (f"alias of {m['alias_of']}" if m.get("alias_of") else "")
+            + (" pinned" if m.get("pinned") else ""),
+        )
+        for m in listing["data"]
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@main.command()
+@gateway_option
+@click.argument("model")
+@click.option("--node", help="Load on this neuron (default: where it fits best).")
+def load(gateway: str, model: str, node: str | None) -> None:
+    """Load MODEL (an id or alias) through the gateway and wait until it is ready."""
+    answer = _request(gateway, "POST", "/admin/models/load", {"model": model, "node": node})
+    click.echo(f"{answer['model']} ready on {answer['node']}")
+
+
+@main.command()
+@gateway_option
+@click.argument("model")
+@click.option("--node", help="Unload from this neuron only (default: everywhere).")
+def unload(gateway: str, model: str, node: str | None) -> None:
+    """Unload MODEL from the fleet (or one neuron)."""
+    answer = _request(gateway, "POST", "/admin/models/unload", {"model": model, "node": node})
+    click.echo(f"{answer['model']} unloaded from {', '.join(answer['nodes'])}")

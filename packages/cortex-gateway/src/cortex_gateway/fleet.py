@@ -1,0 +1,96 @@
+"""The gateway's picture of the fleet: what each neuron said when last asked.
+
+Snapshots are immutable and rebuilt from the neurons' own answers on every
+poll (and after every load or unload), so a stale entry never outlives the
+neuron's word. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+
+from cortex_core.neuron_api import Device, ModelInfo
+
+__all__ = ["Fleet", "NodeState"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """One neuron as last seen."""
+
+    name: str
+    endpoint: str
+    up: bool = False
+    version: str = ""
+    devices: tuple[Device, ...] = ()
+    models: tuple[ModelInfo, ...] = ()
+    last_seen: float | None = None
+    error: str | None = None
+    """Why the last poll failed, while the node is down."""
+
+    def model(self, model_id: str) -> ModelInfo | None:
+        """The node's entry for ``model_id`` in any state."""
+        return next((m for m in self.models if m.id == model_id), None)
+
+    def ready(self, model_id: str) -> bool:
+        """Whether the node is up and serving ``model_id``."""
+        info = self.model(model_id)
+        return self.up and info is not None and info.state == "ready"
+
+    @property
+    def memory_total(self) -> int:
+        """Device memory on this node, all GPUs together (0 for a CPU-only node)."""
+        return sum(d.memory_total for d in self.devices)
+
+    @property
+    def memory_free(self) -> int:
+        """Free device memory, all GPUs together."""
+        return sum(d.memory_free for d in self.devices)
+
+    def down(self, error: str) -> NodeState:
+        """A copy of the node marked down: its models are no longer served from it."""
+        return replace(self, up=False, error=error)
+
+
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """Every configured neuron, by name, in configuration order."""
+
+    nodes: Mapping[str, NodeState] = field(default_factory=dict)
+
+    @classmethod
+    def configured(cls, neurons: Iterable[tuple[str, str]]) -> Fleet:
+        """A fleet of nodes not yet polled (all down) from ``(name, endpoint)`` pairs."""
+        return cls(
+            {name: NodeState(name, endpoint, error="not polled yet") for name, endpoint in neurons}
+        )
+
+    def with_node(self, node: NodeState) -> Fleet:
+        """The fleet with ``node`` replaced."""
+        return Fleet({**self.nodes, node.name: node})
+
+    def up(self) -> list[NodeState]:
+        """The nodes answering right now."""
+        return [n for n in self.nodes.values() if n.up]
+
+    def locations(self, model_id: str) -> list[str]:
+        """Up nodes where ``model_id`` is ready."""
+        return [n.name for n in self.nodes.values() if n.ready(model_id)]
+
+    def loading(self, model_id: str) -> list[str]:
+        """Up nodes where ``model_id`` is loading."""
+        return [
+            n.name
+            for n in self.nodes.values()
+            if n.up and (info := n.model(model_id)) is not None and info.state == "loading"
+        ]
+
+    def loaded_ids(self) -> list[str]:
+        """Every model id ready on some up node, in first-seen order."""
+        seen: dict[str, None] = {}
+        for node in self.up():
+            for info in node.models:
+                if info.state == "ready":
+                    seen.setdefault(info.id)
+        return list(seen)

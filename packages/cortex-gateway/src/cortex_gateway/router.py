@@ -1,0 +1,294 @@
+"""Routing, placement and eviction: pure decisions over a fleet snapshot.
+
+The proxy and the lifecycle manager gather the facts (the fleet, requests in
+flight, the catalogue) and act on what these functions decide; nothing here
+does I/O, so every rule is testable with plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from cortex_core.catalogue import Catalogue, ModelProfile
+from cortex_core.neuron_api import Device, ModelInfo
+from cortex_gateway.fleet import Fleet, NodeState
+
+__all__ = [
+    "ColdLoad",
+    "Decision",
+    "InFlight",
+    "NoNode",
+    "NotFound",
+    "Placement",
+    "Serve",
+    "Unplaceable",
+    "WaitForLoad",
+    "defrag_candidates",
+    "feasible_on",
+    "idle_models",
+    "place",
+    "route",
+]
+
+InFlight = Mapping[tuple[str, str], int]
+"""Requests the gateway has in flight, by ``(node, model)``."""
+
+Strategy = Literal["lru", "priority"]
+GIB = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Serve:
+    """The model is ready on ``node``: send the request there."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForLoad:
+    """The model is loading on ``node`` (started elsewhere): wait for it."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class ColdLoad:
+    """The model is in the catalogue but loaded nowhere: place and load it."""
+
+    profile: ModelProfile
+
+
+@dataclass(frozen=True, slots=True)
+class NotFound:
+    """Neither in the catalogue nor loaded anywhere."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoNode:
+    """Known, but no node can serve it now (its only nodes are down)."""
+
+    message: str
+
+
+Decision = Serve | WaitForLoad | ColdLoad | NotFound | NoNode
+
+
+def _in_flight(node: NodeState, model_id: str, in_flight: InFlight) -> int:
+    info = node.model(model_id)
+    return max(in_flight.get((node.name, model_id), 0), info.in_flight if info else 0)
+
+
+def route(model_id: str, catalogue: Catalogue, fleet: Fleet, in_flight: InFlight) -> Decision:
+    """Where a request for the concrete ``model_id`` goes (aliases already resolved)."""
+    ready = [fleet.nodes[name] for name in fleet.locations(model_id)]
+    if ready:
+        # Fewest requests in flight; configuration order breaks ties.
+        best = min(ready, key=lambda n: _in_flight(n, model_id, in_flight))
+        return Serve(best.name)
+    loading = fleet.loading(model_id)
+    profile = catalogue.profile(model_id)
+    if profile is not None:
+        if loading:
+            return WaitForLoad(loading[0])
+        return ColdLoad(profile)
+    if loading:
+        return WaitForLoad(loading[0])
+    if any(n.model(model_id) is not None for n in fleet.nodes.values()):
+        return NoNode(f"model {model_id!r} is only on nodes that are down or failed")
+    return NotFound(f"model {model_id!r} does not exist")
+
+
+# --- placement and eviction ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Load on ``node`` after unloading ``evict`` there (in that order)."""
+
+    node: str
+    evict: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Unplaceable:
+    """No allowed node can take the model, even after evicting what may be evicted."""
+
+    message: str
+
+
+def _tp(profile: ModelProfile) -> int:
+    value = profile.engine.get("tensor_parallel_size", 1)
+    return value if isinstance(value, int) and value > 0 else 1
+
+
+def _fits(free: Sequence[int], needed: int, tp: int) -> bool:
+    share = -(-needed // tp)
+    return sum(1 for f in free if f >= share) >= tp
+
+
+def evictable(
+    node: NodeState, catalogue: Catalogue, in_flight: InFlight, *, keep: str | None = None
+) -> list[ModelInfo]:
+    """Models on ``node`` that may be unloaded: ready, idle, not pinned, not ``keep``."""
+    found = []
+    for info in node.models:
+        profile = catalogue.profile(info.id)
+        if info.id == keep or info.state != "ready" or (profile is not None and profile.pinned):
+            continue
+        if _in_flight(node, info.id, in_flight) > 0:
+            continue
+        found.append(info)
+    return found
+
+
+def eviction_order(
+    victims: Sequence[ModelInfo], catalogue: Catalogue, strategy: Strategy
+) -> list[ModelInfo]:
+    """``lru``: least recently used first; ``priority``: lowest priority first, then LRU."""
+
+    def key(info: ModelInfo) -> tuple[int, float]:
+        profile = catalogue.profile(info.id)
+        priority = profile.priority if profile is not None else 50
+        last = info.last_used or info.loaded_at or 0.0
+        return (priority if strategy == "priority" else 0, last)
+
+    return sorted(victims, key=key)
+
+
+def _free_after(devices: Sequence[Device], freed: Sequence[ModelInfo]) -> list[int]:
+    free = {d.index: d.memory_free for d in devices}
+    for info in freed:
+        share = info.memory_bytes // max(len(info.devices), 1)
+        for index in info.devices or list(free)[:1]:
+            if index in free:
+                free[index] += share
+    return list(free.values())
+
+
+def place(
+    profile: ModelProfile,
+    fleet: Fleet,
+    catalogue: Catalogue,
+    in_flight: InFlight,
+    strategy: Strategy,
+    *,
+    needed_bytes: int | None = None,
+    exclude: frozenset[str] = frozenset(),
+) -> Placement | Unplaceable:
+    """Choose a node for a cold load of ``profile`` and what to evict there first.
+
+    ``needed_bytes`` (from a neuron's preflight) overrides the catalogue's
+    ``memory_gb``. Without either figure, or on a node without GPUs, the node's
+    own preflight decides: the node is chosen without evictions. Among nodes
+    that fit, the one needing the fewest evictions and then having the most
+    free memory wins.
+    """
+    needed = needed_bytes if needed_bytes is not None else profile.memory_bytes
+    tp = _tp(profile)
+    candidates = [n for n in fleet.up() if profile.allowed_on(n.name) and n.name not in exclude]
+    if not candidates:
+        allowed = ", ".join(profile.nodes) if profile.nodes else "any node"
+        return Unplaceable(f"no node that may hold {profile.id!r} ({allowed}) is up")
+    options: list[tuple[int, int, Placement]] = []
+    for node in candidates:
+        if needed is None or not node.devices:
+            options.append((0, -node.memory_free, Placement(node.name)))
+            continue
+        if not _fits([d.memory_total for d in node.devices], needed, tp):
+            continue
+        victims = eviction_order(
+            evictable(node, catalogue, in_flight, keep=profile.id), catalogue, strategy
+        )
+        chosen: list[ModelInfo] = []
+        while not _fits(_free_after(node.devices, chosen), needed, tp):
+            if len(chosen) == len(victims):
+                break
+            chosen.append(victims[len(chosen)])
+        else:
+            free = sum(_free_after(node.devices, chosen))
+            options.append((len(chosen), -free, Placement(node.name, tuple(v.id for v in chosen))))
+    if not options:
+        figure = f" ({needed / GIB:.1f} GiB)" if needed else ""
+        return Unplaceable(
+            f"model {profile.id!r}{figure} cannot be placed: no allowed node has room,"
+            " even after evicting every idle, unpinned model"
+        )
+    return min(options, key=lambda o: (o[0], o[1]))[2]
+
+
+def feasible_on(profile: ModelProfile | None, model_id: str, fleet: Fleet) -> list[str]:
+    """Up, allowed nodes whose total device memory could hold the model, and where it is loaded.
+
+    Without a memory figure, or on a node without GPUs (whose preflight is the
+    judge), an allowed up node counts as feasible.
+    """
+    names = []
+    for node in fleet.nodes.values():
+        if not node.up:
+            continue
+        if node.ready(model_id):
+            names.append(node.name)
+            continue
+        if profile is None or not profile.allowed_on(node.name):
+            continue
+        needed = profile.memory_bytes
+        if (
+            needed is None
+            or not node.devices
+            or _fits([d.memory_total for d in node.devices], needed, _tp(profile))
+        ):
+            names.append(node.name)
+    return names
+
+
+def idle_models(
+    fleet: Fleet, catalogue: Catalogue, in_flight: InFlight, now: float, idle_timeout_s: float
+) -> list[tuple[str, str]]:
+    """``(node, model)`` pairs idle for ``idle_timeout_s`` or longer (0 disables)."""
+    if idle_timeout_s <= 0:
+        return []
+    found = []
+    for node in fleet.up():
+        for info in evictable(node, catalogue, in_flight):
+            last = info.last_used or info.loaded_at
+            if last is not None and now - last >= idle_timeout_s:
+                found.append((node.name, info.id))
+    return found
+
+
+def defrag_candidates(
+    fleet: Fleet, catalogue: Catalogue, in_flight: InFlight
+) -> list[tuple[str, str]]:
+    """Models to move so a fragmented node can hold a catalogue model again.
+
+    A node is fragmented when some catalogue model allowed there (one GPU, known
+    size, small enough for one of its GPUs) fits its free memory in total but on
+    no single GPU. The node's smallest idle, unpinned model is the one to move.
+    """
+    moves = []
+    for node in fleet.up():
+        if len(node.devices) < 2:
+            continue
+        free = [d.memory_free for d in node.devices]
+        stuck = [
+            p
+            for p in catalogue.models
+            if p.allowed_on(node.name)
+            and p.memory_bytes is not None
+            and _tp(p) == 1
+            and not node.model(p.id)
+            and _fits([d.memory_total for d in node.devices], p.memory_bytes, 1)
+            and p.memory_bytes <= sum(free)
+            and not _fits(free, p.memory_bytes, 1)
+        ]
+        if not stuck:
+            continue
+        idle = [i for i in evictable(node, catalogue, in_flight) if i.memory_bytes > 0]
+        if idle:
+            smallest = min(idle, key=lambda i: (i.memory_bytes, i.id))
+            moves.append((node.name, smallest.id))
+    return moves
