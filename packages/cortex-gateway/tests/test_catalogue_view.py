@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import Device, ModelInfo, ModelState
@@ -220,3 +222,16 @@ def test_find_model_unknown_is_none() -> None:
     assert find_model("org/nothing", CATALOGUE, fleet) is None
     assert find_model("org/still-loading", CATALOGUE, fleet) is None
     assert find_model("org/down-only", CATALOGUE, fleet) is None
+
+
+def test_grafana_dashboard_uses_only_documented_metrics() -> None:
+    """Every metric the Grafana dashboard queries is one docs/metrics.md documents."""
+    repo = Path(__file__).parents[3]
+    dashboard = json.loads((repo / "configs" / "grafana" / "cortex.json").read_text())
+    documented = (repo / "docs" / "metrics.md").read_text()
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"\b((?:cortex|neuron)_[a-z_]+)", e)}
+    assert names
+    for name in names:
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        assert f"`{base}`" in documented or base in documented, name

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -27,11 +29,12 @@ from starlette.types import Receive, Scope, Send
 from cortex_core.catalogue import ModelProfile
 from cortex_core.config import GatewayConfig
 from cortex_core.ids import InvalidModelId, parse_model_id
-from cortex_core.openai import error_envelope
-from cortex_core.wire import RouteView, WireError, decode, encode, to_builtins
+from cortex_core.openai import StreamOptions, error_envelope
+from cortex_core.wire import WireError, decode, encode, to_builtins
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import find_model, list_models
 from cortex_gateway.lifecycle import Lifecycle, RouteError
+from cortex_gateway.metering import Meter, meter_stream, usage_of
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neuron_client import NeuronCallError
 from cortex_gateway.proxy import UpstreamError, open_upstream, relayable_message, rewrite_model
@@ -42,6 +45,43 @@ log = logging.getLogger(__name__)
 
 JSON = "application/json"
 NODE_HEADER = "x-cortex-node"
+
+
+UNREACHABLE = "the model server could not be reached"
+ROUTES = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/completions": "completions",
+    "/v1/messages": "messages",
+    "/v1/messages/count_tokens": "count_tokens",
+}
+"""Route label values for metrics: the inference routes, everything else is ``other``."""
+
+
+class RequestView(msgspec.Struct):
+    """What the gateway reads of an inference body; the rest passes as it came."""
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+@dataclass
+class Call:
+    """One inference request on its way through the gateway."""
+
+    handler: str
+    request_id: str
+    started: float
+    model: str | None = None
+    alias: str | None = None
+    node: str | None = None
+    routed: float | None = None
+    strip_usage: bool = False
+
+    def fields(self) -> dict[str, str]:
+        """The log fields known so far."""
+        found = {"model": self.model, "alias": self.alias, "node": self.node}
+        return {k: v for k, v in found.items() if v is not None}
 
 
 class BodyTooLarge(Exception):
@@ -183,96 +223,92 @@ class Gateway:
     async def completions(self, request: Request) -> Response:
         return await self._inference(request, "completions", "/completions")
 
+    def begin(self, request: Request, handler: str) -> Call:
+        """The bookkeeping of one inference request, with its request id."""
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        return Call(handler=handler, request_id=request_id[:128], started=time.monotonic())
+
+    def reject(self, call: Call, status: int, message: str, kind: str, **log: Any) -> Response:
+        """Fail one inference request: metrics, one log line, the OpenAI envelope."""
+        assert self.metrics is not None
+        labels = self.metrics.labels(call.model, call.alias, call.node, call.handler)
+        self.metrics.observe_failure(labels, status, kind)
+        response = self.fail(
+            status,
+            message,
+            kind,
+            handler=call.handler,
+            request_id=call.request_id,
+            **call.fields(),
+            **log,
+        )
+        response.headers["x-request-id"] = call.request_id
+        return response
+
     async def _inference(self, request: Request, handler: str, path: str) -> Response:
-        started = time.monotonic()
+        call = self.begin(request, handler)
         try:
             body = await self.read_body(request)
         except BodyTooLarge:
             limit = self.settings.max_body_bytes
-            return self.fail(
-                413, f"request body exceeds {limit} bytes", "invalid_request_error", handler=handler
+            return self.reject(
+                call, 413, f"request body exceeds {limit} bytes", "invalid_request_error"
             )
         except ClientDisconnect:
             return Response(status_code=499)
         try:
-            view = decode(body, RouteView)
+            view = decode(body, RequestView)
         except WireError as exc:
-            return self.fail(400, exc.message, "invalid_request_error", handler=handler)
-        asked = view.model
-        model_id = self.life.catalogue.resolve_alias(asked)
-        alias = asked if asked != model_id else None
-        fields = {"model": model_id, "alias": alias} if alias else {"model": model_id}
+            return self.reject(call, 400, exc.message, "invalid_request_error")
+        call.model = self.life.catalogue.resolve_alias(view.model)
+        call.alias = view.model if view.model != call.model else None
+        # Ask for usage on streams, to count tokens; the extra chunk goes again on the way back.
+        call.strip_usage = view.stream and not (
+            view.stream_options and view.stream_options.include_usage
+        )
         try:
-            forwarded = rewrite_model(body, model_id)
+            forwarded = rewrite_model(body, call.model, include_usage=call.strip_usage)
         except WireError as exc:
-            return self.fail(400, exc.message, "invalid_request_error", handler=handler, **fields)
+            return self.reject(call, 400, exc.message, "invalid_request_error")
         for attempt in (1, 2):
             try:
-                node = await self.life.resolve(model_id)
+                call.node = await self.life.resolve(call.model)
             except RouteError as exc:
                 kind = "not_found_error" if exc.status == 404 else "service_unavailable"
-                return self.fail(exc.status, exc.message, kind, handler=handler, **fields)
-            response = await self._forward(
-                request,
-                handler,
-                path,
-                node,
-                model_id,
-                alias,
-                forwarded,
-                started,
-                retry=attempt == 1,
-            )
+                return self.reject(call, exc.status, exc.message, kind)
+            call.routed = time.monotonic()
+            response = await self._forward(request, call, path, forwarded, retry=attempt == 1)
             if response is not None:
                 return response
-        return self.fail(
-            503,
-            f"model {model_id!r} is not available",
-            "service_unavailable",
-            handler=handler,
-            **fields,
+        return self.reject(
+            call, 503, f"model {call.model!r} is not available", "service_unavailable"
         )
 
     async def _forward(
-        self,
-        request: Request,
-        handler: str,
-        path: str,
-        node: str,
-        model_id: str,
-        alias: str | None,
-        body: bytes,
-        started: float,
-        *,
-        retry: bool,
+        self, request: Request, call: Call, path: str, body: bytes, *, retry: bool
     ) -> Response | None:
-        """Send to ``node``; ``None`` asks the caller to route again (the model moved)."""
+        """Send to the routed node; ``None`` asks the caller to route again (the model moved)."""
         assert self.session is not None
-        assert self.metrics is not None
-        life = self.life
-        fields: dict[str, Any] = {"model": model_id, "node": node}
-        if alias:
-            fields["alias"] = alias
+        life, node, model = self.life, call.node, call.model
+        assert node is not None
+        assert model is not None
         try:
-            base = await life.endpoint(node, model_id)
+            base = await life.endpoint(node, model)
         except NeuronCallError as exc:
             await life.refresh(node)
             if exc.status == 404 and retry:
                 return None
-            return self.fail(
+            return self.reject(
+                call,
                 502,
-                "the model server could not be reached",
+                UNREACHABLE,
                 "upstream_error",
-                handler=handler,
                 log_error=str(exc),
-                status_upstream=exc.status,
-                **fields,
+                upstream_status=exc.status,
             )
         url = f"{base.rstrip('/')}{path}"
-        headers = {"content-type": "application/json"}
-        if request_id := request.headers.get("x-request-id"):
-            headers["x-request-id"] = request_id
-        key = (node, model_id)
+        headers = {"content-type": "application/json", "x-request-id": call.request_id}
+        key = (node, model)
         life.in_flight[key] += 1
         released = False
 
@@ -284,109 +320,88 @@ class Gateway:
                 if life.in_flight[key] <= 0:
                     del life.in_flight[key]
 
+        meter = Meter(started=call.started)
         try:
             upstream = await open_upstream(self.session, url, body, headers)
         except UpstreamError as exc:
             release()
-            life.forget_endpoint(node, model_id)
+            life.forget_endpoint(node, model)
             await life.refresh(node)
-            return self.fail(
-                502,
-                "the model server could not be reached",
-                "upstream_error",
-                handler=handler,
-                log_error=str(exc),
-                url=url,
-                **fields,
+            return self.reject(
+                call, 502, UNREACHABLE, "upstream_error", log_error=str(exc), url=url
             )
         except BaseException:
             release()
             raise
-        labels = (self.metrics.model_label(model_id), self.metrics.node_label(node), handler)
+        meter.first_byte = time.monotonic()
+        reply_headers = {NODE_HEADER: node, "x-request-id": call.request_id}
         if upstream.status >= 400 or not upstream.streaming:
             try:
                 data = await upstream.read()
             except UpstreamError as exc:
-                return self.fail(
+                return self.reject(
+                    call,
                     502,
                     "the model server failed while answering",
                     "upstream_error",
-                    handler=handler,
                     log_error=str(exc),
                     url=url,
-                    **fields,
                 )
             finally:
                 release()
             if upstream.status == 404 and retry:
-                # The model left that node after we routed: route again.
-                life.forget_endpoint(node, model_id)
+                # The model left that node after it was routed there: route again.
+                life.forget_endpoint(node, model)
                 await life.refresh(node)
                 return None
             if upstream.status >= 500:
-                return self.fail(
+                return self.reject(
+                    call,
                     502,
                     f"the model server failed (upstream status {upstream.status})",
                     "upstream_error",
-                    handler=handler,
                     url=url,
                     upstream_status=upstream.status,
-                    **fields,
                 )
             if upstream.status >= 400:
-                message = (
-                    relayable_message(data)
-                    or f"the model server refused the request (upstream status {upstream.status})"
+                message = relayable_message(data) or (
+                    f"the model server refused the request (upstream status {upstream.status})"
                 )
-                return self.fail(
-                    upstream.status,
-                    message,
-                    "invalid_request_error",
-                    handler=handler,
-                    url=url,
-                    **fields,
-                )
-            seconds = time.monotonic() - started
-            self._observe(labels, alias, upstream.status, seconds)
-            log.info(
-                "proxied",
-                extra={
-                    "handler": handler,
-                    **fields,
-                    "status": upstream.status,
-                    "seconds": round(seconds, 3),
-                },
-            )
+                return self.reject(call, upstream.status, message, "invalid_request_error", url=url)
+            meter.usage = usage_of(data)
+            self.finish(call, upstream.status, meter)
             return Response(
-                data, status_code=upstream.status, media_type=JSON, headers={NODE_HEADER: node}
+                data, status_code=upstream.status, media_type=JSON, headers=reply_headers
             )
 
         async def done() -> None:
             release()
-            seconds = time.monotonic() - started
-            self._observe(labels, alias, upstream.status, seconds)
-            log.info(
-                "proxied stream",
-                extra={
-                    "handler": handler,
-                    **fields,
-                    "status": upstream.status,
-                    "seconds": round(seconds, 3),
-                },
-            )
+            self.finish(call, upstream.status, meter)
 
-        return _TrackedStream(
-            upstream.chunks(), {NODE_HEADER: node, "cache-control": "no-cache"}, done
-        )
+        chunks = meter_stream(upstream.chunks(), meter, strip_usage=call.strip_usage)
+        return _TrackedStream(chunks, {**reply_headers, "cache-control": "no-cache"}, done)
 
-    def _observe(
-        self, labels: tuple[str, str, str], alias: str | None, status: int, seconds: float
-    ) -> None:
+    def finish(self, call: Call, status: int, meter: Meter) -> None:
+        """Record a request that was answered: metrics and its one log line."""
         assert self.metrics is not None
-        model, node, route = labels
-        alias_label = self.metrics.model_label(alias) if alias else ""
-        self.metrics.requests.labels(model, alias_label, node, route, str(status)).inc()
-        self.metrics.latency.labels(model, node, route).observe(seconds)
+        labels = self.metrics.labels(call.model, call.alias, call.node, call.handler)
+        latency = time.monotonic() - call.started
+        waited = (call.routed or call.started) - call.started
+        self.metrics.observe_success(labels, status, meter, latency, waited)
+        usage = meter.usage
+        log.info(
+            "request",
+            extra={
+                "request_id": call.request_id,
+                "handler": call.handler,
+                **call.fields(),
+                "status": status,
+                "prompt_tokens": usage.prompt_tokens if usage else None,
+                "completion_tokens": usage.completion_tokens if usage else None,
+                "ttft_s": round(meter.ttft, 3) if meter.ttft is not None else None,
+                "latency_s": round(latency, 3),
+            },
+        )
 
     # --- admin ------------------------------------------------------------------------------
 
@@ -489,6 +504,10 @@ def _guard(gateway: Gateway, handler: Handler, *, public: bool = False) -> Handl
 
     async def guarded(request: Request) -> Response:
         if not public and not gateway.authorized(request):
+            if gateway.metrics is not None:
+                route = ROUTES.get(request.url.path, "other")
+                labels = gateway.metrics.labels(None, None, None, route)
+                gateway.metrics.observe_failure(labels, 401, "authentication_error")
             return gateway.fail(
                 401, "missing or invalid API key", "authentication_error", handler=request.url.path
             )

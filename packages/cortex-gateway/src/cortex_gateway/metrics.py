@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.metering import Meter
 
-__all__ = ["GatewayMetrics"]
+__all__ = ["GatewayMetrics", "Labels"]
 
 OTHER = "other"
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 _LOAD_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900)
+_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 900)
+_RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
 class _FleetCollector(Collector):
@@ -52,6 +56,26 @@ class _FleetCollector(Collector):
         yield from (up, models, used, total, in_flight)
 
 
+@dataclass(frozen=True, slots=True)
+class Labels:
+    """The bounded label values of one request."""
+
+    model: str
+    alias: str
+    node: str
+    route: str
+
+
+_ERROR_KINDS = {
+    "invalid_request_error": "bad_request",
+    "authentication_error": "unauthorized",
+    "not_found_error": "not_found",
+    "service_unavailable": "unavailable",
+    "upstream_error": "upstream",
+    "server_error": "internal",
+}
+
+
 class GatewayMetrics:
     """Counters and histograms the request path and the lifecycle feed."""
 
@@ -59,53 +83,137 @@ class GatewayMetrics:
         self.registry = CollectorRegistry()
         self._lifecycle = lifecycle
         self.registry.register(_FleetCollector(lifecycle))
-        labels = ["model", "alias", "node", "route", "status"]
+        request_labels = ["model", "alias", "node", "route"]
+        r = self.registry
         self.requests = Counter(
-            "cortex_requests", "Requests answered", labels, registry=self.registry
+            "cortex_requests", "Requests answered", [*request_labels, "status"], registry=r
+        )
+        self.errors = Counter(
+            "cortex_request_errors",
+            "Requests that failed, by kind",
+            [*request_labels, "kind"],
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "cortex_prompt_tokens",
+            "Prompt tokens, from the answers' usage",
+            request_labels,
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "cortex_completion_tokens",
+            "Completion tokens, from the answers' usage",
+            request_labels,
+            registry=r,
         )
         self.latency = Histogram(
             "cortex_request_duration_seconds",
-            "Time from request to the last byte of the answer",
-            ["model", "node", "route"],
+            "Time from the request's arrival to the last byte of its answer",
+            request_labels,
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "cortex_time_to_first_token_seconds",
+            "Time to the first token (streams) or to the first byte of the answer",
+            request_labels,
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.wait = Histogram(
+            "cortex_queue_wait_seconds",
+            "Time before the request reached a neuron: routing, waiting for a cold load",
+            request_labels,
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.decode_rate = Histogram(
+            "cortex_decode_tokens_per_second",
+            "Completion tokens per second, from the first token to the last (streams)",
+            request_labels,
+            buckets=_RATE_BUCKETS,
+            registry=r,
         )
         self.loads = Counter(
             "cortex_model_loads",
             "Loads the gateway asked for",
             ["model", "node", "outcome"],
-            registry=self.registry,
+            registry=r,
         )
         self.load_seconds = Histogram(
             "cortex_model_load_seconds",
             "Time a load took on the neuron",
             ["model", "node", "outcome"],
             buckets=_LOAD_BUCKETS,
-            registry=self.registry,
+            registry=r,
+        )
+        self.unloads = Counter(
+            "cortex_model_unloads",
+            "Unloads the gateway made, by reason (lru, priority, idle, defrag, admin)",
+            ["model", "node", "reason"],
+            registry=r,
         )
         self.evictions = Counter(
             "cortex_model_evictions",
-            "Unloads the gateway decided on",
+            "Unloads the gateway decided on by itself, by reason (lru, priority, idle, defrag)",
             ["model", "node", "reason"],
-            registry=self.registry,
+            registry=r,
         )
         lifecycle.on_load = self._load
-        lifecycle.on_eviction = self._evicted
+        lifecycle.on_eviction = self._unloaded
 
-    def model_label(self, model_id: str) -> str:
+    def model_label(self, model_id: str | None) -> str:
         """``model_id`` if it is a catalogue id or alias, else ``other`` (bounded cardinality)."""
+        if model_id is None:
+            return "none"
         return model_id if model_id in self._lifecycle.catalogue else OTHER
 
     def node_label(self, node: str | None) -> str:
-        """A configured node's name, or ``none``/``other``."""
+        """A configured node's name, ``none`` before routing, else ``other``."""
         if node is None:
             return "none"
         return node if node in self._lifecycle.clients else OTHER
+
+    def labels(self, model: str | None, alias: str | None, node: str | None, route: str) -> Labels:
+        """Bounded labels for one request."""
+        return Labels(
+            self.model_label(model),
+            self.model_label(alias) if alias else "",
+            self.node_label(node),
+            route,
+        )
+
+    def observe_failure(self, labels: Labels, status: int, kind: str) -> None:
+        """Count a failed request and the kind of its failure."""
+        base = (labels.model, labels.alias, labels.node, labels.route)
+        self.requests.labels(*base, str(status)).inc()
+        self.errors.labels(
+            *base, "too_large" if status == 413 else _ERROR_KINDS.get(kind, "other")
+        ).inc()
+
+    def observe_success(
+        self, labels: Labels, status: int, meter: Meter, latency: float, waited: float
+    ) -> None:
+        """Count an answered request with its tokens and timings."""
+        base = (labels.model, labels.alias, labels.node, labels.route)
+        self.requests.labels(*base, str(status)).inc()
+        self.latency.labels(*base).observe(latency)
+        self.wait.labels(*base).observe(waited)
+        if (ttft := meter.ttft) is not None:
+            self.ttft.labels(*base).observe(ttft)
+        if (rate := meter.decode_rate) is not None:
+            self.decode_rate.labels(*base).observe(rate)
+        if meter.usage is not None:
+            self.prompt_tokens.labels(*base).inc(meter.usage.prompt_tokens)
+            self.completion_tokens.labels(*base).inc(meter.usage.completion_tokens)
 
     def _load(self, node: str, model: str, outcome: str, seconds: float) -> None:
         labels = (self.model_label(model), self.node_label(node), outcome)
         self.loads.labels(*labels).inc()
         self.load_seconds.labels(*labels).observe(seconds)
 
-    def _evicted(self, node: str, model: str, reason: str) -> None:
-        self.evictions.labels(self.model_label(model), self.node_label(node), reason).inc()
+    def _unloaded(self, node: str, model: str, reason: str) -> None:
+        labels = (self.model_label(model), self.node_label(node), reason)
+        self.unloads.labels(*labels).inc()
+        if reason != "admin":
+            self.evictions.labels(*labels).inc()

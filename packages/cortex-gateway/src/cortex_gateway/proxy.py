@@ -29,13 +29,22 @@ UPSTREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10
 MAX_RELAYED_MESSAGE = 500
 
 
-def rewrite_model(body: bytes, model: str) -> bytes:
-    """``body`` with its top-level ``model`` set to ``model``; other values kept byte for byte."""
+def rewrite_model(body: bytes, model: str, *, include_usage: bool = False) -> bytes:
+    """``body`` with its top-level ``model`` set to ``model``; other values kept byte for byte.
+
+    With ``include_usage``, ``stream_options.include_usage`` is also set, so a
+    stream ends with the token counts the gateway's metrics need.
+    """
     try:
         fields = _raw_object.decode(body)
+        fields["model"] = msgspec.Raw(encode(model))
+        if include_usage:
+            raw = fields.get("stream_options")
+            options = _raw_object.decode(raw) if raw is not None and raw != b"null" else {}
+            options["include_usage"] = msgspec.Raw(b"true")
+            fields["stream_options"] = msgspec.Raw(encode(options))
     except msgspec.DecodeError as exc:
         raise WireError(f"body is not a JSON object: {exc}") from exc
-    fields["model"] = msgspec.Raw(encode(model))
     return encode(fields)
 
 

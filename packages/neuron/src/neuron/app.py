@@ -166,27 +166,31 @@ class NeuronApp:
         self, request: Request, handler: str, call: Callable[[Engine, bytes], Awaitable[Reply]]
     ) -> Response:
         body = await request.body()
+        # The gateway's request id, so one request can be followed across both logs.
+        rid = {"request_id": request.headers.get("x-request-id", "")}
         try:
             route = decode(body, RouteView)
         except WireError as exc:
-            return _openai_error(400, exc.message, "invalid_request_error", handler)
+            return _openai_error(400, exc.message, "invalid_request_error", handler, **rid)
         try:
             entry, engine = self.registry.acquire(route.model)
         except NeuronError as exc:
-            return _openai_error(404, exc.message, "not_found_error", handler, model=route.model)
+            return _openai_error(
+                404, exc.message, "not_found_error", handler, model=route.model, **rid
+            )
         started = time.monotonic()
         try:
             reply = await call(engine, body)
         except Exception:
             self.registry.release(entry)
-            log.exception("engine failed", extra={"handler": handler, "model": route.model})
+            log.exception("engine failed", extra={"handler": handler, "model": route.model, **rid})
             return _json(error_envelope("the engine failed", "server_error", code=500), 500)
         if isinstance(reply, JsonReply):
             self.registry.release(entry)
             if reply.status >= 400:
                 log.warning(
                     "engine refused request",
-                    extra={"handler": handler, "model": route.model, "status": reply.status},
+                    extra={"handler": handler, "model": route.model, "status": reply.status, **rid},
                 )
             else:
                 log.debug(
@@ -195,6 +199,7 @@ class NeuronApp:
                         "handler": handler,
                         "model": route.model,
                         "seconds": round(time.monotonic() - started, 3),
+                        **rid,
                     },
                 )
             return Response(reply.body, status_code=reply.status, media_type=JSON)

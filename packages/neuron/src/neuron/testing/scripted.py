@@ -111,6 +111,19 @@ class ScriptedEngine:
             }
             yield f"data: {json.dumps(chunk)}\n\n".encode()
             await asyncio.sleep(self.chunk_delay)
+        options = request.get("stream_options") or {}
+        if options.get("include_usage"):
+            words = len(self.reply.split())
+            usage = {"prompt_tokens": 3, "completion_tokens": words, "total_tokens": 3 + words}
+            final: dict[str, Any] = {
+                "id": "scripted-1",
+                "object": kind,
+                "created": 0,
+                "model": request.get("model"),
+                "choices": [],
+                "usage": usage,
+            }
+            yield f"data: {json.dumps(final)}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:

@@ -1,0 +1,124 @@
+"""What each request cost: tokens, time to first token, decode rate, read off the answer.
+
+Non-streaming answers are read once they are complete. Streams are watched
+event by event as they pass, never held back; the usage chunk the gateway
+asked for on the client's behalf is taken out again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import msgspec
+
+from cortex_core.openai import Usage
+from cortex_gateway.sse import SseSplitter, event_data
+
+__all__ = ["Meter", "meter_stream", "usage_of"]
+
+
+class _UsageView(msgspec.Struct):
+    usage: Usage | None = None
+
+
+class _DeltaView(msgspec.Struct):
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[msgspec.Raw] | None = None
+
+
+class _ChoiceView(msgspec.Struct):
+    delta: _DeltaView | None = None
+    text: str | None = None
+
+
+class _ChunkView(msgspec.Struct):
+    choices: list[_ChoiceView] = field(default_factory=list)
+    usage: Usage | None = None
+
+
+_usage = msgspec.json.Decoder(_UsageView)
+_chunk = msgspec.json.Decoder(_ChunkView)
+
+
+def usage_of(body: bytes) -> Usage | None:
+    """The ``usage`` of a complete OpenAI answer, if it has one."""
+    try:
+        return _usage.decode(body).usage
+    except msgspec.DecodeError:
+        return None
+
+
+@dataclass
+class Meter:
+    """Measurements of one request, filled in as its answer passes."""
+
+    started: float
+    first_byte: float | None = None
+    first_token: float | None = None
+    last_token: float | None = None
+    usage: Usage | None = None
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token (streams) or to the first byte (complete answers)."""
+        first = self.first_token if self.first_token is not None else self.first_byte
+        return None if first is None else first - self.started
+
+    @property
+    def decode_rate(self) -> float | None:
+        """Completion tokens per second from the first token to the last."""
+        if self.usage is None or self.first_token is None or self.last_token is None:
+            return None
+        span = self.last_token - self.first_token
+        tokens = self.usage.completion_tokens - 1  # the first token opens the span
+        return tokens / span if span > 0 and tokens > 0 else None
+
+
+def _has_token(chunk: _ChunkView) -> bool:
+    for choice in chunk.choices:
+        if choice.text:
+            return True
+        delta = choice.delta
+        if delta is not None and (
+            delta.content or delta.reasoning or delta.reasoning_content or delta.tool_calls
+        ):
+            return True
+    return False
+
+
+async def meter_stream(
+    chunks: AsyncIterator[bytes], meter: Meter, *, strip_usage: bool
+) -> AsyncIterator[bytes]:
+    """Pass SSE bytes through event by event, measuring; drop the usage-only chunk if asked."""
+    splitter = SseSplitter()
+    async for chunk in chunks:
+        now = time.monotonic()
+        if meter.first_byte is None:
+            meter.first_byte = now
+        out = []
+        for event in splitter.feed(chunk):
+            data = event_data(event)
+            if data is None or data == b"[DONE]":
+                out.append(event)
+                continue
+            try:
+                view = _chunk.decode(data)
+            except msgspec.DecodeError:
+                out.append(event)
+                continue
+            if _has_token(view):
+                meter.first_token = meter.first_token or now
+                meter.last_token = now
+            if view.usage is not None:
+                meter.usage = view.usage
+                if strip_usage and not view.choices:
+                    continue  # the client did not ask for this chunk: the gateway did
+            out.append(event)
+        if out:
+            yield b"".join(out)
+    if rest := splitter.rest():
+        yield rest
