@@ -1,5 +1,8 @@
 """The gateway's load → chat → evict → reload path on a neuron running real vLLM.
 
+SmolLM2 also answers Anthropic clients through /v1/messages, and
+count_tokens agrees with the neuron's own tokenizer.
+
 The neuron has a memory limit that holds one of the two models at a time, so
 each switch makes the neuron's preflight refuse the load, the gateway evict
 the least recently used model, and the new model load. SmolLM2 answers for
@@ -11,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anthropic
+import httpx
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
@@ -95,3 +100,39 @@ def test_load_chat_evict_reload(start_fleet: StartFleet, models_root: Path) -> N
     assert fleet.loaded() == {"cpu1": ["test/smollm2"]}
     assert fleet.engine_starts("test/smollm2") == 2
     assert fleet.gateway.log().count("reason=lru") == 2
+    # Anthropic clients get the same real model through /v1/messages.
+    sdk = anthropic.Anthropic(base_url=fleet.url, api_key="unused", max_retries=0)
+    message = sdk.messages.create(
+        model="helexa/small",
+        max_tokens=30,
+        extra_body={"temperature": 0},  # this SDK no longer types it; the API takes it
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
+    assert message.content[0].type == "text"
+    assert "Paris" in message.content[0].text
+    assert message.stop_reason == "end_turn"
+    with sdk.messages.stream(
+        model="helexa/small",
+        max_tokens=30,
+        extra_body={"temperature": 0},  # this SDK no longer types it; the API takes it
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    ) as anthropic_stream:
+        streamed = "".join(anthropic_stream.text_stream)
+    assert "Paris" in streamed
+    counted = sdk.messages.count_tokens(
+        model="helexa/small",
+        system="You are terse.",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+    )
+    neuron = httpx.post(
+        f"{fleet.neurons['cpu1'].url}/tokenize",
+        json={
+            "model": "test/smollm2",
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "What is the capital of France?"},
+            ],
+        },
+    ).json()
+    assert counted.input_tokens == neuron["count"]
+    assert counted.input_tokens > 10

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -26,6 +26,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from cortex_core.anthropic import error_envelope as anthropic_error
 from cortex_core.catalogue import ModelProfile
 from cortex_core.config import GatewayConfig
 from cortex_core.ids import InvalidModelId, parse_model_id
@@ -37,7 +38,14 @@ from cortex_gateway.lifecycle import Lifecycle, RouteError
 from cortex_gateway.metering import Meter, meter_stream, usage_of
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neuron_client import NeuronCallError
-from cortex_gateway.proxy import UpstreamError, open_upstream, relayable_message, rewrite_model
+from cortex_gateway.proxy import (
+    Upstream,
+    UpstreamError,
+    open_upstream,
+    relayable_message,
+    rewrite_model,
+)
+from cortex_gateway.translate.anthropic import error_type_for_status
 
 __all__ = ["Gateway", "create_apps"]
 
@@ -48,6 +56,7 @@ NODE_HEADER = "x-cortex-node"
 
 
 UNREACHABLE = "the model server could not be reached"
+ANTHROPIC_HANDLERS = frozenset({"messages", "count_tokens"})
 ROUTES = {
     "/v1/chat/completions": "chat_completions",
     "/v1/completions": "completions",
@@ -77,11 +86,17 @@ class Call:
     node: str | None = None
     routed: float | None = None
     strip_usage: bool = False
+    url: str | None = None
+    release: Callable[[], None] = field(default=lambda: None)
 
     def fields(self) -> dict[str, str]:
         """The log fields known so far."""
         found = {"model": self.model, "alias": self.alias, "node": self.node}
         return {k: v for k, v in found.items() if v is not None}
+
+
+def _nothing() -> None:
+    pass
 
 
 class BodyTooLarge(Exception):
@@ -182,19 +197,21 @@ class Gateway:
         *,
         handler: str,
         log_error: str | None = None,
+        anthropic: bool = False,
         **fields: Any,
     ) -> Response:
-        """An OpenAI error envelope, logged once with the operator's fields."""
+        """An error envelope (OpenAI's, or Anthropic's), logged once with the operator's fields."""
         log.warning(
             "request failed",
             extra={"handler": handler, "status": status, "error": log_error or message, **fields},
         )
         node = fields.get("node")
-        return _json(
-            error_envelope(message, kind, code=status),
-            status,
-            node if isinstance(node, str) else None,
+        envelope: Any = (
+            anthropic_error(error_type_for_status(status), message)
+            if anthropic
+            else error_envelope(message, kind, code=status)
         )
+        return _json(envelope, status, node if isinstance(node, str) else None)
 
     # --- public routes -------------------------------------------------------------------
 
@@ -238,6 +255,7 @@ class Gateway:
             message,
             kind,
             handler=call.handler,
+            anthropic=call.handler in ANTHROPIC_HANDLERS,
             request_id=call.request_id,
             **call.fields(),
             **log,
@@ -284,10 +302,13 @@ class Gateway:
             call, 503, f"model {call.model!r} is not available", "service_unavailable"
         )
 
-    async def _forward(
-        self, request: Request, call: Call, path: str, body: bytes, *, retry: bool
-    ) -> Response | None:
-        """Send to the routed node; ``None`` asks the caller to route again (the model moved)."""
+    async def connect(self, call: Call, path: str, body: bytes, *, retry: bool) -> Connected:
+        """Open the request to the routed node's OpenAI API.
+
+        Answers the open upstream (its request counted in flight until
+        ``call.release()``), ``None`` when the model left the node and routing
+        should start again, or the error response already made.
+        """
         assert self.session is not None
         life, node, model = self.life, call.node, call.model
         assert node is not None
@@ -306,80 +327,107 @@ class Gateway:
                 log_error=str(exc),
                 upstream_status=exc.status,
             )
-        url = f"{base.rstrip('/')}{path}"
+        call.url = f"{base.rstrip('/')}{path}"
         headers = {"content-type": "application/json", "x-request-id": call.request_id}
         key = (node, model)
         life.in_flight[key] += 1
-        released = False
 
         def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
+            if call.release is release:
+                call.release = _nothing
                 life.in_flight[key] -= 1
                 if life.in_flight[key] <= 0:
                     del life.in_flight[key]
 
-        meter = Meter(started=call.started)
+        call.release = release
         try:
-            upstream = await open_upstream(self.session, url, body, headers)
+            upstream = await open_upstream(self.session, call.url, body, headers)
         except UpstreamError as exc:
             release()
             life.forget_endpoint(node, model)
             await life.refresh(node)
             return self.reject(
-                call, 502, UNREACHABLE, "upstream_error", log_error=str(exc), url=url
+                call, 502, UNREACHABLE, "upstream_error", log_error=str(exc), url=call.url
             )
         except BaseException:
             release()
             raise
+        return upstream
+
+    async def read_answer(
+        self, call: Call, upstream: Upstream, *, retry: bool
+    ) -> bytes | Response | None:
+        """The complete body of a successful answer, or the error response for a failed one.
+
+        ``None``: the model left the node after it was routed there; route again.
+        """
+        assert call.node is not None
+        assert call.model is not None
+        try:
+            data = await upstream.read()
+        except UpstreamError as exc:
+            return self.reject(
+                call,
+                502,
+                "the model server failed while answering",
+                "upstream_error",
+                log_error=str(exc),
+                url=call.url,
+            )
+        finally:
+            call.release()
+        if upstream.status == 404 and retry:
+            self.life.forget_endpoint(call.node, call.model)
+            await self.life.refresh(call.node)
+            return None
+        if upstream.status >= 500:
+            return self.reject(
+                call,
+                502,
+                f"the model server failed (upstream status {upstream.status})",
+                "upstream_error",
+                url=call.url,
+                upstream_status=upstream.status,
+            )
+        if upstream.status >= 400:
+            message = relayable_message(data) or (
+                f"the model server refused the request (upstream status {upstream.status})"
+            )
+            return self.reject(
+                call, upstream.status, message, "invalid_request_error", url=call.url
+            )
+        return data
+
+    def reply_headers(self, call: Call) -> dict[str, str]:
+        """Headers every answer carries: the serving node and the request id."""
+        return {NODE_HEADER: call.node or "", "x-request-id": call.request_id}
+
+    async def _forward(
+        self, request: Request, call: Call, path: str, body: bytes, *, retry: bool
+    ) -> Response | None:
+        """Send to the routed node; ``None`` asks the caller to route again (the model moved)."""
+        meter = Meter(started=call.started)
+        upstream = await self.connect(call, path, body, retry=retry)
+        if not isinstance(upstream, Upstream):
+            return upstream
         meter.first_byte = time.monotonic()
-        reply_headers = {NODE_HEADER: node, "x-request-id": call.request_id}
         if upstream.status >= 400 or not upstream.streaming:
-            try:
-                data = await upstream.read()
-            except UpstreamError as exc:
-                return self.reject(
-                    call,
-                    502,
-                    "the model server failed while answering",
-                    "upstream_error",
-                    log_error=str(exc),
-                    url=url,
-                )
-            finally:
-                release()
-            if upstream.status == 404 and retry:
-                # The model left that node after it was routed there: route again.
-                life.forget_endpoint(node, model)
-                await life.refresh(node)
-                return None
-            if upstream.status >= 500:
-                return self.reject(
-                    call,
-                    502,
-                    f"the model server failed (upstream status {upstream.status})",
-                    "upstream_error",
-                    url=url,
-                    upstream_status=upstream.status,
-                )
-            if upstream.status >= 400:
-                message = relayable_message(data) or (
-                    f"the model server refused the request (upstream status {upstream.status})"
-                )
-                return self.reject(call, upstream.status, message, "invalid_request_error", url=url)
+            data = await self.read_answer(call, upstream, retry=retry)
+            if not isinstance(data, bytes):
+                return data
             meter.usage = usage_of(data)
             self.finish(call, upstream.status, meter)
             return Response(
-                data, status_code=upstream.status, media_type=JSON, headers=reply_headers
+                data, status_code=upstream.status, media_type=JSON, headers=self.reply_headers(call)
             )
 
         async def done() -> None:
-            release()
+            call.release()
             self.finish(call, upstream.status, meter)
 
         chunks = meter_stream(upstream.chunks(), meter, strip_usage=call.strip_usage)
-        return _TrackedStream(chunks, {**reply_headers, "cache-control": "no-cache"}, done)
+        headers = {**self.reply_headers(call), "cache-control": "no-cache"}
+        return _TrackedStream(chunks, headers, done)
 
     def finish(self, call: Call, status: int, meter: Meter) -> None:
         """Record a request that was answered: metrics and its one log line."""
@@ -497,24 +545,32 @@ class Gateway:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Connected = Upstream | Response | None
 
 
 def _guard(gateway: Gateway, handler: Handler, *, public: bool = False) -> Handler:
     """Check the API key, and answer an unexpected exception with a logged 500 envelope."""
 
     async def guarded(request: Request) -> Response:
+        anthropic = request.url.path.startswith("/v1/messages")
         if not public and not gateway.authorized(request):
             if gateway.metrics is not None:
                 route = ROUTES.get(request.url.path, "other")
                 labels = gateway.metrics.labels(None, None, None, route)
                 gateway.metrics.observe_failure(labels, 401, "authentication_error")
             return gateway.fail(
-                401, "missing or invalid API key", "authentication_error", handler=request.url.path
+                401,
+                "missing or invalid API key",
+                "authentication_error",
+                handler=request.url.path,
+                anthropic=anthropic,
             )
         try:
             return await handler(request)
         except Exception:
             log.exception("unhandled error", extra={"handler": request.url.path})
+            if anthropic:
+                return _json(anthropic_error("api_error", "internal error"), 500)
             return _json(error_envelope("internal error", "server_error", code=500), 500)
 
     return guarded
@@ -522,7 +578,10 @@ def _guard(gateway: Gateway, handler: Handler, *, public: bool = False) -> Handl
 
 def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette, Gateway]:
     """The API app, the metrics app (its own listener), and the handlers' state."""
+    from cortex_gateway.anthropic_routes import AnthropicRoutes  # it builds on this module
+
     gateway = Gateway(config)
+    anthropic = AnthropicRoutes(gateway)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -558,6 +617,8 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette, Gateway]:
             r("/v1/models/{model:path}", gateway.model),
             r("/v1/chat/completions", gateway.chat, ["POST"]),
             r("/v1/completions", gateway.completions, ["POST"]),
+            r("/v1/messages", anthropic.messages, ["POST"]),
+            r("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"]),
             r("/admin/fleet", gateway.fleet),
             r("/admin/models/load", gateway.admin_load, ["POST"]),
             r("/admin/models/unload", gateway.admin_unload, ["POST"]),

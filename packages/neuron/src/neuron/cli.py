@@ -100,7 +100,10 @@ def _scripted_app(config: NeuronConfig) -> Any:
     from neuron.testing.fakegpu import FakeGpus, parse_gpus
     from neuron.testing.scripted import ScriptedFactory
 
-    factory = ScriptedFactory(chunk_delay=float(os.environ.get("NEURON_TEST_CHUNK_DELAY", "0.05")))
+    factory = ScriptedFactory(
+        chunk_delay=float(os.environ.get("NEURON_TEST_CHUNK_DELAY", "0.05")),
+        start_delay=float(os.environ.get("NEURON_TEST_START_DELAY", "0")),
+    )
     gpus = FakeGpus(parse_gpus(os.environ.get("NEURON_TEST_GPUS", "")))
     app = create_app(config, factory, devices=gpus.devices)
     gpus.bind(app.state.neuron.registry)

@@ -154,6 +154,8 @@ class ScriptedFactory:
     """If set, every start fails with this reason."""
     gate: asyncio.Event | None = None
     """If set, starts wait until it is set."""
+    start_delay: float = 0.0
+    """Seconds each start takes, like a real engine's."""
     started: list[ScriptedEngine] = field(default_factory=list)
     starts: int = 0
 
@@ -173,6 +175,8 @@ class ScriptedFactory:
     async def start(self, spec: EngineSpec) -> ScriptedEngine:
         """Start (after the gate, if any) or fail as configured."""
         self.starts += 1
+        if self.start_delay:
+            await asyncio.sleep(self.start_delay)
         if self.gate is not None:
             await self.gate.wait()
         if self.fail_with is not None:

@@ -1,0 +1,1 @@
+"""Translations between the client-facing APIs and the neurons' OpenAI chat API."""
