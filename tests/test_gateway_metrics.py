@@ -10,9 +10,11 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
+from anthropic.types import MessageParam
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -167,3 +169,21 @@ def test_request_ids_and_the_request_log_line(fleet: Fleet) -> None:
         "latency_s=",
     ):
         assert field in lines[0]
+
+
+def test_anthropic_traffic_is_metered(fleet: Fleet) -> None:
+    """Messages, streamed or not, count under route=messages with their tokens and timings."""
+    sdk = anthropic.Anthropic(base_url=fleet.url, api_key="unused", max_retries=0)
+    question: list[MessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
+    sdk.messages.create(model="helexa/small", max_tokens=20, messages=question)
+    with sdk.messages.stream(model="fake/a", max_tokens=20, messages=question) as stream:
+        assert "".join(stream.text_stream) == "The capital of France is Paris."
+    sdk.messages.count_tokens(model="fake/a", messages=question)
+    found = samples(f"{fleet.metrics_url}/metrics")
+    messages = {"route": "messages", "model": "fake/a"}
+    assert value(found, "cortex_requests_total", status="200", **messages) == 2
+    assert value(found, "cortex_requests_total", alias="helexa/small", **messages) == 1
+    assert value(found, "cortex_completion_tokens_total", **messages) == 12
+    assert value(found, "cortex_time_to_first_token_seconds_count", **messages) == 2
+    assert value(found, "cortex_decode_tokens_per_second_count", **messages) == 1
+    assert value(found, "cortex_requests_total", route="count_tokens", status="200") == 1
