@@ -5,38 +5,18 @@ from __future__ import annotations
 import http.client
 import json
 import struct
-from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
-from huggingface_hub.utils.tqdm import disable_progress_bars
 
 from neuron.testing.hub import FakeHub, HubRequest
 
 DTYPE_SIZES = {"BF16": 2, "F16": 2, "F32": 4}
 
 
-@pytest.fixture(autouse=True)
-def hub_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Keep huggingface_hub online (loopback only), quiet, token-less, and away from ~/.cache."""
-    home = tmp_path / "hf-home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_ENDPOINT", "HF_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    # huggingface_hub reads its environment once, at import: patch what it already read.
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_IMPLICIT_TOKEN", True)
-    # Disabling warns when HF_HUB_DISABLE_PROGRESS_BARS=0 was set at import: then leave them on.
-    forced_on = constants.HF_HUB_DISABLE_PROGRESS_BARS is False
-    with nullcontext() if forced_on else disable_progress_bars():
-        yield
+pytestmark = pytest.mark.usefixtures("hub_env")  # conftest.py: huggingface_hub on loopback
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:

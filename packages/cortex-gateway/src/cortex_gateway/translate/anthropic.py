@@ -60,17 +60,8 @@ __all__ = [
     "to_openai",
 ]
 
-ErrorType = Literal[
-    "invalid_request_error",
-    "authentication_error",
-    "permission_error",
-    "not_found_error",
-    "request_too_large",
-    "rate_limit_error",
-    "api_error",
-    "overloaded_error",
-]
-StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"]
+ErrorType = an.ErrorType
+StopReason = an.StopReason
 
 _TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
 _IS_ERROR_PREFIX = "Error: "
