@@ -455,6 +455,7 @@ class Gateway:
 
     async def fleet(self, request: Request) -> Response:
         life = self.life
+        await life.refresh_all()  # people read this: show now, not the last poll
         nodes = []
         for node in life.fleet.nodes.values():
             nodes.append(
