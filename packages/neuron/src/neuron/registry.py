@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DRAIN_TIMEOUT_S = 30.0
 """How long an unload waits for requests in flight before stopping the engine anyway."""
 HEALTH_INTERVAL_S = 5.0
+CLOSE_TIMEOUT_S = 150.0
+"""How long shutdown waits for loads under way to clean up after themselves."""
 
 
 def host_free_bytes() -> int:
@@ -385,10 +387,15 @@ class Registry:
                     await engine.shutdown()
 
     async def close(self) -> None:
-        """Stop every engine (daemon shutdown): loads under way are abandoned."""
-        for entry in list(self._entries.values()):
-            if entry.task is not None and not entry.task.done():
-                entry.task.cancel()
+        """Stop every engine (daemon shutdown); loads under way are cancelled and cleaned up."""
+        loading = [
+            e.task for e in self._entries.values() if e.task is not None and not e.task.done()
+        ]
+        for task in loading:
+            task.cancel()
+        if loading:
+            # A cancelled start stops the engine it was making before it ends.
+            await asyncio.wait(loading, timeout=CLOSE_TIMEOUT_S)
         for entry in list(self._entries.values()):
             if entry.engine is not None:
                 log.info("stopping engine", extra={"model": entry.id})

@@ -9,6 +9,7 @@ between releases: they are pinned to the version in ``VLLM_VERSION``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -254,11 +255,28 @@ class VllmEngineFactory:
                 args = lib.AsyncEngineArgs(
                     model=str(spec.path), served_model_name=[spec.model_id], **options
                 )
-                engine = await asyncio.to_thread(
-                    lib.AsyncLLM.from_engine_args,
-                    args,
-                    stat_loggers=[recorder.logger_factory(lib.StatLoggerBase)],
+                building = asyncio.ensure_future(
+                    asyncio.to_thread(
+                        lib.AsyncLLM.from_engine_args,
+                        args,
+                        stat_loggers=[recorder.logger_factory(lib.StatLoggerBase)],
+                    )
                 )
+                try:
+                    engine = await asyncio.shield(building)
+                except asyncio.CancelledError:
+                    # A start cannot be stopped midway: let it finish, then stop
+                    # what it started, so no engine outlives the load that wanted it.
+                    log.info(
+                        "load cancelled; stopping its engine once started",
+                        extra={"model": spec.model_id},
+                    )
+                    with contextlib.suppress(Exception):
+                        started = await building
+                        await asyncio.to_thread(started.shutdown)
+                    await _reap(_engine_processes() - before)
+                    shutil.rmtree(rpc_dir, ignore_errors=True)
+                    raise
             except Exception as exc:
                 await _reap(_engine_processes() - before)
                 shutil.rmtree(rpc_dir, ignore_errors=True)
