@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import anthropic
 import httpx
+import openai
 
 from cortex_core.testing import free_port
 from cortex_gateway.testing import GatewayProcess
@@ -62,6 +64,19 @@ class Fleet:
     neurons: dict[str, NeuronProcess]
     workdir: Path
     metrics_url: str = ""
+    clients: list[openai.OpenAI | anthropic.Anthropic] = field(default_factory=list)
+
+    def openai(self, key: str = "unused") -> openai.OpenAI:
+        """The official OpenAI SDK pointed at the gateway (closed when the fleet stops)."""
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
+
+    def anthropic(self, key: str = "unused") -> anthropic.Anthropic:
+        """The official Anthropic SDK pointed at the gateway (closed when the fleet stops)."""
+        client = anthropic.Anthropic(base_url=self.url, api_key=key, max_retries=0)
+        self.clients.append(client)
+        return client
 
     def start(self) -> None:
         """Start the neurons, then the gateway."""
@@ -70,7 +85,9 @@ class Fleet:
         self.gateway.start()
 
     def stop(self) -> None:
-        """Stop the gateway, then the neurons."""
+        """Close the clients, stop the gateway, then the neurons."""
+        for client in self.clients:
+            client.close()
         self.gateway.stop()
         for neuron in self.neurons.values():
             neuron.stop()

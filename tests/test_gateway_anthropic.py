@@ -47,7 +47,7 @@ def fleet(start_fleet: StartFleet, tmp_path: Path) -> Fleet:
 
 def client(fleet: Fleet, key: str = "sesame") -> anthropic.Anthropic:
     """The official Anthropic SDK pointed at the gateway (ANTHROPIC_BASE_URL style)."""
-    return anthropic.Anthropic(base_url=fleet.url, api_key=key, max_retries=0)
+    return fleet.anthropic(key)
 
 
 def test_a_streamed_message_waits_for_a_cold_load_with_pings(fleet: Fleet) -> None:

@@ -48,7 +48,7 @@ def models_root(tmp_path: Path) -> Path:
 
 def sdk(fleet: Fleet, key: str = "unused") -> openai.OpenAI:
     """The official OpenAI SDK pointed at the gateway."""
-    return openai.OpenAI(base_url=f"{fleet.url}/v1", api_key=key, max_retries=0)
+    return fleet.openai(key)
 
 
 def ask(fleet: Fleet, model: str) -> tuple[str, str]:

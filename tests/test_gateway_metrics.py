@@ -10,7 +10,6 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-import anthropic
 import httpx
 import openai
 import pytest
@@ -68,7 +67,7 @@ def fleet(start_fleet: StartFleet, tmp_path: Path) -> Fleet:
 
 def test_metrics_after_real_traffic(fleet: Fleet) -> None:
     """Requests, tokens, timings, loads and evictions all show in /metrics with bounded labels."""
-    client = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key="unused", max_retries=0)
+    client = fleet.openai()
     question: list[ChatCompletionMessageParam] = [
         {"role": "user", "content": "What is the capital of France?"}
     ]
@@ -173,7 +172,7 @@ def test_request_ids_and_the_request_log_line(fleet: Fleet) -> None:
 
 def test_anthropic_traffic_is_metered(fleet: Fleet) -> None:
     """Messages, streamed or not, count under route=messages with their tokens and timings."""
-    sdk = anthropic.Anthropic(base_url=fleet.url, api_key="unused", max_retries=0)
+    sdk = fleet.anthropic()
     question: list[MessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
     sdk.messages.create(model="helexa/small", max_tokens=20, messages=question)
     with sdk.messages.stream(model="fake/a", max_tokens=20, messages=question) as stream:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import anthropic
 import httpx
-import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
@@ -60,7 +58,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def chat(fleet: Fleet, model: str) -> tuple[str, str]:
     """A chat completion through the gateway: the answer and the node that served it."""
-    client = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key="unused", max_retries=0)
+    client = fleet.openai()
     raw = client.chat.completions.with_raw_response.create(
         model=model,
         messages=QUESTION,
@@ -86,7 +84,7 @@ def test_load_chat_evict_reload(start_fleet: StartFleet, models_root: Path) -> N
     assert answer
     assert fleet.loaded() == {"cpu1": ["test/tiny-qwen3"]}
 
-    client = openai.OpenAI(base_url=f"{fleet.url}/v1", api_key="unused", max_retries=0)
+    client = fleet.openai()
     stream = client.chat.completions.create(
         model="helexa/small",
         messages=QUESTION,
@@ -101,7 +99,7 @@ def test_load_chat_evict_reload(start_fleet: StartFleet, models_root: Path) -> N
     assert fleet.engine_starts("test/smollm2") == 2
     assert fleet.gateway.log().count("reason=lru") == 2
     # Anthropic clients get the same real model through /v1/messages.
-    sdk = anthropic.Anthropic(base_url=fleet.url, api_key="unused", max_retries=0)
+    sdk = fleet.anthropic()
     message = sdk.messages.create(
         model="helexa/small",
         max_tokens=30,

@@ -124,9 +124,22 @@ def api(neuron: NeuronProcess) -> Iterator[httpx.Client]:
         yield client
 
 
+_clients: list[openai.OpenAI] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def close_clients() -> Iterator[None]:
+    """Close every SDK client the tests made (their sockets would outlive the tests)."""
+    yield
+    for sdk in _clients:
+        sdk.close()
+
+
 def client(neuron: NeuronProcess) -> openai.OpenAI:
     """The official OpenAI SDK pointed at the neuron's inference API."""
-    return openai.OpenAI(base_url=f"{neuron.url}/v1", api_key="unused", max_retries=0)
+    sdk = openai.OpenAI(base_url=f"{neuron.url}/v1", api_key="unused", max_retries=0)
+    _clients.append(sdk)
+    return sdk
 
 
 def models(api: httpx.Client) -> dict[str, dict[str, Any]]:
