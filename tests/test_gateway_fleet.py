@@ -398,3 +398,28 @@ def test_cortex_status_shows_the_fleet(start_fleet: StartFleet, models_root: Pat
         check=True,
     ).stdout
     assert "alias of fake/big" in listed
+
+
+def test_a_neuron_dying_mid_stream_ends_it_with_an_error_event(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """A neuron killed mid-stream ends the client's stream with an error event, not a cut."""
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        CATALOGUE,
+        models_root=models_root,
+        env={"NEURON_TEST_CHUNK_DELAY": "0.5"},
+    )
+    ask(fleet, "fake/small")
+    stream = sdk(fleet).chat.completions.create(
+        model="fake/small", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    chunks = iter(stream)
+    assert next(chunks).choices[0].delta.content
+    fleet.neurons["beast"].kill()
+    with pytest.raises(openai.APIError) as info:
+        list(chunks)
+    assert info.value.message == "the model server stopped answering"
+    with fleet.http() as client:
+        assert client.get("/health").status_code == 200
+    assert "upstream stream broke" in fleet.gateway.log()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 
@@ -36,7 +36,7 @@ class _ChoiceView(msgspec.Struct):
 
 
 class _ChunkView(msgspec.Struct):
-    choices: list[_ChoiceView] = field(default_factory=list)
+    choices: list[_ChoiceView] = msgspec.field(default_factory=list)
     usage: Usage | None = None
 
 
