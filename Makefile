@@ -64,3 +64,7 @@ srpm: dist ## Build the cortex and helexa-neuron source RPMs into dist/srpm/
 .PHONY: test-packaging
 test-packaging: dist ## Install the built wheels into clean venvs and check what they pull in
 	$(UV) run --no-sync pytest -m packaging $(PYTEST_ARGS)
+
+.PHONY: bench
+bench: ## Measure the latency the gateway adds (scripted neuron; bounded count)
+	PYTHONPATH=. $(UV) run --no-sync python scripts/bench_gateway.py
