@@ -27,11 +27,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cortex_core.anthropic import error_envelope as anthropic_error
-from cortex_core.catalogue import ModelProfile
 from cortex_core.config import GatewayConfig
-from cortex_core.ids import InvalidModelId, parse_model_id
 from cortex_core.openai import StreamOptions, error_envelope
-from cortex_core.wire import WireError, decode, encode, to_builtins
+from cortex_core.wire import WireError, decode, encode
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import find_model, list_models
 from cortex_gateway.lifecycle import Lifecycle, RouteError
@@ -101,13 +99,6 @@ def _nothing() -> None:
 
 class BodyTooLarge(Exception):
     """A request body over ``max_body_bytes``."""
-
-
-class AdminRequest(msgspec.Struct):
-    """``POST /admin/models/load|unload``."""
-
-    model: str
-    node: str | None = None
 
 
 def _json(value: Any, status: int = 200, node: str | None = None) -> Response:
@@ -451,94 +442,6 @@ class Gateway:
             },
         )
 
-    # --- admin ------------------------------------------------------------------------------
-
-    async def fleet(self, request: Request) -> Response:
-        life = self.life
-        await life.refresh_all()  # people read this: show now, not the last poll
-        nodes = []
-        for node in life.fleet.nodes.values():
-            nodes.append(
-                {
-                    "name": node.name,
-                    "endpoint": node.endpoint,
-                    "up": node.up,
-                    "version": node.version,
-                    "last_seen": node.last_seen,
-                    "error": node.error,
-                    "devices": to_builtins(list(node.devices)),
-                    "models": to_builtins(list(node.models)),
-                }
-            )
-        in_flight = [
-            {"node": node, "model": model, "count": count}
-            for (node, model), count in life.in_flight.items()
-        ]
-        return _json({"nodes": nodes, "loading": sorted(life.loading), "in_flight": in_flight})
-
-    async def admin_load(self, request: Request) -> Response:
-        try:
-            body = decode(await request.body(), AdminRequest)
-            model = parse_model_id(self.life.catalogue.resolve_alias(body.model))
-        except (WireError, InvalidModelId) as exc:
-            return self.fail(400, str(exc), "invalid_request_error", handler="admin_load")
-        profile = self.life.catalogue.profile(model.concrete) or ModelProfile(
-            id=model.concrete, source=model.source
-        )
-        if model.source and profile.source != model.source:
-            profile = ModelProfile(id=model.concrete, source=model.source, engine=profile.engine)
-        if body.node is not None:
-            if body.node not in self.life.clients:
-                return self.fail(
-                    404, f"no neuron named {body.node!r}", "not_found_error", handler="admin_load"
-                )
-            profile = ModelProfile(
-                id=profile.id,
-                source=profile.source,
-                engine=profile.engine,
-                nodes=[body.node],
-                priority=profile.priority,
-                memory_gb=profile.memory_gb,
-            )
-        try:
-            node = await self.life.ensure_loaded(profile)
-        except RouteError as exc:
-            return self.fail(
-                exc.status,
-                exc.message,
-                "service_unavailable",
-                handler="admin_load",
-                model=model.concrete,
-            )
-        return _json({"model": model.concrete, "node": node, "state": "ready"}, node=node)
-
-    async def admin_unload(self, request: Request) -> Response:
-        try:
-            body = decode(await request.body(), AdminRequest)
-        except WireError as exc:
-            return self.fail(400, exc.message, "invalid_request_error", handler="admin_unload")
-        model_id = self.life.catalogue.resolve_alias(body.model)
-        nodes = [body.node] if body.node else self.life.fleet.locations(model_id)
-        nodes = [
-            n for n in nodes if n in self.life.clients and self.life.fleet.nodes[n].model(model_id)
-        ]
-        if not nodes:
-            return self.fail(
-                404,
-                f"model {model_id!r} is not loaded",
-                "not_found_error",
-                handler="admin_unload",
-                model=model_id,
-            )
-        try:
-            for node in nodes:
-                await self.life.unload(node, model_id, "admin")
-        except RouteError as exc:
-            return self.fail(
-                exc.status, exc.message, "upstream_error", handler="admin_unload", model=model_id
-            )
-        return _json({"model": model_id, "nodes": nodes, "state": "unloaded"})
-
     async def scrape(self, request: Request) -> Response:
         assert self.metrics is not None
         text = await asyncio.to_thread(generate_latest, self.metrics.registry)
@@ -579,10 +482,13 @@ def _guard(gateway: Gateway, handler: Handler, *, public: bool = False) -> Handl
 
 def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette, Gateway]:
     """The API app, the metrics app (its own listener), and the handlers' state."""
-    from cortex_gateway.anthropic_routes import AnthropicRoutes  # it builds on this module
+    # Both build on this module's Gateway.
+    from cortex_gateway.admin_routes import AdminRoutes
+    from cortex_gateway.anthropic_routes import AnthropicRoutes
 
     gateway = Gateway(config)
     anthropic = AnthropicRoutes(gateway)
+    admin = AdminRoutes(gateway)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -620,9 +526,9 @@ def create_apps(config: GatewayConfig) -> tuple[Starlette, Starlette, Gateway]:
             r("/v1/completions", gateway.completions, ["POST"]),
             r("/v1/messages", anthropic.messages, ["POST"]),
             r("/v1/messages/count_tokens", anthropic.count_tokens, ["POST"]),
-            r("/admin/fleet", gateway.fleet),
-            r("/admin/models/load", gateway.admin_load, ["POST"]),
-            r("/admin/models/unload", gateway.admin_unload, ["POST"]),
+            r("/admin/fleet", admin.fleet),
+            r("/admin/models/load", admin.load, ["POST"]),
+            r("/admin/models/unload", admin.unload, ["POST"]),
         ],
         lifespan=lifespan,
     )
