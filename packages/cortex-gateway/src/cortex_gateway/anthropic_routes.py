@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -41,6 +42,8 @@ __all__ = ["AnthropicRoutes"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T", MessagesRequest, CountTokensRequest)
+
 PING_EVERY_S = 2.0
 """While a cold load keeps a stream waiting, a ``ping`` event this often."""
 
@@ -62,6 +65,18 @@ class AnthropicRoutes:
         except ClientDisconnect:
             return Response(status_code=499)
 
+    async def _read(self, request: Request, call: Call, type_: type[T]) -> T | Response:
+        """The body decoded as ``type_``, its model named on ``call``; or the error answered."""
+        body = await self._body(request, call)
+        if isinstance(body, Response):
+            return body
+        try:
+            decoded = decode(body, type_)
+        except WireError as exc:
+            return self.gateway.reject(call, 400, exc.message, "invalid_request_error")
+        call.name(self.gateway.life.catalogue, decoded.model)
+        return decoded
+
     async def _resolve(self, call: Call) -> Response | None:
         assert call.model is not None
         try:
@@ -75,15 +90,10 @@ class AnthropicRoutes:
         """``POST /v1/messages``."""
         gateway = self.gateway
         call = gateway.begin(request, "messages")
-        body = await self._body(request, call)
-        if isinstance(body, Response):
-            return body
-        try:
-            message = decode(body, MessagesRequest)
-        except WireError as exc:
-            return gateway.reject(call, 400, exc.message, "invalid_request_error")
-        call.model = gateway.life.catalogue.resolve_alias(message.model)
-        call.alias = message.model if message.model != call.model else None
+        message = await self._read(request, call, MessagesRequest)
+        if isinstance(message, Response):
+            return message
+        assert call.model is not None
         forwarded = encode(to_openai(message, call.model))
         if message.stream:
             return await self._stream(call, message, forwarded)
@@ -219,15 +229,10 @@ class AnthropicRoutes:
         """``POST /v1/messages/count_tokens``, counted by the routed model's own tokenizer."""
         gateway = self.gateway
         call = gateway.begin(request, "count_tokens")
-        body = await self._body(request, call)
-        if isinstance(body, Response):
-            return body
-        try:
-            counted = decode(body, CountTokensRequest)
-        except WireError as exc:
-            return gateway.reject(call, 400, exc.message, "invalid_request_error")
-        call.model = gateway.life.catalogue.resolve_alias(counted.model)
-        call.alias = counted.model if counted.model != call.model else None
+        counted = await self._read(request, call, CountTokensRequest)
+        if isinstance(counted, Response):
+            return counted
+        assert call.model is not None
         if (failed := await self._resolve(call)) is not None:
             return failed
         assert call.node is not None

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from cortex_core.anthropic import error_envelope as anthropic_error
+from cortex_core.catalogue import Catalogue
 from cortex_core.config import GatewayConfig
 from cortex_core.openai import StreamOptions, error_envelope
 from cortex_core.wire import WireError, decode, encode
@@ -86,6 +87,12 @@ class Call:
     strip_usage: bool = False
     url: str | None = None
     release: Callable[[], None] = field(default=lambda: None)
+
+    def name(self, catalogue: Catalogue, asked: str) -> str:
+        """Record the model asked for (the alias too, if one was used); return its concrete id."""
+        model = self.model = catalogue.resolve_alias(asked)
+        self.alias = asked if asked != model else None
+        return model
 
     def fields(self) -> dict[str, str]:
         """The log fields known so far."""
@@ -269,19 +276,18 @@ class Gateway:
             view = decode(body, RequestView)
         except WireError as exc:
             return self.reject(call, 400, exc.message, "invalid_request_error")
-        call.model = self.life.catalogue.resolve_alias(view.model)
-        call.alias = view.model if view.model != call.model else None
+        model = call.name(self.life.catalogue, view.model)
         # Ask for usage on streams, to count tokens; the extra chunk goes again on the way back.
         call.strip_usage = view.stream and not (
             view.stream_options and view.stream_options.include_usage
         )
         try:
-            forwarded = rewrite_model(body, call.model, include_usage=call.strip_usage)
+            forwarded = rewrite_model(body, model, include_usage=call.strip_usage)
         except WireError as exc:
             return self.reject(call, 400, exc.message, "invalid_request_error")
         for attempt in (1, 2):
             try:
-                call.node = await self.life.resolve(call.model)
+                call.node = await self.life.resolve(model)
             except RouteError as exc:
                 kind = "not_found_error" if exc.status == 404 else "service_unavailable"
                 return self.reject(call, exc.status, exc.message, kind)
