@@ -18,10 +18,10 @@ import httpx
 import openai
 
 from cortex_core.testing import free_port
+from cortex_core.units import GIB
 from cortex_gateway.testing import GatewayProcess
 from neuron.testing.process import NeuronProcess
 
-GIB = 1 << 30
 TINY_CONFIG = {
     "architectures": ["Qwen3ForCausalLM"],
     "num_hidden_layers": 2,

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from cortex_core.catalogue import (
-    GIB,
     Catalogue,
     CatalogueError,
     ModelProfile,
@@ -16,6 +15,7 @@ from cortex_core.catalogue import (
     save_alias,
 )
 from cortex_core.config import ConfigError
+from cortex_core.units import GIB
 
 Write = Callable[[str, str], Path]
 

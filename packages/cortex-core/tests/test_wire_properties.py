@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from cortex_core import anthropic, neuron_api, openai
@@ -122,7 +122,6 @@ def _decode_or_wire_error(data: bytes, type_: type[Any]) -> None:
 
 @pytest.mark.parametrize("type_", REQUEST_TYPES, ids=lambda t: t.__name__)
 @given(data=st.binary(max_size=200))
-@settings(max_examples=80)
 def test_arbitrary_bytes(type_: type[Any], data: bytes) -> None:
     """Any bytes decode or raise WireError."""
     _decode_or_wire_error(data, type_)
@@ -130,7 +129,6 @@ def test_arbitrary_bytes(type_: type[Any], data: bytes) -> None:
 
 @pytest.mark.parametrize("type_", REQUEST_TYPES, ids=lambda t: t.__name__)
 @given(value=json_values)
-@settings(max_examples=120)
 def test_arbitrary_json(type_: type[Any], value: Any) -> None:
     """Any JSON document decodes or raises WireError."""
     _decode_or_wire_error(json.dumps(value).encode(), type_)
@@ -138,7 +136,6 @@ def test_arbitrary_json(type_: type[Any], value: Any) -> None:
 
 @pytest.mark.parametrize("type_", REQUEST_TYPES, ids=lambda t: t.__name__)
 @given(value=st.dictionaries(st.sampled_from(KEYS), json_values, min_size=1, max_size=8))
-@settings(max_examples=120)
 def test_request_shaped_json(type_: type[Any], value: dict[str, Any]) -> None:
     """Objects built from the request's own keys decode or raise WireError."""
     value.setdefault("model", "Qwen/Qwen3-8B")

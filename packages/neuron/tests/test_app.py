@@ -21,6 +21,7 @@ from starlette.types import Message
 import neuron.registry as registry_module
 from cortex_core.config import NeuronConfig, NeuronSection, SourceConfig
 from cortex_core.neuron_api import Device, LoadRequest, TokenizeRequest, TokenizeResponse
+from cortex_core.units import GIB
 from neuron import __version__
 from neuron.app import NeuronApp, create_app
 from neuron.engine import JsonReply, Reply
@@ -28,7 +29,6 @@ from neuron.preflight import CPU_OVERHEAD_BYTES, MIN_KV_BYTES
 from neuron.registry import Registry
 from neuron.testing.scripted import ScriptedEngine, ScriptedFactory
 
-GIB = 1 << 30
 WEIGHTS_BYTES = 4096
 NEEDED_CPU = WEIGHTS_BYTES + MIN_KV_BYTES + CPU_OVERHEAD_BYTES
 REPLY = "The capital of France is Paris."

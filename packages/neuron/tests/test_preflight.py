@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from cortex_core.neuron_api import Device
+from cortex_core.units import GIB
 from neuron.errors import NeuronError
 from neuron.preflight import (
     CPU_OVERHEAD_BYTES,
@@ -18,8 +19,6 @@ from neuron.preflight import (
     kv_bytes_per_token,
     plan_load,
 )
-
-GIB = 1 << 30
 
 # config.json of Qwen/Qwen3-8B and Qwen/Qwen3-1.7B as published (the fields preflight reads).
 QWEN3_8B: dict[str, Any] = {

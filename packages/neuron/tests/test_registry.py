@@ -15,13 +15,13 @@ import pytest
 import neuron.registry as registry_module
 from cortex_core.config import NeuronConfig, NeuronSection, SourceConfig
 from cortex_core.neuron_api import Device, LoadRequest, ModelInfo, UnloadResponse
+from cortex_core.units import GIB
 from neuron.errors import NeuronError
 from neuron.preflight import CPU_OVERHEAD_BYTES, GPU_OVERHEAD_BYTES, MIN_KV_BYTES
 from neuron.registry import Registry
 from neuron.sources import Sources
 from neuron.testing.scripted import ScriptedEngine, ScriptedFactory
 
-GIB = 1 << 30
 WEIGHTS_BYTES = 4096
 NEEDED_CPU = WEIGHTS_BYTES + MIN_KV_BYTES + CPU_OVERHEAD_BYTES
 """What preflight plans for one test model on the CPU: weights, the minimum KV cache, overhead."""

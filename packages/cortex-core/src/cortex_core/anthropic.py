@@ -7,9 +7,11 @@ they accept unknown fields and default every optional one.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from msgspec import Meta, Struct
+from msgspec import Struct
+
+from cortex_core.units import PositiveInt
 
 __all__ = [
     "AnyToolChoice",
@@ -60,7 +62,6 @@ __all__ = [
     "error_envelope",
 ]
 
-PositiveInt = Annotated[int, Meta(ge=1)]
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal"]
 ErrorType = Literal[
     "invalid_request_error",
@@ -271,8 +272,8 @@ class Message(_Out, tag_field="type", tag="message"):
     id: str
     model: str
     content: list[ResponseBlock]
-    role: Literal["assistant"] = "assistant"
-    stop_reason: StopReason | None = None
+    role: Literal["assistant"] | str = "assistant"
+    stop_reason: StopReason | str | None = None
     stop_sequence: str | None = None
     usage: Usage | None = None
 
@@ -322,7 +323,7 @@ class ContentBlockStop(_Out, tag_field="type", tag="content_block_stop"):
 
 
 class MessageDeltaBody(_Out):
-    stop_reason: StopReason | None = None
+    stop_reason: StopReason | str | None = None
     stop_sequence: str | None = None
 
 

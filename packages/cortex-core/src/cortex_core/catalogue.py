@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import tomlkit
-from msgspec import Meta, Struct, field
+from msgspec import Struct, field
 
 from cortex_core._toml import ConfigError, convert_section, convert_table, read_toml, toml_key
 from cortex_core.ids import InvalidModelId, parse_model_id, qualify, validate_source_name
+from cortex_core.units import GIB, PositiveGiB
 
 __all__ = [
     "Catalogue",
@@ -24,10 +25,6 @@ __all__ = [
     "load_catalogue",
     "save_alias",
 ]
-
-GIB = 1 << 30
-
-PositiveGiB = Annotated[float, Meta(gt=0)]
 
 
 class CatalogueError(ValueError):

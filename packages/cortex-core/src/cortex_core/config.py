@@ -11,9 +11,9 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from msgspec import Meta, Struct, field
+from msgspec import Struct, field
 
 from cortex_core._toml import (
     ConfigError,
@@ -28,6 +28,13 @@ from cortex_core._toml import (
 )
 from cortex_core.catalogue import Catalogue, load_catalogue
 from cortex_core.ids import validate_source_name
+from cortex_core.units import (
+    NonNegInt,
+    NonNegSeconds,
+    PositiveGiB,
+    PositiveInt,
+    PositiveSeconds,
+)
 
 __all__ = [
     "DEFAULT_SOURCES",
@@ -46,13 +53,6 @@ __all__ = [
     "parse_hostport",
     "read_toml",
 ]
-
-Port = Annotated[int, Meta(ge=1, le=65535)]
-PositiveSeconds = Annotated[float, Meta(gt=0)]
-NonNegSeconds = Annotated[float, Meta(ge=0)]
-NonNegInt = Annotated[int, Meta(ge=0)]
-PositiveGiB = Annotated[float, Meta(gt=0)]
-PositiveInt = Annotated[int, Meta(ge=1)]
 
 
 class _Config(Struct, kw_only=True, forbid_unknown_fields=True):

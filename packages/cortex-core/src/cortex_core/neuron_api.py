@@ -8,12 +8,13 @@ keep talking.
 
 from __future__ import annotations
 
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from msgspec import Struct, field
 
 __all__ = [
     "ERROR_STATUS",
+    "MODEL_STATES",
     "Device",
     "DeviceFree",
     "DevicesResponse",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 ModelState = Literal["loading", "ready", "unloading", "failed"]
+MODEL_STATES: Final[frozenset[str]] = frozenset(get_args(ModelState))
+"""The states this version knows; a newer neuron may report others."""
 
 
 class _Wire(Struct, kw_only=True):
@@ -71,7 +74,8 @@ class ModelInfo(_Wire):
     """One model a neuron holds, in any state; times are Unix seconds."""
 
     id: str
-    state: ModelState
+    state: ModelState | str
+    """One of :data:`ModelState`; a newer neuron's state decodes as a plain string."""
     source: str | None = None
     devices: list[int] = field(default_factory=list)
     memory_bytes: int = 0
@@ -110,7 +114,7 @@ class UnloadResponse(_Wire):
     """The answer to an unload once the engine is gone and its memory given back."""
 
     id: str
-    state: Literal["unloaded"] = "unloaded"
+    state: Literal["unloaded"] | str = "unloaded"
     freed_bytes: int = 0
 
 

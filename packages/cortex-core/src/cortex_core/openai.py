@@ -7,9 +7,11 @@ fields when encoded, so a translated request carries only what was set.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from msgspec import Meta, Struct
+from msgspec import Struct
+
+from cortex_core.units import NonNegInt
 
 __all__ = [
     "AssistantMessage",
@@ -50,8 +52,6 @@ __all__ = [
     "UserMessage",
     "error_envelope",
 ]
-
-NonNegInt = Annotated[int, Meta(ge=0)]
 
 
 class _Wire(Struct, kw_only=True, omit_defaults=True):
@@ -278,7 +278,7 @@ class ChatCompletion(_Out):
     created: int
     model: str
     choices: list[Choice]
-    object: Literal["chat.completion"] = "chat.completion"
+    object: Literal["chat.completion"] | str = "chat.completion"
     usage: Usage | None = None
     system_fingerprint: str | None = None
     service_tier: str | None = None
@@ -292,7 +292,7 @@ class FunctionCallDelta(_Out):
 class ToolCallDelta(_Out):
     index: int
     id: str | None = None
-    type: Literal["function"] | None = None
+    type: Literal["function"] | str | None = None
     function: FunctionCallDelta | None = None
 
 
@@ -323,7 +323,7 @@ class ChatCompletionChunk(_Out):
     created: int
     model: str
     choices: list[ChunkChoice]
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    object: Literal["chat.completion.chunk"] | str = "chat.completion.chunk"
     usage: Usage | None = None
     system_fingerprint: str | None = None
     service_tier: str | None = None
@@ -371,7 +371,7 @@ class Completion(_Out):
     created: int
     model: str
     choices: list[CompletionChoice]
-    object: Literal["text_completion"] = "text_completion"
+    object: Literal["text_completion"] | str = "text_completion"
     usage: Usage | None = None
     system_fingerprint: str | None = None
 
@@ -383,12 +383,12 @@ class ModelObject(_Out):
     id: str
     created: int = 0
     owned_by: str = "cortex"
-    object: Literal["model"] = "model"
+    object: Literal["model"] | str = "model"
 
 
 class ModelList(_Out):
     data: list[ModelObject]
-    object: Literal["list"] = "list"
+    object: Literal["list"] | str = "list"
 
 
 # --- errors ------------------------------------------------------------------

@@ -17,12 +17,12 @@ import click
 
 from cortex_core.config import ConfigError, NeuronConfig, load_neuron_config, parse_hostport
 from cortex_core.logs import LogFormat, configure_logging
+from cortex_core.units import GIB
 from cortex_core.wire import to_builtins
 from neuron import __version__
 from neuron.devices import read_devices
 
 DEFAULT_CONFIG = "/etc/neuron/neuron.toml"
-GIB = 1 << 30
 
 
 def _config_path(path: str | None) -> Path:

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortex_core.neuron_api import Device
+from cortex_core.units import GIB
 from neuron.errors import NeuronError
 
 __all__ = ["DEFAULT_MAX_MODEL_LEN", "Plan", "check_architecture", "plan_load"]
 
-GIB = 1 << 30
 MIB = 1 << 20
 DEFAULT_MAX_MODEL_LEN = 8192
 """Context length when neither the load nor the model says less; the model's own limit

@@ -20,10 +20,11 @@ import psutil
 from cortex_core.config import NeuronConfig
 from cortex_core.ids import InvalidModelId, ModelId, parse_model_id
 from cortex_core.neuron_api import Device, LoadRequest, ModelInfo, ModelState, UnloadResponse
+from cortex_core.units import GIB
 from neuron.devices import read_devices
 from neuron.engine import Engine, EngineError, EngineFactory, EngineSpec, InvalidOptionError
 from neuron.errors import NeuronError
-from neuron.preflight import GIB, Plan, check_architecture, plan_load
+from neuron.preflight import Plan, check_architecture, plan_load
 from neuron.sources import Sources
 
 __all__ = ["Entry", "Registry", "host_free_bytes"]

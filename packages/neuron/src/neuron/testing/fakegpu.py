@@ -9,11 +9,10 @@ memory each model's plan holds counted as used on its devices.
 from __future__ import annotations
 
 from cortex_core.neuron_api import Device
+from cortex_core.units import GIB
 from neuron.registry import Registry
 
 __all__ = ["FakeGpus", "parse_gpus"]
-
-GIB = 1 << 30
 
 
 def parse_gpus(text: str) -> list[int]:
