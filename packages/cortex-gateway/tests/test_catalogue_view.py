@@ -9,11 +9,11 @@ from pathlib import Path
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import Device, ModelInfo, ModelState
+from cortex_core.units import GIB
 from cortex_core.wire import encode
 from cortex_gateway.catalogue_view import FleetModel, find_model, list_models
 from cortex_gateway.fleet import Fleet, NodeState
 
-GIB = 1 << 30
 NOW = 1_750_000_000.0
 
 SMALL = "Qwen/Qwen3-1.7B"

@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from cortex_core.units import GIB
 from cortex_gateway.cli import render_status
-
-GIB = 1 << 30
 
 
 def device(index: int, used_gib: float, total_gib: float, utilization: float = 0.0) -> Any:

@@ -9,16 +9,24 @@ import pytest
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import Device, ModelInfo, ModelState
+from cortex_core.units import GIB
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.router import (
     ColdLoad,
+    EvictOne,
+    Exclude,
+    GiveUp,
     InFlight,
+    LoadFailure,
     NoNode,
     NotFound,
     Placement,
+    PlanAgain,
+    Retry,
     Serve,
     Unplaceable,
     WaitForLoad,
+    after_failed_load,
     defrag_candidates,
     evictable,
     eviction_order,
@@ -28,7 +36,6 @@ from cortex_gateway.router import (
     route,
 )
 
-GIB = 1 << 30
 NOW = 1_750_000_000.0
 
 SMALL = "Qwen/Qwen3-1.7B"
@@ -44,7 +51,7 @@ def loaded(
     model_id: str,
     gib: float = 4.0,
     *,
-    state: ModelState = "ready",
+    state: ModelState | str = "ready",
     devices: Sequence[int] = (0,),
     last_used: float | None = None,
     loaded_at: float | None = NOW - 3600,
@@ -228,6 +235,17 @@ def test_route_model_failed_on_an_up_node_has_no_node() -> None:
     """A non-catalogue model whose only copy failed has no node (not 'not found')."""
     snapshot = fleet(beast(loaded("org/adhoc", state="failed")))
     assert isinstance(route("org/adhoc", CATALOGUE, snapshot, NO_IN_FLIGHT), NoNode)
+
+
+def test_route_a_state_from_a_newer_neuron_is_not_routable() -> None:
+    """A model in an unknown state is neither served nor loaded again: 503 naming the state."""
+    snapshot = fleet(beast(loaded(SMALL, state="sleeping")), benjy(loaded(MEDIUM)))
+    decision = route(SMALL, CATALOGUE, snapshot, NO_IN_FLIGHT)
+    assert isinstance(decision, NoNode)
+    assert "'sleeping'" in decision.message
+    assert route(MEDIUM, CATALOGUE, snapshot, NO_IN_FLIGHT) == Serve("benjy")
+    elsewhere = fleet(beast(loaded(SMALL, state="sleeping")), benjy(loaded(SMALL)))
+    assert route(SMALL, CATALOGUE, elsewhere, NO_IN_FLIGHT) == Serve("benjy")
 
 
 def test_route_never_serves_from_a_down_node() -> None:
@@ -829,3 +847,82 @@ def test_defrag_ignores_a_model_no_single_gpu_could_ever_hold() -> None:
     too_big = Catalogue([profile("org/thirty", 30.0, nodes=["beast"])])
     snapshot = fleet(beast(loaded("org/a", 16, devices=[0]), loaded("org/b", 2, devices=[1])))
     assert defrag_candidates(snapshot, too_big, NO_IN_FLIGHT) == []
+
+
+# --- after a failed load -----------------------------------------------------------------
+
+CPU_FULL = ratbox(
+    loaded("org/old", devices=(), last_used=NOW - 50),
+    loaded("org/older", devices=(), last_used=NOW - 500),
+)
+
+
+@pytest.mark.parametrize(
+    ("failure", "snapshot", "planned", "expected"),
+    [
+        pytest.param(
+            LoadFailure("beast", "insufficient_memory", "too big", needed_bytes=20 * GIB),
+            fleet(beast()),
+            None,
+            PlanAgain(20 * GIB),
+            id="gpu node: plan with the neuron's figure",
+        ),
+        pytest.param(
+            LoadFailure("beast", "insufficient_memory", "too big", needed_bytes=20 * GIB),
+            fleet(beast()),
+            20 * GIB,
+            Exclude("beast"),
+            id="gpu node: the same figure again leaves the node out",
+        ),
+        pytest.param(
+            LoadFailure("beast", "insufficient_memory", "too big"),
+            fleet(beast()),
+            None,
+            Exclude("beast"),
+            id="gpu node: no figure leaves the node out",
+        ),
+        pytest.param(
+            LoadFailure("ratbox", "insufficient_memory", "too big", needed_bytes=GIB),
+            fleet(CPU_FULL),
+            None,
+            EvictOne("ratbox", "org/older"),
+            id="cpu node: free the least recently used",
+        ),
+        pytest.param(
+            LoadFailure("ratbox", "insufficient_memory", "too big"),
+            fleet(ratbox(loaded("org/old", devices=(), in_flight=1))),
+            None,
+            Exclude("ratbox"),
+            id="cpu node: nothing may go",
+        ),
+        pytest.param(
+            LoadFailure("beast", "model_not_found", "no such repo"),
+            fleet(beast()),
+            None,
+            GiveUp(f"model {SMALL!r} cannot be loaded: no such repo"),
+            id="a configuration problem gives up",
+        ),
+        pytest.param(
+            LoadFailure("beast", "load_failed", "engine died"),
+            fleet(beast()),
+            None,
+            Exclude("beast"),
+            id="an engine failure tries elsewhere",
+        ),
+        pytest.param(
+            LoadFailure("beast", None, "TimeoutError"),
+            fleet(beast(up=False)),
+            None,
+            Exclude("beast"),
+            id="an unreachable node is left out",
+        ),
+    ],
+)
+def test_after_failed_load(
+    failure: LoadFailure, snapshot: Fleet, planned: int | None, expected: Retry
+) -> None:
+    """What a cold load does after each kind of failure."""
+    decision = after_failed_load(
+        CATALOGUE.models[0], failure, snapshot, CATALOGUE, NO_IN_FLIGHT, "lru", needed_bytes=planned
+    )
+    assert decision == expected

@@ -18,11 +18,11 @@ import click
 
 from cortex_core.config import ConfigError, GatewayConfig, load_gateway_config, parse_hostport
 from cortex_core.logs import LogFormat, configure_logging
+from cortex_core.units import GIB
 from cortex_gateway import __version__
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
-GIB = 1 << 30
 
 gateway_option = click.option(
     "--gateway",

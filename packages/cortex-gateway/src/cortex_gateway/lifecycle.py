@@ -1,9 +1,13 @@
-"""The fleet's model lifecycle: polling, cold loads, evictions, pinned and idle models.
+"""The fleet's model lifecycle: polling, cold loads, evictions, pinned and idle models, leases.
 
 This is the I/O shell around ``router``: it keeps the fleet snapshot fresh
 from the neurons' own answers, acts on the router's decisions, and makes
 sure there is exactly one ``/models/load`` per model however many requests
 wait for it. A client that gives up does not cancel a load.
+
+It also owns what the gateway itself knows of each ``(node, model)`` it
+serves: the requests in flight there and the cached endpoint. Requests hold a
+:class:`Lease` for both, released however they end.
 """
 
 from __future__ import annotations
@@ -12,53 +16,77 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
-
-import aiohttp
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.config import GatewayConfig
 from cortex_core.neuron_api import LoadRequest
+from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.fleet import Fleet, NodeState
-from cortex_gateway.neuron_client import NeuronCallError, NeuronClient
+from cortex_gateway.neurons import NeuronCallError, Neurons
 from cortex_gateway.router import (
     ColdLoad,
+    EvictOne,
+    Exclude,
+    GiveUp,
+    LoadFailure,
     NoNode,
     NotFound,
     Placement,
+    PlanAgain,
     Serve,
+    Strategy,
     Unplaceable,
     WaitForLoad,
+    after_failed_load,
     defrag_candidates,
-    evictable,
-    eviction_order,
     idle_models,
     place,
     route,
 )
 
-__all__ = ["Lifecycle", "RouteError", "rewrite_loopback"]
+__all__ = ["UNREACHABLE", "EvictionReason", "Lease", "Lifecycle", "ModelMoved", "rewrite_loopback"]
 
 log = logging.getLogger(__name__)
 
 EvictionReason = Literal["lru", "priority", "idle", "defrag", "admin"]
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
-# Configuration problems a retry elsewhere will not fix.
-_FINAL = frozenset(
-    {"invalid_model_id", "unknown_source", "model_not_found", "unsupported_model", "invalid_option"}
-)
+UNREACHABLE = "the model server could not be reached"
 
 
-class RouteError(Exception):
-    """A request that cannot be routed: 404 (unknown model) or 503 (cannot serve now)."""
+class ModelMoved(Exception):
+    """The model left the node after the request was routed there: route it again."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+class Lease:
+    """A request's hold on ``(node, model)``: where to send it, counted in flight until released."""
+
+    __slots__ = ("_counts", "model", "node", "url")
+
+    def __init__(self, node: str, model: str, url: str, counts: Counter[tuple[str, str]]) -> None:
+        self.node = node
+        self.model = model
+        self.url = url
+        """The model's OpenAI base URL on the node."""
+        self._counts: Counter[tuple[str, str]] | None = counts
+        counts[(node, model)] += 1
+
+    @property
+    def held(self) -> bool:
+        """Whether the lease still counts its request in flight."""
+        return self._counts is not None
+
+    def release(self) -> None:
+        """Stop counting the request in flight (once, however often it is called)."""
+        counts, self._counts = self._counts, None
+        if counts is None:
+            return
+        key = (self.node, self.model)
+        counts[key] -= 1
+        if counts[key] <= 0:
+            del counts[key]
 
 
 def rewrite_loopback(url: str, neuron_endpoint: str) -> str:
@@ -79,17 +107,15 @@ class Lifecycle:
     def __init__(
         self,
         config: GatewayConfig,
-        session: aiohttp.ClientSession,
+        neurons: Neurons,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.catalogue: Catalogue = config.catalogue
-        self.clients = {
-            n.name: NeuronClient(session, n.name, n.endpoint) for n in config.cortex.neurons
-        }
+        self.clients = {n.name: neurons.client(n.name, n.endpoint) for n in config.cortex.neurons}
         self.fleet = Fleet.configured((n.name, n.endpoint) for n in config.cortex.neurons)
-        self.in_flight: Counter[tuple[str, str]] = Counter()
+        self._in_flight: Counter[tuple[str, str]] = Counter()
         self._clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._placement = asyncio.Lock()
@@ -100,6 +126,16 @@ class Lifecycle:
         """Called for every unload the gateway decides on, with its reason."""
         self.on_load: Callable[[str, str, str, float], None] = lambda node, model, outcome, s: None
         """Called after every load the gateway asks for: node, model, outcome, seconds."""
+
+    @property
+    def in_flight(self) -> Mapping[tuple[str, str], int]:
+        """Requests in flight by ``(node, model)``, as the gateway's leases count them."""
+        return self._in_flight
+
+    @property
+    def strategy(self) -> Strategy:
+        """The eviction strategy."""
+        return self.config.cortex.eviction.strategy
 
     # --- fleet state ------------------------------------------------------------------
 
@@ -162,7 +198,7 @@ class Lifecycle:
                 self._spawn(self._load_quietly(profile))
         idle_s = self.config.cortex.eviction.idle_timeout_s
         for node, model in idle_models(
-            self.fleet, self.catalogue, self.in_flight, self._clock(), idle_s
+            self.fleet, self.catalogue, self._in_flight, self._clock(), idle_s
         ):
             await self.unload(node, model, "idle")
 
@@ -174,7 +210,7 @@ class Lifecycle:
     async def _load_quietly(self, profile: ModelProfile) -> None:
         try:
             await self.ensure_loaded(profile)
-        except RouteError as exc:
+        except GatewayError as exc:
             log.warning(
                 "pinned model not loaded", extra={"model": profile.id, "error": exc.message}
             )
@@ -185,7 +221,7 @@ class Lifecycle:
         """The node that will serve ``model_id`` now, loading it first if need be."""
         deadline = time.monotonic() + self.config.cortex.gateway.load_timeout_s
         while True:
-            decision = route(model_id, self.catalogue, self.fleet, self.in_flight)
+            decision = route(model_id, self.catalogue, self.fleet, self._in_flight)
             match decision:
                 case Serve(node):
                     return node
@@ -193,13 +229,13 @@ class Lifecycle:
                     return await self.ensure_loaded(profile)
                 case WaitForLoad(node):
                     if time.monotonic() > deadline:
-                        raise RouteError(503, f"model {model_id!r} did not finish loading in time")
+                        raise _late(model_id)
                     await asyncio.sleep(1.0)
                     await self.refresh(node)
                 case NotFound(message):
-                    raise RouteError(404, message)
+                    raise GatewayError(404, ErrorKind.NOT_FOUND, message)
                 case NoNode(message):
-                    raise RouteError(503, message)
+                    raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
 
     async def ensure_loaded(self, profile: ModelProfile) -> str:
         """Load ``profile`` somewhere (one load however many callers) and return the node."""
@@ -214,7 +250,7 @@ class Lifecycle:
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
-            raise RouteError(503, f"model {profile.id!r} did not finish loading in time") from None
+            raise _late(profile.id) from None
 
     @property
     def loading(self) -> frozenset[str]:
@@ -222,7 +258,6 @@ class Lifecycle:
         return frozenset(self._loads)
 
     async def _cold_load(self, profile: ModelProfile) -> str:
-        strategy = self.config.cortex.eviction.strategy
         needed: int | None = None
         exclude: set[str] = set()
         last_error = "no attempt made"
@@ -235,65 +270,64 @@ class Lifecycle:
                     profile,
                     self.fleet,
                     self.catalogue,
-                    self.in_flight,
-                    strategy,
+                    self._in_flight,
+                    self.strategy,
                     needed_bytes=needed,
                     exclude=frozenset(exclude),
                 )
                 if isinstance(decision, Unplaceable):
-                    log.warning(
-                        "model cannot be placed",
-                        extra={"model": profile.id, "error": decision.message},
+                    # With nodes left out after failed loads, their failure is the reason.
+                    message = (
+                        f"model {profile.id!r} cannot be placed: {last_error}"
+                        if exclude
+                        else decision.message
                     )
-                    raise RouteError(503, decision.message)
-                await self._evict_for(decision, strategy)
-            outcome = await self._load_on(decision.node, profile)
-            if outcome is None:
+                    log.warning(
+                        "model cannot be placed", extra={"model": profile.id, "error": message}
+                    )
+                    raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
+                await self._evict_for(decision)
+            failure = await self._load_on(decision.node, profile)
+            if failure is None:
                 return decision.node
-            code, needed_now, last_error = outcome
-            if code == "insufficient_memory":
-                if not self.fleet.nodes[decision.node].devices:
-                    # A CPU node: the gateway cannot see its memory; free one model
-                    # by strategy and ask again, until nothing more can go.
-                    if not await self._evict_one(decision.node, profile, strategy):
-                        exclude.add(decision.node)
-                    continue
-                if needed_now is not None and needed != needed_now:
-                    needed = needed_now  # the neuron's own figure: plan evictions with it
-                    continue
-            if code in _FINAL:
-                raise RouteError(503, f"model {profile.id!r} cannot be loaded: {last_error}")
-            exclude.add(decision.node)
-        raise RouteError(503, f"model {profile.id!r} cannot be placed: {last_error}")
+            last_error = failure.message
+            retry = after_failed_load(
+                profile,
+                failure,
+                self.fleet,
+                self.catalogue,
+                self._in_flight,
+                self.strategy,
+                needed_bytes=needed,
+            )
+            match retry:
+                case PlanAgain(needed_bytes):
+                    needed = needed_bytes  # the neuron's own figure: plan evictions with it
+                case EvictOne(node, victim):
+                    await self.unload(node, victim, self._reason)
+                case Exclude(node):
+                    exclude.add(node)
+                case GiveUp(message):
+                    raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
+        message = f"model {profile.id!r} cannot be placed: {last_error}"
+        raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
 
-    async def _evict_for(self, decision: Placement, strategy: str) -> None:
+    @property
+    def _reason(self) -> EvictionReason:
+        return "priority" if self.strategy == "priority" else "lru"
+
+    async def _evict_for(self, decision: Placement) -> None:
         if not decision.evict:
             return
-        reason: EvictionReason = "priority" if strategy == "priority" else "lru"
         for victim in decision.evict:
-            await self.unload(decision.node, victim, reason)
+            await self.unload(decision.node, victim, self._reason)
         self._eviction_cycles += 1
         every = self.config.cortex.eviction.defrag_after_cycles
         if every and self._eviction_cycles % every == 0:
             self._spawn(self.defragment())
 
-    async def _evict_one(self, node: str, profile: ModelProfile, strategy: str) -> bool:
-        """On a node whose free memory the gateway cannot see, free one victim by strategy."""
-        state = self.fleet.nodes[node]
-        victims = eviction_order(
-            evictable(state, self.catalogue, self.in_flight, keep=profile.id),
-            self.catalogue,
-            "priority" if strategy == "priority" else "lru",
-        )
-        if not victims:
-            return False
-        await self.unload(node, victims[0].id, "priority" if strategy == "priority" else "lru")
-        return True
-
-    async def _load_on(
-        self, node: str, profile: ModelProfile
-    ) -> tuple[str | None, int | None, str] | None:
-        """Ask ``node`` to load; ``None`` on success, else (error code, needed bytes, message)."""
+    async def _load_on(self, node: str, profile: ModelProfile) -> LoadFailure | None:
+        """Ask ``node`` to load; ``None`` on success, else what went wrong."""
         client = self.clients[node]
         request = LoadRequest(model=profile.qualified_id, options=dict(profile.engine))
         started = time.monotonic()
@@ -311,16 +345,18 @@ class Lifecycle:
                     "model": profile.id,
                     "node": node,
                     "url": client.base_url,
-                    "status": exc.status,
+                    "status": exc.upstream_status,
                     "code": exc.code,
                     "error": str(exc),
                 },
             )
-            if exc.status is None:
+            if exc.upstream_status is None:
                 await self.refresh(node)
             details = exc.error.error.details if exc.error else {}
             needed = details.get("needed_bytes")
-            return exc.code, needed if isinstance(needed, int) else None, str(exc)
+            return LoadFailure(
+                node, exc.code, str(exc), needed if isinstance(needed, int) else None
+            )
         seconds = time.monotonic() - started
         self.on_load(node, profile.id, "ready", seconds)
         log.info(
@@ -339,59 +375,74 @@ class Lifecycle:
         try:
             await client.unload(model_id)
         except NeuronCallError as exc:
-            if exc.status != 404:
+            if exc.upstream_status != 404:
                 log.warning(
                     "unload failed",
                     extra={
                         "model": model_id,
                         "node": node,
                         "url": client.base_url,
-                        "status": exc.status,
+                        "status": exc.upstream_status,
                         "error": str(exc),
                     },
                 )
                 await self.refresh(node)
-                raise RouteError(502, f"unloading {model_id!r} from {node!r} failed") from exc
+                message = f"unloading {model_id!r} from {node!r} failed"
+                raise GatewayError(502, ErrorKind.UPSTREAM, message) from exc
         self.on_eviction(node, model_id, reason)
         await self.refresh(node)
 
     async def defragment(self) -> None:
         """Repack fragmented nodes: move each chosen idle model off and back on its node."""
-        for node, model in defrag_candidates(self.fleet, self.catalogue, self.in_flight):
+        for node, model in defrag_candidates(self.fleet, self.catalogue, self._in_flight):
             profile = self.catalogue.profile(model)
             log.info("defragmenting", extra={"node": node, "model": model})
             await self.unload(node, model, "defrag")
             if profile is not None:
                 self._spawn(self._load_quietly(profile))
 
-    # --- serving helpers ------------------------------------------------------------------
+    # --- serving ------------------------------------------------------------------------
 
-    async def endpoint(self, node: str, model_id: str) -> str:
-        """The OpenAI base URL for ``model_id`` on ``node`` (cached until it is unloaded)."""
+    async def lease(self, node: str, model_id: str, *, may_move: bool = True) -> Lease:
+        """Hold ``(node, model_id)`` for one request: its endpoint, counted in flight.
+
+        Raises :class:`ModelMoved` when the node no longer has the model (if
+        ``may_move``; else a 502 like any other failure to reach it).
+        """
         key = (node, model_id)
         url = self._endpoints.get(key)
         if url is None:
-            advertised = await self.clients[node].endpoint(model_id)
+            client = self.clients[node]
+            try:
+                advertised = await client.endpoint(model_id)
+            except NeuronCallError as exc:
+                await self.refresh(node)
+                if exc.upstream_status == 404 and may_move:
+                    raise ModelMoved from exc
+                raise GatewayError(
+                    502,
+                    ErrorKind.UPSTREAM,
+                    UNREACHABLE,
+                    error=str(exc),
+                    url=client.base_url,
+                    upstream_status=exc.upstream_status,
+                ) from exc
             url = rewrite_loopback(advertised, self.fleet.nodes[node].endpoint)
             self._endpoints[key] = url
-        return url
+        return Lease(node, model_id, url, self._in_flight)
 
-    def forget_endpoint(self, node: str, model_id: str) -> None:
-        """Drop a cached endpoint (after a failure reaching it)."""
-        self._endpoints.pop((node, model_id), None)
-
-    @contextmanager
-    def track(self, node: str, model_id: str) -> Iterator[None]:
-        """Count a request in flight on ``(node, model_id)`` while the block runs."""
-        self.in_flight[(node, model_id)] += 1
-        try:
-            yield
-        finally:
-            self.in_flight[(node, model_id)] -= 1
-            if not self.in_flight[(node, model_id)]:
-                del self.in_flight[(node, model_id)]
+    async def invalidate(self, lease: Lease) -> None:
+        """After ``lease``'s endpoint failed a request: forget it and ask the node again."""
+        self._endpoints.pop((lease.node, lease.model), None)
+        await self.refresh(lease.node)
 
     async def close(self) -> None:
         """Cancel background work (loads under way on neurons carry on there)."""
         for task in [*self._background, *self._loads.values()]:
             task.cancel()
+
+
+def _late(model_id: str) -> GatewayError:
+    return GatewayError(
+        503, ErrorKind.UNAVAILABLE, f"model {model_id!r} did not finish loading in time"
+    )

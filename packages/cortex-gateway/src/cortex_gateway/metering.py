@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgspec
 
 from cortex_core.openai import Usage
-from cortex_gateway.sse import SseSplitter, event_data
+from cortex_gateway.sse import SseParser
 
 __all__ = ["Meter", "meter_stream", "usage_of"]
 
@@ -77,6 +77,20 @@ class Meter:
         tokens = self.usage.completion_tokens - 1  # the first token opens the span
         return tokens / span if span > 0 and tokens > 0 else None
 
+    def observe(self, data: bytes, now: float) -> bool:
+        """Read one stream event's ``data`` seen at ``now``; true if it is a usage-only chunk."""
+        try:
+            view = _chunk.decode(data)
+        except msgspec.DecodeError:
+            return False
+        if _has_token(view):
+            self.first_token = self.first_token or now
+            self.last_token = now
+        if view.usage is not None:
+            self.usage = view.usage
+            return not view.choices
+        return False
+
 
 def _has_token(chunk: _ChunkView) -> bool:
     for choice in chunk.choices:
@@ -94,31 +108,18 @@ async def meter_stream(
     chunks: AsyncIterator[bytes], meter: Meter, *, strip_usage: bool
 ) -> AsyncIterator[bytes]:
     """Pass SSE bytes through event by event, measuring; drop the usage-only chunk if asked."""
-    splitter = SseSplitter()
+    parser = SseParser()
     async for chunk in chunks:
         now = time.monotonic()
         if meter.first_byte is None:
             meter.first_byte = now
         out = []
-        for event in splitter.feed(chunk):
-            data = event_data(event)
-            if data is None or data == b"[DONE]":
-                out.append(event)
-                continue
-            try:
-                view = _chunk.decode(data)
-            except msgspec.DecodeError:
-                out.append(event)
-                continue
-            if _has_token(view):
-                meter.first_token = meter.first_token or now
-                meter.last_token = now
-            if view.usage is not None:
-                meter.usage = view.usage
-                if strip_usage and not view.choices:
-                    continue  # the client did not ask for this chunk: the gateway did
-            out.append(event)
+        for event in parser.feed(chunk):
+            data = event.data
+            if data is not None and data != b"[DONE]" and meter.observe(data, now) and strip_usage:
+                continue  # a usage chunk the client did not ask for: the gateway did
+            out.append(event.raw)
         if out:
             yield b"".join(out)
-    if rest := splitter.rest():
+    if rest := parser.rest():
         yield rest

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from cortex_gateway.errors import ErrorKind
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metering import Meter
 
@@ -64,16 +65,6 @@ class Labels:
     alias: str
     node: str
     route: str
-
-
-_ERROR_KINDS = {
-    "invalid_request_error": "bad_request",
-    "authentication_error": "unauthorized",
-    "not_found_error": "not_found",
-    "service_unavailable": "unavailable",
-    "upstream_error": "upstream",
-    "server_error": "internal",
-}
 
 
 class GatewayMetrics:
@@ -183,13 +174,11 @@ class GatewayMetrics:
             route,
         )
 
-    def observe_failure(self, labels: Labels, status: int, kind: str) -> None:
+    def observe_failure(self, labels: Labels, status: int, kind: ErrorKind) -> None:
         """Count a failed request and the kind of its failure."""
         base = (labels.model, labels.alias, labels.node, labels.route)
         self.requests.labels(*base, str(status)).inc()
-        self.errors.labels(
-            *base, "too_large" if status == 413 else _ERROR_KINDS.get(kind, "other")
-        ).inc()
+        self.errors.labels(*base, kind.value).inc()
 
     def observe_success(
         self, labels: Labels, status: int, meter: Meter, latency: float, waited: float

@@ -12,20 +12,32 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cortex_core.catalogue import Catalogue, ModelProfile
-from cortex_core.neuron_api import Device, ModelInfo
+from cortex_core.neuron_api import MODEL_STATES, Device, ModelInfo
+from cortex_core.units import GIB
 from cortex_gateway.fleet import Fleet, NodeState
 
 __all__ = [
+    "FINAL_LOAD_ERRORS",
     "ColdLoad",
     "Decision",
+    "EvictOne",
+    "Exclude",
+    "GiveUp",
     "InFlight",
+    "LoadFailure",
     "NoNode",
     "NotFound",
     "Placement",
+    "PlanAgain",
+    "Retry",
     "Serve",
+    "Strategy",
     "Unplaceable",
     "WaitForLoad",
+    "after_failed_load",
     "defrag_candidates",
+    "evictable",
+    "eviction_order",
     "feasible_on",
     "idle_models",
     "place",
@@ -36,7 +48,6 @@ InFlight = Mapping[tuple[str, str], int]
 """Requests the gateway has in flight, by ``(node, model)``."""
 
 Strategy = Literal["lru", "priority"]
-GIB = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +101,19 @@ def route(model_id: str, catalogue: Catalogue, fleet: Fleet, in_flight: InFlight
         best = min(ready, key=lambda n: _in_flight(n, model_id, in_flight))
         return Serve(best.name)
     loading = fleet.loading(model_id)
-    profile = catalogue.profile(model_id)
-    if profile is not None:
-        if loading:
-            return WaitForLoad(loading[0])
-        return ColdLoad(profile)
     if loading:
         return WaitForLoad(loading[0])
+    for node in fleet.up():
+        info = node.model(model_id)
+        if info is not None and info.state not in MODEL_STATES:
+            # A newer neuron's state: this gateway cannot tell what it allows.
+            return NoNode(
+                f"model {model_id!r} is {info.state!r} on {node.name!r},"
+                " a state this gateway cannot route to"
+            )
+    profile = catalogue.profile(model_id)
+    if profile is not None:
+        return ColdLoad(profile)
     if any(n.model(model_id) is not None for n in fleet.nodes.values()):
         return NoNode(f"model {model_id!r} is only on nodes that are down or failed")
     return NotFound(f"model {model_id!r} does not exist")
@@ -218,6 +235,87 @@ def place(
             " even after evicting every idle, unpinned model"
         )
     return min(options, key=lambda o: (o[0], o[1]))[2]
+
+
+# --- after a failed load ---------------------------------------------------------------
+
+FINAL_LOAD_ERRORS = frozenset(
+    {"invalid_model_id", "unknown_source", "model_not_found", "unsupported_model", "invalid_option"}
+)
+"""Neuron error codes that say the model cannot be loaded anywhere: no retry elsewhere."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A load a neuron refused or failed: its error code and its own memory figure, if any."""
+
+    node: str
+    code: str | None
+    message: str
+    needed_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanAgain:
+    """Place again with the neuron's own figure of the memory the model needs."""
+
+    needed_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class EvictOne:
+    """Unload ``model`` from ``node`` (whose free memory the gateway cannot see), then retry."""
+
+    node: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Exclude:
+    """Leave ``node`` out and place again."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """No retry can help."""
+
+    message: str
+
+
+Retry = PlanAgain | EvictOne | Exclude | GiveUp
+
+
+def after_failed_load(
+    profile: ModelProfile,
+    failure: LoadFailure,
+    fleet: Fleet,
+    catalogue: Catalogue,
+    in_flight: InFlight,
+    strategy: Strategy,
+    *,
+    needed_bytes: int | None,
+) -> Retry:
+    """What a cold load does next after ``failure``, planned with ``needed_bytes`` so far.
+
+    ``insufficient_memory`` on a node without GPUs frees one model there by
+    strategy (or leaves the node out when nothing may go); on a GPU node it
+    plans again with the neuron's own figure, once per new figure. A
+    configuration problem gives up; anything else leaves the node out.
+    """
+    if failure.code == "insufficient_memory":
+        node = fleet.nodes.get(failure.node)
+        if node is not None and not node.devices:
+            victims = eviction_order(
+                evictable(node, catalogue, in_flight, keep=profile.id), catalogue, strategy
+            )
+            return EvictOne(node.name, victims[0].id) if victims else Exclude(failure.node)
+        if failure.needed_bytes is not None and failure.needed_bytes != needed_bytes:
+            return PlanAgain(failure.needed_bytes)
+    if failure.code in FINAL_LOAD_ERRORS:
+        return GiveUp(f"model {profile.id!r} cannot be loaded: {failure.message}")
+    return Exclude(failure.node)
 
 
 def feasible_on(profile: ModelProfile | None, model_id: str, fleet: Fleet) -> list[str]:

@@ -1,40 +1,106 @@
-"""Server-sent events as they pass through: split a byte stream into whole events."""
+r"""Server-sent events as they pass through: the gateway's one SSE parser.
+
+Upstream streams arrive cut anywhere; :class:`SseParser` hands back each
+complete event twice over: its raw bytes (so a pass-through forwards exactly
+what came) and its ``data`` (so the metering and the Anthropic translation can
+read it). Lines may end in ``\\n``, ``\\r\\n`` or ``\\r``; an event's ``data``
+lines are joined with newlines; comments and other fields are skipped; a byte
+order mark at the start is ignored. Every byte is scanned once.
+"""
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 
-__all__ = ["SseSplitter", "event_data"]
+__all__ = ["SseEvent", "SseParser"]
 
-_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_BOM = b"\xef\xbb\xbf"
+_CR, _LF = 0x0D, 0x0A
 
 
-class SseSplitter:
-    """Feed bytes as they arrive; get back each complete event (with its blank line)."""
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One event: its bytes as they came (blank line included) and its joined ``data``."""
+
+    raw: bytes
+    data: bytes | None
+    """``None`` for an event without data lines (a comment, a stray blank line)."""
+
+    @property
+    def text(self) -> str | None:
+        """``data`` as text (invalid UTF-8 replaced)."""
+        return None if self.data is None else self.data.decode("utf-8", errors="replace")
+
+
+class SseParser:
+    """Feed bytes as they arrive; get back each event they complete, in order."""
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0
+        """Bytes of the buffer already split into lines (the current event's)."""
+        self._data: list[bytes] = []
+        self._first_line = True
+        self._skip_lf = False
 
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The events completed by ``chunk``, in order; a partial one waits for more bytes."""
-        self._buffer += chunk
-        events = []
-        while match := _BOUNDARY.search(self._buffer):
-            events.append(self._buffer[: match.end()])
-            self._buffer = self._buffer[match.end() :]
+    def feed(self, chunk: bytes) -> list[SseEvent]:
+        """The events completed by ``chunk``; a partial one waits for more bytes."""
+        buffer = self._buffer
+        buffer += chunk
+        events: list[SseEvent] = []
+        while True:
+            start = self._scanned
+            if self._skip_lf:  # the "\n" of a "\r\n" cut in two
+                if start == len(buffer):
+                    break
+                self._skip_lf = False
+                if buffer[start] == _LF:
+                    start = self._scanned = start + 1
+            lf = buffer.find(b"\n", start)
+            cr = buffer.find(b"\r", start, lf if lf >= 0 else len(buffer))
+            end = cr if cr >= 0 else lf
+            if end < 0:
+                break
+            after = end + 1
+            if buffer[end] == _CR:
+                if after == len(buffer):
+                    self._skip_lf = True
+                elif buffer[after] == _LF:
+                    after += 1
+            line = bytes(buffer[start:end])
+            self._scanned = after
+            if self._first_line:
+                self._first_line = False
+                line = line.removeprefix(_BOM)
+            if line:
+                self._field(line)
+                continue
+            raw = bytes(buffer[:after])
+            del buffer[:after]
+            self._scanned = 0
+            events.append(SseEvent(raw, self._joined()))
         return events
 
+    def _joined(self) -> bytes | None:
+        data, self._data = self._data, []
+        if not data:
+            return None
+        return data[0] if len(data) == 1 else b"\n".join(data)
+
+    def _field(self, line: bytes) -> None:
+        if line.startswith(b"data: "):  # the usual shape, first
+            self._data.append(line[6:])
+            return
+        name, colon, value = line.partition(b":")
+        if name == b"data":
+            self._data.append(value.removeprefix(b" ") if colon else b"")
+        # comments (":...") and other fields (event, id, retry) are not needed
+
     def rest(self) -> bytes:
-        """Whatever is left when the stream ends (an event without its blank line)."""
-        rest, self._buffer = self._buffer, b""
+        """Whatever is left when the stream ends: an event without its blank line."""
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._scanned = 0
+        self._data = []
+        self._skip_lf = False
         return rest
-
-
-def event_data(event: bytes) -> bytes | None:
-    """The ``data`` of one event (its lines joined by newlines), or ``None`` if it has none."""
-    lines = []
-    for line in event.splitlines():
-        if line.startswith(b"data:"):
-            value = line[5:]
-            lines.append(value[1:] if value.startswith(b" ") else value)
-    return b"\n".join(lines) if lines else None

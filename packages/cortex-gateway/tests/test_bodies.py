@@ -1,4 +1,4 @@
-"""The proxy's pure helpers: body rewriting, relayable upstream errors, loopback URLs."""
+"""The pure helpers of the request path: body rewrites, relayable errors, loopback URLs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 
 from cortex_core.wire import WireError
+from cortex_gateway.bodies import MAX_RELAYED_MESSAGE, relayable_message, rewrite_model
 from cortex_gateway.lifecycle import rewrite_loopback
-from cortex_gateway.proxy import MAX_RELAYED_MESSAGE, relayable_message, rewrite_model
 
 # --- rewrite_model ----------------------------------------------------------------------------
 

@@ -1,0 +1,65 @@
+"""What the gateway reads from and changes in inference bodies, without decoding the rest.
+
+Only ``model`` is rewritten (to the concrete id the neuron knows), and
+``stream_options.include_usage`` set when the gateway needs the token counts;
+every other byte of the body goes as it came. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+
+from cortex_core.openai import StreamOptions
+from cortex_core.wire import WireError, encode
+
+__all__ = ["RequestView", "relayable_message", "rewrite_model"]
+
+_raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
+MAX_RELAYED_MESSAGE = 500
+
+
+class RequestView(msgspec.Struct):
+    """What the gateway reads of an OpenAI inference body; the rest passes as it came."""
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    @property
+    def wants_usage(self) -> bool:
+        """Whether the client asked for the usage chunk at the end of its stream."""
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+def rewrite_model(body: bytes, model: str, *, include_usage: bool = False) -> bytes:
+    """``body`` with its top-level ``model`` set to ``model``; other values kept byte for byte.
+
+    With ``include_usage``, ``stream_options.include_usage`` is also set, so a
+    stream ends with the token counts the gateway's metrics need.
+    """
+    try:
+        fields = _raw_object.decode(body)
+        fields["model"] = msgspec.Raw(encode(model))
+        if include_usage:
+            raw = fields.get("stream_options")
+            options = _raw_object.decode(raw) if raw is not None and raw != b"null" else {}
+            options["include_usage"] = msgspec.Raw(b"true")
+            fields["stream_options"] = msgspec.Raw(encode(options))
+    except msgspec.DecodeError as exc:
+        raise WireError(f"body is not a JSON object: {exc}") from exc
+    return encode(fields)
+
+
+def relayable_message(body: bytes) -> str | None:
+    """The ``message`` of an OpenAI error envelope, if ``body`` is one; nothing else of it.
+
+    This is how a request the model server refused (a prompt longer than the
+    context, say) still tells the client why.
+    """
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return message[:MAX_RELAYED_MESSAGE] if isinstance(message, str) else None

@@ -1,0 +1,129 @@
+"""The gateway's one error type: raised anywhere on a request's path, answered in one place.
+
+A :class:`GatewayError` carries the status to send, a typed kind (which is also
+the ``kind`` label of ``cortex_request_errors_total``), a message safe to show
+the client, and the fields an operator needs in the log line. The routes raise
+it; ``pipeline`` logs and counts it once and renders it in the envelope of the
+route's surface: OpenAI's or Anthropic's.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from cortex_core.anthropic import ErrorEnvelope as AnthropicEnvelope
+from cortex_core.anthropic import ErrorType as AnthropicType
+from cortex_core.anthropic import error_envelope as anthropic_envelope
+from cortex_core.openai import ErrorEnvelope as OpenAIEnvelope
+from cortex_core.openai import error_envelope as openai_envelope
+
+__all__ = [
+    "ErrorKind",
+    "GatewayError",
+    "Surface",
+    "anthropic_type",
+    "internal_error",
+    "upstream_refusal",
+]
+
+
+class ErrorKind(enum.StrEnum):
+    """What went wrong, spelled as the metric label ``kind``."""
+
+    BAD_REQUEST = "bad_request"
+    TOO_LARGE = "too_large"
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+    UPSTREAM = "upstream"
+    INTERNAL = "internal"
+
+
+class Surface(enum.Enum):
+    """Which API a route belongs to: it decides the error envelope."""
+
+    OPENAI = "openai"
+    ANTHROPIC = "anthropic"
+
+
+_OPENAI_TYPES: dict[ErrorKind, str] = {
+    ErrorKind.BAD_REQUEST: "invalid_request_error",
+    ErrorKind.TOO_LARGE: "invalid_request_error",
+    ErrorKind.UNAUTHORIZED: "authentication_error",
+    ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.UNAVAILABLE: "service_unavailable",
+    ErrorKind.UPSTREAM: "upstream_error",
+    ErrorKind.INTERNAL: "server_error",
+}
+
+_ANTHROPIC_TYPES: dict[int, AnthropicType] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_type(status: int) -> AnthropicType:
+    """The Anthropic error type for an HTTP status (``api_error`` for the rest)."""
+    return _ANTHROPIC_TYPES.get(status, "api_error")
+
+
+class GatewayError(Exception):
+    """A request the gateway answers with an error.
+
+    ``status`` is the status sent to the client; anything about the upstream
+    (its status, its URL, the exception) belongs in ``log``, which only the
+    operator sees.
+    """
+
+    def __init__(self, status: int, kind: ErrorKind, message: str, **log: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.log = log
+
+    def openai(self) -> OpenAIEnvelope:
+        """The OpenAI error envelope."""
+        return openai_envelope(self.message, _OPENAI_TYPES[self.kind], code=self.status)
+
+    def anthropic(self) -> AnthropicEnvelope:
+        """The Anthropic error envelope."""
+        return anthropic_envelope(anthropic_type(self.status), self.message)
+
+    def envelope(self, surface: Surface) -> OpenAIEnvelope | AnthropicEnvelope:
+        """The error envelope of ``surface``."""
+        return self.anthropic() if surface is Surface.ANTHROPIC else self.openai()
+
+    def __repr__(self) -> str:
+        return f"GatewayError({self.status}, {self.kind.value}, {self.message!r})"
+
+
+def internal_error() -> GatewayError:
+    """An unexpected failure: the client learns nothing more than that."""
+    return GatewayError(500, ErrorKind.INTERNAL, "internal error")
+
+
+def upstream_refusal(status: int, relayed: str | None, **log: Any) -> GatewayError:
+    """The error for an upstream answer with an error status.
+
+    A server failure (5xx) becomes a generic 502; a refusal (4xx) keeps its
+    status and the upstream's own ``message`` when it gave one (``relayed``),
+    which tells the client why without passing on anything else of the body.
+    """
+    if status >= 500:
+        return GatewayError(
+            502,
+            ErrorKind.UPSTREAM,
+            f"the model server failed (upstream status {status})",
+            upstream_status=status,
+            **log,
+        )
+    message = relayed or f"the model server refused the request (upstream status {status})"
+    return GatewayError(status, ErrorKind.BAD_REQUEST, message, upstream_status=status, **log)

@@ -1,0 +1,113 @@
+"""The admin API: the fleet as ``cortex status`` shows it, and loads and unloads on demand."""
+
+from __future__ import annotations
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cortex_core.catalogue import ModelProfile
+from cortex_core.ids import InvalidModelId, parse_model_id
+from cortex_core.wire import to_builtins
+from cortex_gateway.errors import ErrorKind, GatewayError, Surface
+from cortex_gateway.pipeline import Call
+from cortex_gateway.responses import json_response
+from cortex_gateway.routes.endpoint import Handler, endpoint
+from cortex_gateway.state import Gateway
+
+__all__ = ["AdminRequest", "AdminRoutes"]
+
+
+class AdminRequest(msgspec.Struct):
+    """``POST /admin/models/load|unload``."""
+
+    model: str
+    node: str | None = None
+
+
+class AdminRoutes:
+    """``/admin/...`` over a :class:`~cortex_gateway.state.Gateway`'s lifecycle."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def routes(self) -> list[Route]:
+        """The routes, wrapped."""
+
+        def r(path: str, handler: str, work: Handler, method: str) -> Route:
+            wrapped = endpoint(self.gateway, handler, Surface.OPENAI, work)
+            return Route(path, wrapped, methods=[method])
+
+        return [
+            r("/admin/fleet", "admin_fleet", self.fleet, "GET"),
+            r("/admin/models/load", "admin_load", self.load, "POST"),
+            r("/admin/models/unload", "admin_unload", self.unload, "POST"),
+        ]
+
+    async def fleet(self, request: Request, call: Call) -> Response:
+        """``GET /admin/fleet``: what ``cortex status`` shows."""
+        life = self.gateway.lifecycle
+        await life.refresh_all()  # people read this: show now, not the last poll
+        nodes = [
+            {
+                "name": node.name,
+                "endpoint": node.endpoint,
+                "up": node.up,
+                "version": node.version,
+                "last_seen": node.last_seen,
+                "error": node.error,
+                "devices": to_builtins(list(node.devices)),
+                "models": to_builtins(list(node.models)),
+            }
+            for node in life.fleet.nodes.values()
+        ]
+        in_flight = [
+            {"node": node, "model": model, "count": count}
+            for (node, model), count in life.in_flight.items()
+        ]
+        return json_response(
+            {"nodes": nodes, "loading": sorted(life.loading), "in_flight": in_flight}
+        )
+
+    async def load(self, request: Request, call: Call) -> Response:
+        """``POST /admin/models/load``: place (or put on ``node``) and wait until ready."""
+        pipeline, life = self.gateway.pipeline, self.gateway.lifecycle
+        body = pipeline.decode(await pipeline.read_body(request), AdminRequest)
+        try:
+            model = parse_model_id(pipeline.name(call, body.model))
+        except InvalidModelId as exc:
+            raise GatewayError(400, ErrorKind.BAD_REQUEST, str(exc)) from exc
+        profile = life.catalogue.profile(model.concrete) or ModelProfile(
+            id=model.concrete, source=model.source
+        )
+        if model.source and profile.source != model.source:
+            profile = ModelProfile(id=model.concrete, source=model.source, engine=profile.engine)
+        if body.node is not None:
+            if body.node not in life.clients:
+                raise GatewayError(404, ErrorKind.NOT_FOUND, f"no neuron named {body.node!r}")
+            profile = ModelProfile(
+                id=profile.id,
+                source=profile.source,
+                engine=profile.engine,
+                nodes=[body.node],
+                priority=profile.priority,
+                memory_gb=profile.memory_gb,
+            )
+        node = call.node = await life.ensure_loaded(profile)
+        return json_response(
+            {"model": model.concrete, "node": node, "state": "ready"}, headers=call.headers()
+        )
+
+    async def unload(self, request: Request, call: Call) -> Response:
+        """``POST /admin/models/unload``: from ``node``, or everywhere it is loaded."""
+        pipeline, life = self.gateway.pipeline, self.gateway.lifecycle
+        body = pipeline.decode(await pipeline.read_body(request), AdminRequest)
+        model_id = pipeline.name(call, body.model)
+        nodes = [body.node] if body.node else life.fleet.locations(model_id)
+        nodes = [n for n in nodes if n in life.clients and life.fleet.nodes[n].model(model_id)]
+        if not nodes:
+            raise GatewayError(404, ErrorKind.NOT_FOUND, f"model {model_id!r} is not loaded")
+        for node in nodes:
+            await life.unload(node, model_id, "admin")
+        return json_response({"model": model_id, "nodes": nodes, "state": "unloaded"})
