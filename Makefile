@@ -38,8 +38,9 @@ typecheck: ## Type-check packages and tests (mypy --strict)
 	$(UV) run --no-sync mypy
 
 .PHONY: test-fast
-test-fast: ## Run the quick tests (no vLLM engines)
-	$(UV) run --no-sync pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: ## Run the quick tests (no vLLM engines, no processes) and print the gateway's coverage
+	HYPOTHESIS_PROFILE=quick $(UV) run --no-sync pytest -m "not slow" -n auto \
+		--cov=cortex_gateway --cov-report=term:skip-covered --cov-fail-under=90 $(PYTEST_ARGS)
 
 .PHONY: test
 test: install engine lint typecheck ## Install, check, and run every test (real vLLM included)

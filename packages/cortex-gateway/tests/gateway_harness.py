@@ -1,0 +1,173 @@
+"""The gateway in-process over a scripted fleet: an HTTP client on its ASGI app, its metrics.
+
+Every test runs the real app (lifespan, routes, pipeline, lifecycle, metrics)
+with ``cortex_gateway.testing.ScriptedFleet`` at the neuron seam: no process,
+no socket, so a test takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from starlette.applications import Starlette
+from starlette.types import Message
+
+from cortex_gateway.app import create_apps
+from cortex_gateway.state import Gateway
+from cortex_gateway.testing import ScriptedFleet, ScriptedModel, ScriptedNode
+
+__all__ = ["Harness", "disconnecting", "serve", "until", "value"]
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@dataclass
+class Harness:
+    """A running in-process gateway and the fleet behind it."""
+
+    fleet: ScriptedFleet
+    state: Gateway
+    api: Starlette
+    metrics_app: Starlette
+    http: httpx.AsyncClient
+
+    def node(self, name: str) -> ScriptedNode:
+        """A scripted node by name."""
+        return self.fleet.nodes[name]
+
+    async def chat(self, model: str, **extra: Any) -> httpx.Response:
+        """``POST /v1/chat/completions`` with one question."""
+        return await self.http.post(
+            "/v1/chat/completions", json={"model": model, "messages": QUESTION, **extra}
+        )
+
+    async def message(self, model: str, **extra: Any) -> httpx.Response:
+        """``POST /v1/messages`` with one question."""
+        body = {"model": model, "max_tokens": 50, "messages": QUESTION, **extra}
+        return await self.http.post("/v1/messages", json=body)
+
+    async def samples(self) -> list[Sample]:
+        """Every sample ``GET /metrics`` (on the metrics app) shows."""
+        transport = httpx.ASGITransport(app=self.metrics_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://metrics") as client:
+            text = (await client.get("/metrics")).text
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of ``name`` over samples carrying ``labels``."""
+        return value(await self.samples(), name, **labels)
+
+    @property
+    def in_flight(self) -> dict[tuple[str, str], int]:
+        """The gateway's own in-flight counts."""
+        return dict(self.state.lifecycle.in_flight)
+
+
+def value(samples: list[Sample], name: str, **labels: str) -> float:
+    """The sum of ``name`` over samples carrying ``labels``."""
+    return sum(
+        s.value
+        for s in samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
+    """Wait for ``condition()`` to hold (polled), failing after ``within_s`` seconds."""
+    for _ in range(int(within_s / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition did not hold in time")
+
+
+def _config_keys(options: dict[str, object]) -> str:
+    return "".join(f"{key} = {json.dumps(v)}\n" for key, v in options.items())
+
+
+@contextlib.asynccontextmanager
+async def serve(
+    folder: Path,
+    nodes: Sequence[ScriptedNode],
+    models_toml: str = "",
+    *,
+    models: Sequence[ScriptedModel] = (),
+    eviction: dict[str, object] | None = None,
+    **gateway: object,
+) -> AsyncIterator[Harness]:
+    """Start the gateway over ``nodes``; ``gateway`` and ``eviction`` are config keys."""
+    fleet = ScriptedFleet(nodes, models)
+    settings = {"poll_interval_s": 0.05, **gateway}
+    config = fleet.config(
+        folder,
+        models_toml,
+        gateway=_config_keys(settings),
+        eviction=_config_keys(eviction or {}),
+    )
+    api, metrics, state = create_apps(config, neurons=fleet)
+    transport = httpx.ASGITransport(app=api)
+    async with (
+        api.router.lifespan_context(api),
+        httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=30) as http,
+    ):
+        yield Harness(fleet, state, api, metrics, http)
+    assert fleet.closed, "the gateway closed its neurons when it stopped"
+
+
+async def disconnecting(
+    app: Starlette, path: str, body: bytes, *, after: int = 1
+) -> tuple[int, list[bytes]]:
+    """POST ``body`` as hypercorn would, and disconnect once ``after`` body chunks came back.
+
+    Answers the status and the chunks received. ``after=0`` disconnects
+    before the request body is even delivered.
+    """
+    gone = asyncio.Event()
+    delivered = False
+    status = 0
+    chunks: list[bytes] = []
+    if after == 0:
+        gone.set()
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered and not gone.is_set():
+            delivered = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body" and message.get("body"):
+            chunks.append(message["body"])
+            if len(chunks) >= after:
+                gone.set()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.1"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"host", b"gateway")],
+        "client": ("127.0.0.1", 40000),
+        "server": ("gateway", 80),
+    }
+    await app(scope, receive, send)
+    return status, chunks

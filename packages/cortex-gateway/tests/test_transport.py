@@ -1,0 +1,196 @@
+"""The neurons over HTTP: the aiohttp side of the seam against a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from cortex_core.neuron_api import LoadRequest, TokenizeRequest
+from cortex_core.testing import free_port
+from cortex_gateway.neurons import NeuronCallError, UpstreamError
+from cortex_gateway.transport import HttpNeurons
+
+pytestmark = pytest.mark.anyio
+
+MODEL = {"id": "org/m", "state": "ready", "memory_bytes": 5, "future_field": 1}
+
+
+def json_answer(body: object, status: int = 200) -> web.Response:
+    """A JSON answer."""
+    return web.Response(
+        body=json.dumps(body).encode(), status=status, content_type="application/json"
+    )
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``."""
+    return json_answer({"status": "ok", "name": "n", "version": "9.9"})
+
+
+async def devices(request: web.Request) -> web.Response:
+    """``GET /devices``."""
+    return json_answer({"devices": [{"index": 0, "memory_total": 10}]})
+
+
+async def models(request: web.Request) -> web.Response:
+    """``GET /models``, with a model in a state from the future."""
+    return json_answer({"models": [MODEL, {"id": "org/z", "state": "sleeping"}]})
+
+
+async def load(request: web.Request) -> web.Response:
+    """``POST /models/load``: too big."""
+    body = await request.json()
+    details = {"needed_bytes": 123, "devices": []}
+    error = {
+        "code": "insufficient_memory",
+        "message": f"{body['model']} too big",
+        "details": details,
+    }
+    return json_answer({"error": error}, 409)
+
+
+async def unload(request: web.Request) -> web.Response:
+    """``POST /models/unload``: answers HTML, as a broken proxy might."""
+    return web.Response(body=b"<html>oops</html>", status=500)
+
+
+async def endpoint(request: web.Request) -> web.Response:
+    """``GET /models/{id}/endpoint``: names the model it was asked about."""
+    return json_answer({"url": f"http://localhost:1/v1#{request.match_info['id']}"})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """``POST /tokenize``: an answer of the wrong shape."""
+    return json_answer({"count": "many"})
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``: JSON, a stream, or a stream cut off."""
+    body = await request.json()
+    if not body.get("stream"):
+        return json_answer({"echo": body, "id": request.headers.get("x-request-id")})
+    response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: 1\n\n")
+    if body.get("cut"):
+        assert request.transport is not None
+        request.transport.close()
+        return response
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[TestServer]:
+    """A neuron-shaped server on loopback."""
+    app = web.Application()
+    app.add_routes(
+        [
+            web.get("/health", health),
+            web.get("/devices", devices),
+            web.get("/models", models),
+            web.post("/models/load", load),
+            web.post("/models/unload", unload),
+            web.get("/models/{id:.+}/endpoint", endpoint),
+            web.post("/tokenize", tokenize),
+            web.post("/v1/chat/completions", chat),
+        ]
+    )
+    async with TestServer(app, host="127.0.0.1") as running:
+        yield running
+
+
+async def test_management_calls_decode_the_neurons_answers(server: TestServer) -> None:
+    """Answers decode into the neuron API types, a newer neuron's states and fields too."""
+    neurons = HttpNeurons()
+    try:
+        client = neurons.client("n", str(server.make_url("/")))
+        assert (await client.health()).version == "9.9"
+        assert (await client.devices()).devices[0].memory_total == 10
+        listed = (await client.models()).models
+        assert [(m.id, m.state) for m in listed] == [("org/m", "ready"), ("org/z", "sleeping")]
+        assert await client.endpoint("org/m") == "http://localhost:1/v1#org/m"
+    finally:
+        await neurons.aclose()
+
+
+async def test_management_errors_carry_the_neurons_status_and_code(server: TestServer) -> None:
+    """An error answer keeps its status, code and details; other failures say what broke."""
+    neurons = HttpNeurons()
+    try:
+        client = neurons.client("n", str(server.make_url("/")))
+        with pytest.raises(NeuronCallError) as refused:
+            await client.load(LoadRequest(model="org/m"), 5)
+        assert refused.value.upstream_status == 409
+        assert refused.value.code == "insufficient_memory"
+        assert refused.value.error is not None
+        assert refused.value.error.error.details["needed_bytes"] == 123
+        assert str(refused.value) == "org/m too big"
+        with pytest.raises(NeuronCallError) as broken:
+            await client.unload("org/m")
+        assert (broken.value.upstream_status, broken.value.code) == (500, None)
+        assert str(broken.value) == "HTTP 500"
+        with pytest.raises(NeuronCallError, match="unexpected answer"):
+            await client.tokenize(TokenizeRequest(model="org/m", prompt="x"))
+        gone = neurons.client("gone", f"http://127.0.0.1:{free_port()}")
+        with pytest.raises(NeuronCallError) as unreachable:
+            await gone.health()
+        assert unreachable.value.upstream_status is None
+        assert "ClientConnectorError" in str(unreachable.value)
+    finally:
+        await neurons.aclose()
+
+
+async def test_inference_answers_and_streams(server: TestServer) -> None:
+    """A JSON answer comes back whole, a stream chunk by chunk, with the headers sent."""
+    neurons = HttpNeurons()
+    url = str(server.make_url("/v1/chat/completions"))
+    headers = {"content-type": "application/json", "x-request-id": "r1"}
+    try:
+        answer = await neurons.open(url, b'{"model": "m"}', headers)
+        assert (answer.status, answer.streaming) == (200, False)
+        assert json.loads(await answer.read()) == {"echo": {"model": "m"}, "id": "r1"}
+        stream = await neurons.open(url, b'{"stream": true}', headers)
+        assert stream.streaming
+        assert b"".join([c async for c in stream.chunks()]) == b"data: 1\n\ndata: [DONE]\n\n"
+        stream.close()
+    finally:
+        await neurons.aclose()
+
+
+async def test_a_stream_cut_off_raises_upstream_error(server: TestServer) -> None:
+    """A connection dropped mid-stream is an UpstreamError, after what did arrive."""
+    neurons = HttpNeurons()
+    url = str(server.make_url("/v1/chat/completions"))
+    try:
+        stream = await neurons.open(url, b'{"stream": true, "cut": true}', {})
+        received: list[bytes] = []
+
+        async def drain() -> None:
+            async for chunk in stream.chunks():
+                received.append(chunk)
+
+        with pytest.raises(UpstreamError, match="upstream stream broke"):
+            await drain()
+        stream.close()
+        assert b"".join(received) == b"data: 1\n\n"
+        cut = await neurons.open(url, b'{"stream": true, "cut": true}', {})
+        with pytest.raises(UpstreamError, match="reading the answer failed"):
+            await cut.read()
+    finally:
+        await neurons.aclose()
+
+
+async def test_nothing_listening_is_an_upstream_error() -> None:
+    """A refused connection: UpstreamError naming why."""
+    neurons = HttpNeurons()
+    try:
+        with pytest.raises(UpstreamError, match="ClientConnectorError"):
+            await neurons.open(f"http://127.0.0.1:{free_port()}/v1/chat/completions", b"{}", {})
+    finally:
+        await neurons.aclose()
