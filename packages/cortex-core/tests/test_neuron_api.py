@@ -11,7 +11,10 @@ from cortex_core import neuron_api as api
 from cortex_core.wire import decode, encode, to_builtins
 
 SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
-    (api.Health, {"status": "ok", "name": "beast", "version": "0.1.0"}),
+    (
+        api.Health,
+        {"status": "ok", "name": "beast", "version": "0.1.0", "started_at": 1750000000.5},
+    ),
     (
         api.DevicesResponse,
         {

@@ -72,6 +72,7 @@ ErrorType = Literal[
     "rate_limit_error",
     "api_error",
     "overloaded_error",
+    "timeout_error",
 ]
 
 

@@ -9,6 +9,7 @@ types.
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,7 +48,9 @@ __all__ = [
     "NeuronEntry",
     "NeuronSection",
     "SourceConfig",
+    "check_catalogue_nodes",
     "convert_section",
+    "env_token",
     "load_gateway_config",
     "load_neuron_config",
     "parse_hostport",
@@ -70,8 +73,25 @@ class GatewaySection(_Config):
     poll_interval_s: PositiveSeconds = 5.0
     load_timeout_s: PositiveSeconds = 900.0
     api_keys: list[str] = field(default_factory=list)
+    """Inference routes and /v1/models: ``Authorization: Bearer`` or ``x-api-key``."""
+    admin_keys: list[str] = field(default_factory=list)
+    """``/admin/*``; empty: an API key also admits admin calls."""
     max_body_bytes: PositiveInt = 32 * 1024 * 1024
     """Larger request bodies are refused with 413 before they are read in full."""
+    body_timeout_s: PositiveSeconds = 30.0
+    """A client's body must arrive in full within this (408 otherwise)."""
+    connect_timeout_s: PositiveSeconds = 5.0
+    """Opening a connection to a neuron."""
+    first_byte_timeout_s: PositiveSeconds = 300.0
+    """A routed request's answer must start within this (504 otherwise)."""
+    stream_idle_timeout_s: PositiveSeconds = 300.0
+    """The longest silence between two chunks of a stream (the stream ends with an error)."""
+    max_waiting: PositiveInt = 256
+    """Requests that may wait for one model's cold load; beyond it, 429 with Retry-After."""
+    allow_uncatalogued_loads: bool = False
+    """Whether ``/admin/models/load`` may load ids outside the catalogue."""
+    shutdown_grace_s: NonNegSeconds = 60.0
+    """On SIGTERM, how long requests in flight may finish (``/health`` answers 503 meanwhile)."""
 
 
 class EvictionSection(_Config):
@@ -85,6 +105,8 @@ class EvictionSection(_Config):
 class NeuronEntry(_Config):
     name: str
     endpoint: str
+    token_env: str | None = None
+    """The environment variable holding the token the gateway sends this neuron."""
 
 
 class CortexConfig(_Config):
@@ -108,6 +130,23 @@ class GatewayConfig:
         """The configured neuron called ``name``, if any."""
         return next((n for n in self.cortex.neurons if n.name == name), None)
 
+    def neuron_tokens(self, environ: Mapping[str, str]) -> dict[str, str | None]:
+        """Each neuron's token from its ``token_env``; a ConfigError names one that is unset."""
+        return {
+            n.name: env_token(self.path, f"neurons[{i}].token_env", n.token_env, environ)
+            for i, n in enumerate(self.cortex.neurons)
+        }
+
+
+def env_token(path: Path, key: str, variable: str | None, environ: Mapping[str, str]) -> str | None:
+    """The secret in ``$variable`` (``None`` without one); unset or empty is a ConfigError."""
+    if variable is None:
+        return None
+    value = environ.get(variable, "").strip()
+    if not value:
+        raise ConfigError(path, key, f"names ${variable}, which is not set or empty")
+    return value
+
 
 def _validate_cortex(path: Path, config: CortexConfig) -> None:
     gateway = config.gateway
@@ -115,9 +154,10 @@ def _validate_cortex(path: Path, config: CortexConfig) -> None:
     check_value(path, "gateway.metrics_listen", parse_hostport, gateway.metrics_listen)
     if gateway.listen == gateway.metrics_listen:
         raise ConfigError(path, "gateway.metrics_listen", "must differ from gateway.listen")
-    for i, key in enumerate(gateway.api_keys):
-        if not key.strip():
-            raise ConfigError(path, f"gateway.api_keys[{i}]", "an API key may not be empty")
+    for name in ("api_keys", "admin_keys"):
+        for i, key in enumerate(getattr(gateway, name)):
+            if not key.strip():
+                raise ConfigError(path, f"gateway.{name}[{i}]", "a key may not be empty")
     seen: set[str] = set()
     for i, neuron in enumerate(config.neurons):
         check_value(path, f"neurons[{i}].name", check_name, neuron.name)
@@ -125,6 +165,8 @@ def _validate_cortex(path: Path, config: CortexConfig) -> None:
         if neuron.name in seen:
             raise ConfigError(path, f"neurons[{i}].name", f"duplicate neuron name {neuron.name!r}")
         seen.add(neuron.name)
+        if neuron.token_env is not None and not neuron.token_env.strip():
+            raise ConfigError(path, f"neurons[{i}].token_env", "may not be empty")
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
@@ -136,6 +178,14 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
     if not models_path.is_absolute():
         models_path = path.parent / models_path
     catalogue = load_catalogue(models_path)
+    check_catalogue_nodes(path, models_path, config, catalogue)
+    return GatewayConfig(path=path, cortex=config, models_path=models_path, catalogue=catalogue)
+
+
+def check_catalogue_nodes(
+    path: Path, models_path: Path, config: CortexConfig, catalogue: Catalogue
+) -> None:
+    """Refuse a catalogue whose ``nodes`` name a neuron ``cortex.toml`` does not define."""
     known = {n.name for n in config.neurons}
     for i, profile in enumerate(catalogue.models):
         for node in profile.nodes or ():
@@ -146,7 +196,6 @@ def load_gateway_config(path: str | Path) -> GatewayConfig:
                     f"names neuron {node!r}, which {path.name} does not define"
                     f" (defined: {', '.join(sorted(known)) or 'none'})",
                 )
-    return GatewayConfig(path=path, cortex=config, models_path=models_path, catalogue=catalogue)
 
 
 # --- neuron.toml --------------------------------------------------------------------
@@ -161,6 +210,8 @@ class NeuronSection(_Config):
     default_source: str = "huggingface"
     memory_limit_gb: PositiveGiB | None = None
     """At most this much memory planned for all engines together; none: free memory decides."""
+    token_env: str | None = None
+    """The environment variable holding the token every route but /health and /metrics needs."""
 
 
 class SourceConfig(_Config):

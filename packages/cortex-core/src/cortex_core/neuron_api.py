@@ -15,6 +15,7 @@ from msgspec import Struct, field
 __all__ = [
     "ERROR_STATUS",
     "MODEL_STATES",
+    "RELAYABLE_HEADER",
     "Device",
     "DeviceFree",
     "DevicesResponse",
@@ -50,6 +51,12 @@ class Health(_Wire):
     status: str = "ok"
     name: str = ""
     version: str = ""
+    started_at: float | None = None
+    """When the neuron started (Unix seconds): a change means it restarted."""
+
+
+RELAYABLE_HEADER: Final = "x-cortex-relayable"
+"""On a neuron's 4xx inference answer: its error ``message`` is safe to show the client."""
 
 
 class Device(_Wire):
@@ -156,6 +163,7 @@ ErrorCode = Literal[
     "not_loaded",
     "invalid_request",
     "invalid_option",
+    "unauthorized",
     "internal_error",
 ]
 
@@ -171,6 +179,7 @@ ERROR_STATUS: Final[dict[str, int]] = {
     "not_loaded": 404,
     "invalid_request": 400,
     "invalid_option": 422,
+    "unauthorized": 401,
     "internal_error": 500,
 }
 """The HTTP status each error code is sent with."""
