@@ -168,10 +168,34 @@ def sse_data(lines: list[str]) -> list[str]:
 
 
 def test_health(neuron: Neuron) -> None:
-    """GET /health names the neuron and its version."""
+    """GET /health names the neuron, its version, and when it started."""
     response = neuron.client.get("/health")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "name": "t", "version": __version__}
+    body = response.json()
+    assert abs(body.pop("started_at") - time.time()) < 60
+    assert body == {"status": "ok", "name": "t", "version": __version__}
+
+
+def test_a_token_guards_every_route_but_health_and_metrics(config: NeuronConfig) -> None:
+    """With a token, management and inference need it (401 in each API's envelope)."""
+    app = create_app(config, ScriptedFactory(reply=REPLY), devices=list, token="s3cret")
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        refused = client.get("/models")
+        assert refused.status_code == 401
+        assert refused.json()["error"]["code"] == "unauthorized"
+        wrong = client.post(
+            "/models/load", json={"model": "test/tiny"}, headers={"authorization": "Bearer no"}
+        )
+        assert wrong.status_code == 401
+        inference = client.post("/v1/chat/completions", json=CHAT)
+        assert inference.status_code == 401
+        assert_openai_error(inference.json(), "authentication_error", 401)
+        keyed = {"authorization": "Bearer s3cret"}
+        assert client.get("/models", headers=keyed).status_code == 200
+        loaded = client.post("/models/load", json={"model": "test/tiny"}, headers=keyed)
+        assert loaded.status_code == 200
 
 
 def test_devices_empty(neuron: Neuron) -> None:
@@ -526,11 +550,26 @@ def test_streaming(neuron: Neuron, path: str, body: dict[str, Any], kind: str) -
     assert model["in_flight"] == 0
 
 
-def test_engine_refusal_passes_through(neuron: Neuron, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An engine's own error answer (status and body) reaches the client as it is."""
+@pytest.mark.parametrize(
+    ("refusal", "message"),
+    [
+        (
+            b'{"error": {"message": "too long", "type": "BadRequestError", "code": 400}}',
+            "too long",
+        ),
+        (
+            b'{"error": {"message": "bad\\u0001' + b"x" * 600 + b'", "code": 400}}',
+            "bad\\x01" + "x" * 496 + "…",
+        ),
+        (b"<html>no</html>", "the engine refused the request (status 400)"),
+    ],
+)
+def test_an_engine_refusal_is_re_enveloped_as_relayable(
+    neuron: Neuron, monkeypatch: pytest.MonkeyPatch, refusal: bytes, message: str
+) -> None:
+    """A 4xx from the engine keeps its status and its message (printable, bounded), marked safe."""
     neuron.load()
     engine = neuron.factory.started[0]
-    refusal = b'{"error": {"message": "too long", "type": "BadRequestError", "code": 400}}'
 
     async def refuse(body: bytes) -> Reply:
         return JsonReply(400, refusal)
@@ -538,7 +577,9 @@ def test_engine_refusal_passes_through(neuron: Neuron, monkeypatch: pytest.Monke
     monkeypatch.setattr(engine, "completion", refuse)
     response = neuron.client.post("/v1/completions", json=COMPLETION)
     assert response.status_code == 400
-    assert response.content == refusal
+    assert response.headers["x-cortex-relayable"] == "1"
+    assert_openai_error(response.json(), "invalid_request_error", 400)
+    assert response.json()["error"]["message"] == message
     [model] = neuron.client.get("/models").json()["models"]
     assert model["in_flight"] == 0
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from cortex_core.config import NeuronConfig
 from cortex_core.neuron_api import (
+    RELAYABLE_HEADER,
     Device,
     DevicesResponse,
     EndpointResponse,
@@ -31,8 +34,10 @@ from cortex_core.neuron_api import (
     ModelsResponse,
     TokenizeRequest,
     UnloadRequest,
+    error_response,
 )
 from cortex_core.openai import ModelList, ModelObject, error_envelope
+from cortex_core.text import printable
 from cortex_core.wire import RouteView, WireError, decode, encode
 from neuron import __version__
 from neuron.devices import read_devices
@@ -87,11 +92,19 @@ class NeuronApp:
         self.registry = registry
         self.devices = devices
         self.metrics = NeuronMetrics(registry, devices)
+        self.started_at = time.time()
 
     # --- management ----------------------------------------------------------------
 
     async def health(self, request: Request) -> Response:
-        return _json(Health(status="ok", name=self.config.neuron.name, version=__version__))
+        return _json(
+            Health(
+                status="ok",
+                name=self.config.neuron.name,
+                version=__version__,
+                started_at=self.started_at,
+            )
+        )
 
     async def list_devices(self, request: Request) -> Response:
         return _json(DevicesResponse(devices=await asyncio.to_thread(self.devices)))
@@ -187,6 +200,27 @@ class NeuronApp:
             return _json(error_envelope("the engine failed", "server_error", code=500), 500)
         if isinstance(reply, JsonReply):
             self.registry.release(entry)
+            if 400 <= reply.status < 500:
+                # The engine's reason for refusing a request (a prompt over the context
+                # length, a bad parameter) is about the request: the gateway may show it.
+                message = _refusal(reply.body, reply.status)
+                log.warning(
+                    "engine refused request",
+                    extra={
+                        "handler": handler,
+                        "model": route.model,
+                        "status": reply.status,
+                        "error": message,
+                        **rid,
+                    },
+                )
+                envelope = error_envelope(message, "invalid_request_error", code=reply.status)
+                return Response(
+                    encode(envelope),
+                    status_code=reply.status,
+                    media_type=JSON,
+                    headers={RELAYABLE_HEADER: "1"},
+                )
             if reply.status >= 400:
                 log.warning(
                     "engine refused request",
@@ -241,13 +275,40 @@ class _ReleasingStream(StreamingResponse):
                 self._registry.release(self._entry)
 
 
+def _refusal(body: bytes, status: int) -> str:
+    """The engine's message in a refusal, printable and bounded; a generic one if none."""
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = None
+    if not isinstance(message, str) or not message.strip():
+        return f"the engine refused the request (status {status})"
+    return printable(message, 500)
+
+
 Handler = Callable[[Request], Awaitable[Response]]
+OPEN_ROUTES = frozenset({"/health", "/metrics"})
+"""What answers without the token: liveness and metrics."""
 
 
-def _guard(handler: Handler) -> Handler:
-    """Answer an unexpected exception with a 500 envelope, logged once with its traceback."""
+def _guard(handler: Handler, token: str | None = None) -> Handler:
+    """Check the token (when one is set); answer an unexpected exception with a logged 500."""
+    expected = f"Bearer {token}".encode() if token else None
 
     async def guarded(request: Request) -> Response:
+        if expected is not None and request.url.path not in OPEN_ROUTES:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                log.warning(
+                    "request refused",
+                    extra={"handler": request.url.path, "status": 401, "error": "bad token"},
+                )
+                if request.url.path.startswith("/v1/"):
+                    envelope = error_envelope(
+                        "missing or invalid token", "authentication_error", code=401
+                    )
+                    return _json(envelope, 401)
+                return _json(error_response("unauthorized", "missing or invalid token"), 401)
         try:
             return await handler(request)
         except Exception:
@@ -266,8 +327,13 @@ def create_app(
     sources: Sources | None = None,
     devices: Callable[[], list[Device]] = read_devices,
     host_free: Callable[[], int] | None = None,
+    token: str | None = None,
 ) -> Starlette:
-    """The neuron's ASGI app; its lifespan prepares the engine and stops every engine at exit."""
+    """The neuron's ASGI app; its lifespan prepares the engine and stops every engine at exit.
+
+    With ``token``, every route but ``/health`` and ``/metrics`` needs
+    ``Authorization: Bearer <token>``.
+    """
     kwargs: dict[str, Any] = {"devices": devices}
     if host_free is not None:
         kwargs["host_free"] = host_free
@@ -294,18 +360,21 @@ def create_app(
             await registry.close()
             log.info("neuron stopped")
 
+    def r(path: str, handler: Handler, methods: list[str] | None = None) -> Route:
+        return Route(path, _guard(handler, token), methods=methods)
+
     routes = [
-        Route("/health", _guard(app_state.health)),
-        Route("/devices", _guard(app_state.list_devices)),
-        Route("/models", _guard(app_state.list_models)),
-        Route("/models/load", _guard(app_state.load), methods=["POST"]),
-        Route("/models/unload", _guard(app_state.unload), methods=["POST"]),
-        Route("/models/{model:path}/endpoint", _guard(app_state.endpoint)),
-        Route("/tokenize", _guard(app_state.tokenize), methods=["POST"]),
-        Route("/metrics", _guard(app_state.scrape)),
-        Route("/v1/chat/completions", _guard(app_state.chat), methods=["POST"]),
-        Route("/v1/completions", _guard(app_state.completions), methods=["POST"]),
-        Route("/v1/models", _guard(app_state.openai_models)),
+        r("/health", app_state.health),
+        r("/devices", app_state.list_devices),
+        r("/models", app_state.list_models),
+        r("/models/load", app_state.load, ["POST"]),
+        r("/models/unload", app_state.unload, ["POST"]),
+        r("/models/{model:path}/endpoint", app_state.endpoint),
+        r("/tokenize", app_state.tokenize, ["POST"]),
+        r("/metrics", app_state.scrape),
+        r("/v1/chat/completions", app_state.chat, ["POST"]),
+        r("/v1/completions", app_state.completions, ["POST"]),
+        r("/v1/models", app_state.openai_models),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.neuron = app_state

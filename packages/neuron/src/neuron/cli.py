@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -15,7 +16,13 @@ from typing import Any
 
 import click
 
-from cortex_core.config import ConfigError, NeuronConfig, load_neuron_config, parse_hostport
+from cortex_core.config import (
+    ConfigError,
+    NeuronConfig,
+    env_token,
+    load_neuron_config,
+    parse_hostport,
+)
 from cortex_core.logs import LogFormat, configure_logging
 from cortex_core.units import GIB
 from cortex_core.wire import to_builtins
@@ -55,11 +62,16 @@ def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> Non
     """Serve the management and OpenAI APIs until SIGTERM or SIGINT."""
     path = _config_path(config_path)
     config = _load(path)
+    try:
+        token = env_token(path, "neuron.token_env", config.neuron.token_env, os.environ)
+    except ConfigError as exc:
+        click.echo(f"neuron: {exc}", err=True)
+        sys.exit(2)
     configure_logging(log_format, log_level.upper())
-    asyncio.run(_serve(config))
+    asyncio.run(_serve(config, token))
 
 
-async def _serve(config: NeuronConfig) -> None:
+async def _serve(config: NeuronConfig, token: str | None) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -73,6 +85,12 @@ async def _serve(config: NeuronConfig) -> None:
     os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
     os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(config.neuron.cache_dir) / "vllm"))
     host, port = parse_hostport(config.neuron.listen)
+    if token is None and not _loopback(host):
+        logging.getLogger(__name__).warning(
+            "the management API is open to the network: set [neuron] token_env, or listen on"
+            " a private address only",
+            extra={"listen": config.neuron.listen},
+        )
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None
@@ -83,9 +101,9 @@ async def _serve(config: NeuronConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if os.environ.get("NEURON_TEST_ENGINE") == "scripted":
-        app = _scripted_app(config)
+        app = _scripted_app(config, token)
     else:
-        app = create_app(config, VllmEngineFactory(run_dir))
+        app = create_app(config, VllmEngineFactory(run_dir), token=token)
     try:
         # Starlette's ASGI types and hypercorn's differ only in how they spell them.
         asgi: Any = app
@@ -94,7 +112,14 @@ async def _serve(config: NeuronConfig) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _scripted_app(config: NeuronConfig) -> Any:
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _scripted_app(config: NeuronConfig, token: str | None) -> Any:
     """A neuron whose engines are scripted (for the gateway's tests; see neuron.testing)."""
     from neuron.app import create_app
     from neuron.testing.fakegpu import FakeGpus, parse_gpus
@@ -105,7 +130,7 @@ def _scripted_app(config: NeuronConfig) -> Any:
         start_delay=float(os.environ.get("NEURON_TEST_START_DELAY", "0")),
     )
     gpus = FakeGpus(parse_gpus(os.environ.get("NEURON_TEST_GPUS", "")))
-    app = create_app(config, factory, devices=gpus.devices)
+    app = create_app(config, factory, devices=gpus.devices, token=token)
     gpus.bind(app.state.neuron.registry)
     logging.getLogger(__name__).warning(
         "scripted engines: this neuron runs no model (test mode)",
