@@ -102,9 +102,14 @@ async def serve(
     *,
     models: Sequence[ScriptedModel] = (),
     eviction: dict[str, object] | None = None,
+    environ: dict[str, str] | None = None,
     **gateway: object,
 ) -> AsyncIterator[Harness]:
-    """Start the gateway over ``nodes``; ``gateway`` and ``eviction`` are config keys."""
+    """Start the gateway over ``nodes``; ``gateway`` and ``eviction`` are config keys.
+
+    ``environ`` holds the neurons' tokens (default: each node's own, as the
+    fleet's config names them).
+    """
     fleet = ScriptedFleet(nodes, models)
     settings = {"poll_interval_s": 0.05, **gateway}
     config = fleet.config(
@@ -113,7 +118,8 @@ async def serve(
         gateway=_config_keys(settings),
         eviction=_config_keys(eviction or {}),
     )
-    api, metrics, state = create_apps(config, neurons=fleet)
+    environ = fleet.environ() if environ is None else environ
+    api, metrics, state = create_apps(config, neurons=fleet, environ=environ)
     transport = httpx.ASGITransport(app=api)
     async with (
         api.router.lifespan_context(api),
@@ -124,12 +130,13 @@ async def serve(
 
 
 async def disconnecting(
-    app: Starlette, path: str, body: bytes, *, after: int = 1
+    app: Starlette, path: str, body: bytes, *, after: int = 1, after_s: float | None = None
 ) -> tuple[int, list[bytes]]:
     """POST ``body`` as hypercorn would, and disconnect once ``after`` body chunks came back.
 
     Answers the status and the chunks received. ``after=0`` disconnects
-    before the request body is even delivered.
+    before the request body is even delivered; ``after_s`` disconnects that
+    many seconds after the body was delivered, whatever came back.
     """
     gone = asyncio.Event()
     delivered = False
@@ -137,6 +144,8 @@ async def disconnecting(
     chunks: list[bytes] = []
     if after == 0:
         gone.set()
+    if after_s is not None:
+        asyncio.get_running_loop().call_later(after_s, gone.set)
 
     async def receive() -> Message:
         nonlocal delivered

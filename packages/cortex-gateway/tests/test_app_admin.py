@@ -65,10 +65,18 @@ async def test_load_and_unload(tmp_path: Path) -> None:
         assert await gw.metric("cortex_model_evictions_total") == 0
 
 
-async def test_load_models_outside_the_catalogue_with_a_source(tmp_path: Path) -> None:
-    """A qualified id outside the catalogue is loaded with its source."""
+async def test_loads_outside_the_catalogue_need_allowing(tmp_path: Path) -> None:
+    """An id outside the catalogue (or from another source) is refused unless allowed."""
     extra = [*MODELS, ScriptedModel("org/extra", memory_gib=1)]
-    async with serve(tmp_path, nodes(), CATALOGUE, models=extra) as gw:
+    async with serve(tmp_path / "closed", nodes(), CATALOGUE, models=extra) as gw:
+        for model in ("local:org/extra", "org/extra", "other:fake/a"):
+            refused = await gw.http.post("/admin/models/load", json={"model": model})
+            assert refused.status_code == 403, model
+            assert "not in the catalogue" in refused.json()["error"]["message"]
+        assert "load org/extra" not in gw.node("beast").calls
+    async with serve(
+        tmp_path / "open", nodes(), CATALOGUE, models=extra, allow_uncatalogued_loads=True
+    ) as gw:
         loaded = await gw.http.post("/admin/models/load", json={"model": "local:org/extra"})
         assert loaded.status_code == 200
         assert loaded.json()["model"] == "org/extra"
@@ -80,7 +88,7 @@ async def test_load_models_outside_the_catalogue_with_a_source(tmp_path: Path) -
         ("/admin/models/load", {"model": "fake/a", "node": "nobody"}, 404, "no neuron"),
         ("/admin/models/load", {"model": "bad id with spaces"}, 400, ""),
         ("/admin/models/load", {"node": "beast"}, 400, "model"),
-        ("/admin/models/load", {"model": "fake/zzz"}, 503, "cannot be loaded"),
+        ("/admin/models/load", {"model": "fake/zzz"}, 403, "not in the catalogue"),
         ("/admin/models/unload", {"model": "fake/a"}, 404, "not loaded"),
         ("/admin/models/unload", {"model": 3}, 400, "model"),
     ],

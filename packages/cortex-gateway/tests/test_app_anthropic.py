@@ -125,7 +125,7 @@ async def test_a_stream_that_fails_at_once_gets_a_status(tmp_path: Path) -> None
         assert anthropic_error(unknown.json())["type"] == "not_found_error"
         await gw.message("fake/small")
         refusal = b'{"error": {"message": "prompt is too long"}}'
-        gw.node("beast").answers.append(JsonAnswer(refusal, 400))
+        gw.node("beast").answers.append(JsonAnswer(refusal, 400, relayable=True))
         refused = await gw.message("fake/small", stream=True)
         assert refused.status_code == 400
         assert anthropic_error(refused.json()) == {

@@ -117,16 +117,31 @@ async def test_legacy_completions_are_forwarded(tmp_path: Path) -> None:
         assert await gw.metric("cortex_completion_tokens_total", route="completions") == 6
 
 
-async def test_a_client_request_id_comes_back(tmp_path: Path) -> None:
-    """The client's x-request-id is kept (bounded) on the answer and the upstream request."""
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("req-42.a:b/c@d", True),
+        ("r" * 128, True),
+        ("r" * 129, False),
+        ("a\x01b", False),
+        ("a b", False),
+    ],
+)
+async def test_a_client_request_id_comes_back_if_it_is_plain(
+    tmp_path: Path, given: str, kept: bool
+) -> None:
+    """A plain x-request-id (128 characters at most) is kept end to end; others are replaced."""
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
         response = await gw.http.post(
             "/v1/chat/completions",
             json={"model": "fake/small", "messages": QUESTION},
-            headers={"x-request-id": "r" * 200},
+            headers={"x-request-id": given},
         )
-        assert response.headers["x-request-id"] == "r" * 128
-        assert gw.node("beast").requests[0].headers["x-request-id"] == "r" * 128
+        assert response.status_code == 200
+        answered = response.headers["x-request-id"]
+        assert (answered == given) is kept
+        assert len(answered) == len(given) if kept else len(answered) == 32
+        assert gw.node("beast").requests[0].headers["x-request-id"] == answered
 
 
 @pytest.mark.parametrize(
@@ -138,6 +153,7 @@ async def test_a_client_request_id_comes_back(tmp_path: Path) -> None:
         (b"[1, 2]", 400, "bad_request", "object"),
         (b'{"model": "x", "stream": "yes"}', 400, "bad_request", "stream"),
         (b'{"model": "x", "pad": "' + b"x" * 5000 + b'"}', 413, "too_large", "4096"),
+        (b'{"model": "fake/small"}', 415, "bad_request", "application/json"),
     ],
 )
 async def test_bad_bodies(
@@ -150,8 +166,11 @@ async def test_bad_bodies(
 ) -> None:
     """Malformed, ill-typed or oversized bodies: their status, one log line, one count."""
     caplog.set_level(logging.INFO, "cortex_gateway")
+    kind_of_body = "text/plain" if status == 415 else "application/json"
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, max_body_bytes=4096) as gw:
-        response = await gw.http.post("/v1/chat/completions", content=body)
+        response = await gw.http.post(
+            "/v1/chat/completions", content=body, headers={"content-type": kind_of_body}
+        )
         assert response.status_code == status
         error = error_of(response)
         assert error["type"] == "invalid_request_error"
@@ -175,7 +194,9 @@ async def test_an_oversized_body_without_content_length_is_refused_while_read(
         yield b'"}'
 
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, max_body_bytes=4096) as gw:
-        response = await gw.http.post("/v1/chat/completions", content=chunks())
+        response = await gw.http.post(
+            "/v1/chat/completions", content=chunks(), headers={"content-type": "application/json"}
+        )
         assert response.status_code == 413
 
 
@@ -196,10 +217,10 @@ async def test_unknown_and_unplaceable_models(tmp_path: Path) -> None:
 
 
 async def test_a_neuron_gone_after_routing_is_a_generic_502(tmp_path: Path) -> None:
-    """Routed to a node that then refuses connections: 502, generic, with the node named."""
+    """Connections refused twice (the retry too): 502, generic, with the node named."""
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
         assert (await gw.chat("fake/small")).status_code == 200
-        gw.node("beast").answers.append(Refuse())
+        gw.node("beast").answers.extend([Refuse(), Refuse()])
         response = await gw.chat("fake/small")
         assert response.status_code == 502
         assert error_of(response)["message"] == "the model server could not be reached"
@@ -209,15 +230,18 @@ async def test_a_neuron_gone_after_routing_is_a_generic_502(tmp_path: Path) -> N
 
 
 async def test_a_neuron_down_before_its_endpoint_is_known(tmp_path: Path) -> None:
-    """A node that stops between the poll and the endpoint lookup: 502 and it is marked down."""
+    """A node stopping between poll and endpoint lookup is marked down at once (503 here).
+
+    With no other node to go to, the retry finds nothing up.
+    """
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
         beast = gw.node("beast")
         beast.put("fake/small", "ready")
         await gw.state.lifecycle.refresh("beast")
         beast.stop()
         response = await gw.chat("fake/small")
-        assert response.status_code == 502
-        assert error_of(response)["message"] == "the model server could not be reached"
+        assert response.status_code == 503
+        assert "is up" in error_of(response)["message"]
         assert not gw.state.lifecycle.fleet.nodes["beast"].up
 
 
@@ -231,9 +255,23 @@ async def test_a_neuron_down_before_its_endpoint_is_known(tmp_path: Path) -> Non
         ),
         (JsonAnswer(b"<html>bad gateway</html>", 503), 502, "upstream status 503"),
         (
-            JsonAnswer(b'{"error": {"message": "prompt is too long", "code": 400}}', 400),
+            JsonAnswer(
+                b'{"error": {"message": "prompt is too long", "code": 400}}', 400, relayable=True
+            ),
             400,
             "prompt is too long",
+        ),
+        (
+            JsonAnswer(b'{"error": {"message": "secret at http://internal:9/x"}}', 400),
+            400,
+            "refused the request (upstream status 400)",
+        ),
+        (
+            JsonAnswer(
+                b'{"error": {"message": "bad\\u0000 ' + b"x" * 900 + b'"}}', 400, relayable=True
+            ),
+            400,
+            "bad\\x00 xxx",
         ),
         (JsonAnswer(b"not json", 422), 422, "refused the request (upstream status 422)"),
         (JsonAnswer(b"{}", 200, break_read=True), 502, "failed while answering"),
@@ -278,7 +316,7 @@ async def test_a_model_gone_before_its_endpoint_was_asked_is_routed_again(tmp_pa
 
 async def test_a_404_twice_is_the_upstreams_answer(tmp_path: Path) -> None:
     """A second 404 is not a moved model but the upstream's refusal, relayed."""
-    refusal = JsonAnswer(b'{"error": {"message": "no such adapter"}}', 404)
+    refusal = JsonAnswer(b'{"error": {"message": "no such adapter"}}', 404, relayable=True)
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
         await gw.chat("fake/small")
         gw.node("beast").answers.extend([refusal, refusal])
@@ -374,7 +412,7 @@ async def test_an_unexpected_failure_is_a_logged_500(
     caplog.set_level(logging.INFO, "cortex_gateway")
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
 
-        async def broken(model_id: str) -> str:
+        async def broken(model_id: str, exclude: object = None) -> str:
             raise RuntimeError("a secret bug")
 
         monkeypatch.setattr(gw.state.lifecycle, "resolve", broken)
@@ -422,3 +460,18 @@ async def test_metrics_of_the_fleet(tmp_path: Path) -> None:
         assert value(samples, "cortex_node_up", node="beast") == 1
         assert value(samples, "cortex_node_models_loaded", node="beast") == 1
         assert value(samples, "cortex_node_gpu_memory_used_bytes", node="beast") == 4 * 2**30
+
+
+async def test_unknown_routes_and_methods_get_envelopes(tmp_path: Path) -> None:
+    """No route, or the wrong method: 404 and 405 in the surface's envelope, not plain text."""
+    async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
+        missing = await gw.http.get("/v2/nothing")
+        assert missing.status_code == 404
+        assert error_of(missing)["type"] == "not_found_error"
+        newline = await gw.http.get("/v1/models/a%0Ab")
+        assert newline.status_code == 404
+        assert error_of(newline)["message"] == "no such route"
+        wrong = await gw.http.get("/v1/messages")
+        assert wrong.status_code == 405
+        assert wrong.json()["type"] == "error"
+        assert wrong.json()["error"]["message"] == "GET is not allowed here"

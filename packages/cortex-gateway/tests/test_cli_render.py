@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+
 from cortex_core.units import GIB
-from cortex_gateway.cli import render_status
+from cortex_gateway.cli import key_for, render_status
 
 
 def device(index: int, used_gib: float, total_gib: float, utilization: float = 0.0) -> Any:
@@ -219,3 +221,28 @@ def test_render_status_without_optional_keys() -> None:
     """A fleet JSON without ``loading`` or ``in_flight`` still renders."""
     fleet = {"nodes": [node_entry("beast", models=[model("org/x")])]}
     assert "org/x" in render_status(fleet)
+
+
+@pytest.mark.parametrize(
+    ("given", "path", "environ", "expected"),
+    [
+        ("flag", "/admin/fleet", {"CORTEX_ADMIN_KEY": "a", "CORTEX_API_KEY": "k"}, "flag"),
+        (None, "/admin/fleet", {"CORTEX_ADMIN_KEY": "a", "CORTEX_API_KEY": "k"}, "a"),
+        (None, "/admin/fleet", {"CORTEX_API_KEY": "k"}, "k"),
+        (None, "/v1/models", {"CORTEX_ADMIN_KEY": "a", "CORTEX_API_KEY": "k"}, "k"),
+        (None, "/v1/models", {}, None),
+    ],
+)
+def test_the_key_a_client_command_sends(
+    monkeypatch: pytest.MonkeyPatch,
+    given: str | None,
+    path: str,
+    environ: dict[str, str],
+    expected: str | None,
+) -> None:
+    """--key wins; the admin API takes $CORTEX_ADMIN_KEY first; else $CORTEX_API_KEY."""
+    for name in ("CORTEX_ADMIN_KEY", "CORTEX_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert key_for(given, path) == expected

@@ -15,6 +15,13 @@ from cortex_gateway.testing import ScriptedModel, ScriptedNode
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(autouse=True)
+def quick_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lifecycle's fixed waits, shortened: the tests are about what happens, not when."""
+    monkeypatch.setattr("cortex_gateway.lifecycle.WATCH_EVERY_S", 0.1)
+    monkeypatch.setattr("cortex_gateway.state.FLUSH_S", 0.05)
+
+
 def catalogue(*entries: str) -> str:
     """A models.toml of ``[[models]]`` entries given as TOML bodies."""
     return "".join(f"[[models]]\n{entry}\n" for entry in entries)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 
 from cortex_core.neuron_api import LoadRequest, TokenizeRequest
 from cortex_core.testing import free_port
@@ -86,7 +86,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[TestServer]:
+async def server() -> AsyncIterator[BaseTestServer]:
     """A neuron-shaped server on loopback."""
     app = web.Application()
     app.add_routes(
@@ -105,7 +105,7 @@ async def server() -> AsyncIterator[TestServer]:
         yield running
 
 
-async def test_management_calls_decode_the_neurons_answers(server: TestServer) -> None:
+async def test_management_calls_decode_the_neurons_answers(server: BaseTestServer) -> None:
     """Answers decode into the neuron API types, a newer neuron's states and fields too."""
     neurons = HttpNeurons()
     try:
@@ -119,7 +119,7 @@ async def test_management_calls_decode_the_neurons_answers(server: TestServer) -
         await neurons.aclose()
 
 
-async def test_management_errors_carry_the_neurons_status_and_code(server: TestServer) -> None:
+async def test_management_errors_carry_the_neurons_status_and_code(server: BaseTestServer) -> None:
     """An error answer keeps its status, code and details; other failures say what broke."""
     neurons = HttpNeurons()
     try:
@@ -146,16 +146,16 @@ async def test_management_errors_carry_the_neurons_status_and_code(server: TestS
         await neurons.aclose()
 
 
-async def test_inference_answers_and_streams(server: TestServer) -> None:
+async def test_inference_answers_and_streams(server: BaseTestServer) -> None:
     """A JSON answer comes back whole, a stream chunk by chunk, with the headers sent."""
     neurons = HttpNeurons()
     url = str(server.make_url("/v1/chat/completions"))
     headers = {"content-type": "application/json", "x-request-id": "r1"}
     try:
-        answer = await neurons.open(url, b'{"model": "m"}', headers)
+        answer = await neurons.open("n", url, b'{"model": "m"}', headers)
         assert (answer.status, answer.streaming) == (200, False)
         assert json.loads(await answer.read()) == {"echo": {"model": "m"}, "id": "r1"}
-        stream = await neurons.open(url, b'{"stream": true}', headers)
+        stream = await neurons.open("n", url, b'{"stream": true}', headers)
         assert stream.streaming
         assert b"".join([c async for c in stream.chunks()]) == b"data: 1\n\ndata: [DONE]\n\n"
         stream.close()
@@ -163,12 +163,12 @@ async def test_inference_answers_and_streams(server: TestServer) -> None:
         await neurons.aclose()
 
 
-async def test_a_stream_cut_off_raises_upstream_error(server: TestServer) -> None:
+async def test_a_stream_cut_off_raises_upstream_error(server: BaseTestServer) -> None:
     """A connection dropped mid-stream is an UpstreamError, after what did arrive."""
     neurons = HttpNeurons()
     url = str(server.make_url("/v1/chat/completions"))
     try:
-        stream = await neurons.open(url, b'{"stream": true, "cut": true}', {})
+        stream = await neurons.open("n", url, b'{"stream": true, "cut": true}', {})
         received: list[bytes] = []
 
         async def drain() -> None:
@@ -179,7 +179,7 @@ async def test_a_stream_cut_off_raises_upstream_error(server: TestServer) -> Non
             await drain()
         stream.close()
         assert b"".join(received) == b"data: 1\n\n"
-        cut = await neurons.open(url, b'{"stream": true, "cut": true}', {})
+        cut = await neurons.open("n", url, b'{"stream": true, "cut": true}', {})
         with pytest.raises(UpstreamError, match="reading the answer failed"):
             await cut.read()
     finally:
@@ -191,6 +191,8 @@ async def test_nothing_listening_is_an_upstream_error() -> None:
     neurons = HttpNeurons()
     try:
         with pytest.raises(UpstreamError, match="ClientConnectorError"):
-            await neurons.open(f"http://127.0.0.1:{free_port()}/v1/chat/completions", b"{}", {})
+            await neurons.open(
+                "n", f"http://127.0.0.1:{free_port()}/v1/chat/completions", b"{}", {}
+            )
     finally:
         await neurons.aclose()

@@ -9,27 +9,36 @@ fleet in tests (``cortex_gateway.testing``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
 
 from cortex_core.config import GatewayConfig
 from cortex_gateway.neurons import Neurons
-from cortex_gateway.routes import api_routes, metrics_routes
-from cortex_gateway.state import Gateway
+from cortex_gateway.routes import api_routes, metrics_routes, unrouted
+from cortex_gateway.state import Gateway, NeuronsFactory
 from cortex_gateway.transport import HttpNeurons
 
-__all__ = ["create_apps"]
+__all__ = ["create_apps", "http_neurons"]
+
+
+def http_neurons(config: GatewayConfig) -> Neurons:
+    """The neurons over HTTP, as ``cortex.toml`` says to reach them."""
+    return HttpNeurons(config.cortex.gateway.connect_timeout_s)
 
 
 def create_apps(
-    config: GatewayConfig, *, neurons: Callable[[], Neurons] = HttpNeurons
+    config: GatewayConfig,
+    *,
+    neurons: NeuronsFactory = http_neurons,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[Starlette, Starlette, Gateway]:
     """The API app, the metrics app (its own listener), and their shared state.
 
-    ``neurons`` is called once the API app starts, in its event loop.
+    ``neurons`` is called once the API app starts, in its event loop;
+    ``environ`` (default ``os.environ``) holds the neurons' tokens.
     """
-    gateway = Gateway(config, neurons)
+    gateway = Gateway(config, neurons, environ)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -39,6 +48,10 @@ def create_apps(
         finally:
             await gateway.stop()
 
-    api = Starlette(routes=api_routes(gateway), lifespan=lifespan)
+    api = Starlette(
+        routes=api_routes(gateway),
+        lifespan=lifespan,
+        exception_handlers=unrouted(gateway),
+    )
     metrics = Starlette(routes=metrics_routes(gateway))
     return api, metrics, gateway

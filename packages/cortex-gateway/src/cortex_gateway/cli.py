@@ -30,6 +30,11 @@ gateway_option = click.option(
     show_default="$CORTEX_GATEWAY or " + DEFAULT_GATEWAY,
     help="The gateway's API address.",
 )
+key_option = click.option(
+    "--key",
+    default=None,
+    help="The key to send (default: $CORTEX_ADMIN_KEY for admin calls, else $CORTEX_API_KEY).",
+)
 
 
 def _config_path(path: str | None) -> Path:
@@ -62,10 +67,23 @@ def main() -> None:
 )
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> None:
-    """Run the gateway until SIGTERM or SIGINT, then drain requests in flight."""
+    """Run the gateway until SIGTERM or SIGINT, then drain requests in flight.
+
+    SIGHUP reloads models.toml (a broken file is refused and the catalogue in
+    force stays).
+    """
     config = _load(_config_path(config_path))
+    try:
+        config.neuron_tokens(os.environ)  # refuse now, not at the first call
+    except ConfigError as exc:
+        click.echo(f"cortex: {exc}", err=True)
+        sys.exit(2)
     configure_logging(log_format, log_level.upper())
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    except OSError as exc:  # the port is taken, the address is not this host's, ...
+        click.echo(f"cortex: cannot listen: {exc.strerror or exc}", err=True)
+        sys.exit(1)
 
 
 def _bind(listen: str) -> str:
@@ -79,11 +97,24 @@ async def _serve(config: GatewayConfig) -> None:
 
     from cortex_gateway.app import create_apps
 
-    api, metrics, _ = create_apps(config)
+    api, metrics, gateway = create_apps(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    async def drain_then_stop() -> None:
+        await gateway.drain(config.cortex.gateway.shutdown_grace_s)
+        stop.set()
+
+    def terminate() -> None:
+        if stopping:  # a second signal: stop now
+            stop.set()
+            return
+        stopping.append(asyncio.create_task(drain_then_stop()))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, terminate)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
 
     def hyper(listen: str) -> Config:
         settings = Config()
@@ -91,7 +122,8 @@ async def _serve(config: GatewayConfig) -> None:
         settings.accesslog = None
         # Through our own handler and format, not hypercorn's second one.
         settings.errorlog = logging.getLogger("hypercorn.error")
-        settings.graceful_timeout = 60.0  # requests in flight get this long after SIGTERM
+        # The drain has already given requests shutdown_grace_s; this only flushes.
+        settings.graceful_timeout = 5.0
         return settings
 
     # Starlette's ASGI types and hypercorn's differ only in how they spell them.
@@ -121,12 +153,28 @@ def check(config_path: str) -> None:
 # --- client commands ---------------------------------------------------------------------
 
 
-def _request(gateway: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def key_for(given: str | None, path: str) -> str | None:
+    """The key: ``--key``, else ``$CORTEX_ADMIN_KEY`` for admin calls, else ``$CORTEX_API_KEY``."""
+    if given:
+        return given
+    if path.startswith("/admin/") and (admin := os.environ.get("CORTEX_ADMIN_KEY")):
+        return admin
+    return os.environ.get("CORTEX_API_KEY") or None
+
+
+def _request(
+    gateway: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    *,
+    key: str | None = None,
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{gateway.rstrip('/')}{path}", data=data, method=method)
     request.add_header("content-type", "application/json")
-    if key := os.environ.get("CORTEX_API_KEY"):
-        request.add_header("authorization", f"Bearer {key}")
+    if secret := key_for(key, path):
+        request.add_header("authorization", f"Bearer {secret}")
     try:
         with urllib.request.urlopen(request, timeout=3600) as response:
             return json.loads(response.read())
@@ -199,19 +247,21 @@ def render_status(fleet: dict[str, Any]) -> str:
 
 @main.command()
 @gateway_option
+@key_option
 @click.option("--json", "as_json", is_flag=True, help="Print the fleet as JSON.")
-def status(gateway: str, as_json: bool) -> None:
+def status(gateway: str, key: str | None, as_json: bool) -> None:
     """Nodes (up/down, GPUs with memory in use) and models (where, state, in flight, last use)."""
-    fleet = _request(gateway, "GET", "/admin/fleet")
+    fleet = _request(gateway, "GET", "/admin/fleet", key=key)
     click.echo(json.dumps(fleet, indent=2) if as_json else render_status(fleet))
 
 
 @main.command()
 @gateway_option
+@key_option
 @click.option("--json", "as_json", is_flag=True, help="Print the /v1/models JSON.")
-def models(gateway: str, as_json: bool) -> None:
+def models(gateway: str, key: str | None, as_json: bool) -> None:
     """The catalogue: every model and alias, where it is loaded and where it could go."""
-    listing = _request(gateway, "GET", "/v1/models")
+    listing = _request(gateway, "GET", "/v1/models", key=key)
     if as_json:
         click.echo(json.dumps(listing, indent=2))
         return
@@ -233,19 +283,25 @@ def models(gateway: str, as_json: bool) -> None:
 
 @main.command()
 @gateway_option
+@key_option
 @click.argument("model")
 @click.option("--node", help="Load on this neuron (default: where it fits best).")
-def load(gateway: str, model: str, node: str | None) -> None:
+def load(gateway: str, key: str | None, model: str, node: str | None) -> None:
     """Load MODEL (an id or alias) through the gateway and wait until it is ready."""
-    answer = _request(gateway, "POST", "/admin/models/load", {"model": model, "node": node})
+    answer = _request(
+        gateway, "POST", "/admin/models/load", {"model": model, "node": node}, key=key
+    )
     click.echo(f"{answer['model']} ready on {answer['node']}")
 
 
 @main.command()
 @gateway_option
+@key_option
 @click.argument("model")
 @click.option("--node", help="Unload from this neuron only (default: everywhere).")
-def unload(gateway: str, model: str, node: str | None) -> None:
+def unload(gateway: str, key: str | None, model: str, node: str | None) -> None:
     """Unload MODEL from the fleet (or one neuron)."""
-    answer = _request(gateway, "POST", "/admin/models/unload", {"model": model, "node": node})
+    answer = _request(
+        gateway, "POST", "/admin/models/unload", {"model": model, "node": node}, key=key
+    )
     click.echo(f"{answer['model']} unloaded from {', '.join(answer['nodes'])}")

@@ -34,9 +34,12 @@ class ErrorKind(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     TOO_LARGE = "too_large"
     UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
+    OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     UPSTREAM = "upstream"
+    TIMEOUT = "timeout"
     INTERNAL = "internal"
 
 
@@ -51,9 +54,12 @@ _OPENAI_TYPES: dict[ErrorKind, str] = {
     ErrorKind.BAD_REQUEST: "invalid_request_error",
     ErrorKind.TOO_LARGE: "invalid_request_error",
     ErrorKind.UNAUTHORIZED: "authentication_error",
+    ErrorKind.FORBIDDEN: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.OVERLOADED: "rate_limit_error",
     ErrorKind.UNAVAILABLE: "service_unavailable",
     ErrorKind.UPSTREAM: "upstream_error",
+    ErrorKind.TIMEOUT: "timeout",
     ErrorKind.INTERNAL: "server_error",
 }
 
@@ -62,9 +68,12 @@ _ANTHROPIC_TYPES: dict[int, AnthropicType] = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
+    415: "invalid_request_error",
     429: "rate_limit_error",
     503: "overloaded_error",
+    504: "timeout_error",
     529: "overloaded_error",
 }
 
@@ -82,11 +91,21 @@ class GatewayError(Exception):
     operator sees.
     """
 
-    def __init__(self, status: int, kind: ErrorKind, message: str, **log: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: ErrorKind,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        **log: Any,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.kind = kind
         self.message = message
+        self.headers = headers or {}
+        """Headers the answer carries (``Retry-After`` on a 429)."""
         self.log = log
 
     def openai(self) -> OpenAIEnvelope:
@@ -114,8 +133,8 @@ def upstream_refusal(status: int, relayed: str | None, **log: Any) -> GatewayErr
     """The error for an upstream answer with an error status.
 
     A server failure (5xx) becomes a generic 502; a refusal (4xx) keeps its
-    status and the upstream's own ``message`` when it gave one (``relayed``),
-    which tells the client why without passing on anything else of the body.
+    status, with the neuron's own message when it marked it safe for clients
+    (``relayed``: a prompt longer than the context, say), else a generic one.
     """
     if status >= 500:
         return GatewayError(

@@ -28,6 +28,8 @@ class NodeState:
     last_seen: float | None = None
     error: str | None = None
     """Why the last poll failed, while the node is down."""
+    started_at: float | None = None
+    """When the neuron's process started, as it says: a new value means it restarted."""
 
     def model(self, model_id: str) -> ModelInfo | None:
         """The node's entry for ``model_id`` in any state."""

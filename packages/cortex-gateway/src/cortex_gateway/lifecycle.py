@@ -1,4 +1,4 @@
-"""The fleet's model lifecycle: polling, cold loads, evictions, pinned and idle models, leases.
+"""The fleet's model lifecycle: polling, cold loads, evictions, pinned and idle models.
 
 This is the I/O shell around ``router``: it keeps the fleet snapshot fresh
 from the neurons' own answers, acts on the router's decisions, and makes
@@ -6,8 +6,8 @@ sure there is exactly one ``/models/load`` per model however many requests
 wait for it. A client that gives up does not cancel a load.
 
 It also owns what the gateway itself knows of each ``(node, model)`` it
-serves: the requests in flight there and the cached endpoint. Requests hold a
-:class:`Lease` for both, released however they end.
+serves: the requests in flight there (``leases``) and the cached endpoint.
+A node that goes down has its leases aborted at once.
 """
 
 from __future__ import annotations
@@ -16,16 +16,18 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.config import GatewayConfig
 from cortex_core.neuron_api import LoadRequest
+from cortex_core.text import printable
 from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.fleet import Fleet, NodeState
-from cortex_gateway.neurons import NeuronCallError, Neurons
+from cortex_gateway.leases import Leases
+from cortex_gateway.neurons import NeuronApi, NeuronCallError, Neurons
 from cortex_gateway.router import (
     ColdLoad,
     EvictOne,
@@ -47,46 +49,22 @@ from cortex_gateway.router import (
     route,
 )
 
-__all__ = ["UNREACHABLE", "EvictionReason", "Lease", "Lifecycle", "ModelMoved", "rewrite_loopback"]
+__all__ = ["EvictionReason", "Lifecycle", "rewrite_loopback"]
 
 log = logging.getLogger(__name__)
 
 EvictionReason = Literal["lru", "priority", "idle", "defrag", "admin"]
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
-UNREACHABLE = "the model server could not be reached"
-
-
-class ModelMoved(Exception):
-    """The model left the node after the request was routed there: route it again."""
-
-
-class Lease:
-    """A request's hold on ``(node, model)``: where to send it, counted in flight until released."""
-
-    __slots__ = ("_counts", "model", "node", "url")
-
-    def __init__(self, node: str, model: str, url: str, counts: Counter[tuple[str, str]]) -> None:
-        self.node = node
-        self.model = model
-        self.url = url
-        """The model's OpenAI base URL on the node."""
-        self._counts: Counter[tuple[str, str]] | None = counts
-        counts[(node, model)] += 1
-
-    @property
-    def held(self) -> bool:
-        """Whether the lease still counts its request in flight."""
-        return self._counts is not None
-
-    def release(self) -> None:
-        """Stop counting the request in flight (once, however often it is called)."""
-        counts, self._counts = self._counts, None
-        if counts is None:
-            return
-        key = (self.node, self.model)
-        counts[key] -= 1
-        if counts[key] <= 0:
-            del counts[key]
+WATCH_EVERY_S = 1.0
+"""How often a node is asked again while requests wait for a load under way there."""
+PLACEMENT_POLL_S = 2.0
+"""How long a cold load waits for fresh answers from its candidate nodes before it decides."""
+BREAKER_S = 10.0
+"""How long a node that failed a request is used only when no other node can serve."""
+RETRY_AFTER_S = 10
+"""What a 429 for too many requests waiting on one load tells the client."""
+NODE_DOWN = "the model server stopped answering"
+SHUTTING_DOWN = "the gateway is shutting down"
 
 
 def rewrite_loopback(url: str, neuron_endpoint: str) -> str:
@@ -109,19 +87,33 @@ class Lifecycle:
         config: GatewayConfig,
         neurons: Neurons,
         *,
+        tokens: Mapping[str, str | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        self.settings = config.cortex.gateway
         self.catalogue: Catalogue = config.catalogue
-        self.clients = {n.name: neurons.client(n.name, n.endpoint) for n in config.cortex.neurons}
+        tokens = tokens or {}
+        self.clients: dict[str, NeuronApi] = {
+            n.name: neurons.client(n.name, n.endpoint, tokens.get(n.name))
+            for n in config.cortex.neurons
+        }
         self.fleet = Fleet.configured((n.name, n.endpoint) for n in config.cortex.neurons)
-        self._in_flight: Counter[tuple[str, str]] = Counter()
+        self.leases = Leases()
         self._clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
-        self._placement = asyncio.Lock()
         self._endpoints: dict[tuple[str, str], str] = {}
         self._eviction_cycles = 0
-        self._background: set[asyncio.Task[object]] = set()
+        self._evicting: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._polls: Counter[str] = Counter()
+        self._applied: dict[str, int] = {}
+        self._changed = asyncio.Event()
+        self._waiting: Counter[str] = Counter()
+        self._watched: Counter[str] = Counter()
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._broken: dict[str, float] = {}
+        self._stopping = asyncio.Event()
         self.on_eviction: Callable[[str, str, str], None] = lambda node, model, reason: None
         """Called for every unload the gateway decides on, with its reason."""
         self.on_load: Callable[[str, str, str, float], None] = lambda node, model, outcome, s: None
@@ -130,64 +122,113 @@ class Lifecycle:
     @property
     def in_flight(self) -> Mapping[tuple[str, str], int]:
         """Requests in flight by ``(node, model)``, as the gateway's leases count them."""
-        return self._in_flight
+        return self.leases.counts
 
     @property
     def strategy(self) -> Strategy:
         """The eviction strategy."""
         return self.config.cortex.eviction.strategy
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the gateway is stopping (requests cut, waiters gone)."""
+        return self._stopping.is_set()
+
+    @property
+    def waiting(self) -> Mapping[str, int]:
+        """Requests waiting for a model that is not ready yet, by model."""
+        return self._waiting
+
     # --- fleet state ------------------------------------------------------------------
 
+    def _apply(self, node: NodeState) -> None:
+        old = self.fleet.nodes[node.name]
+        self.fleet = self.fleet.with_node(node)
+        # An endpoint is only good while its model is ready there.
+        for key in [k for k in self._endpoints if k[0] == node.name and not node.ready(k[1])]:
+            del self._endpoints[key]
+        restarted = (
+            old.started_at is not None
+            and node.started_at is not None
+            and node.started_at != old.started_at
+        )
+        if restarted:
+            # What the old process held is gone with it, whatever the poll missed.
+            log.warning("neuron restarted", extra={"node": node.name})
+            for key in [k for k in self._endpoints if k[0] == node.name]:
+                del self._endpoints[key]
+        if (old.up and not node.up) or restarted:
+            aborted = self.leases.abort_node(node.name, NODE_DOWN)
+            if aborted:
+                log.warning(
+                    "requests on a node that went down aborted",
+                    extra={"node": node.name, "count": aborted},
+                )
+        # Everyone waiting on the fleet (a load elsewhere, a node back) looks again.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     async def refresh(self, name: str) -> NodeState:
-        """Ask one neuron for its health, devices and models; mark it down if it fails."""
+        """Ask one neuron for its health, devices and models; mark it down if it fails.
+
+        An answer older than one already applied is dropped: a slow poll
+        never undoes what a later one saw.
+        """
         client = self.clients[name]
-        old = self.fleet.nodes[name]
+        self._polls[name] += 1
+        ticket = self._polls[name]
         try:
             health, devices, models = await asyncio.gather(
                 client.health(), client.devices(), client.models()
             )
         except NeuronCallError as exc:
-            node = old.down(str(exc))
-            if old.up or old.last_seen is None:
-                log.warning(
-                    "neuron down", extra={"node": name, "url": client.base_url, "error": str(exc)}
-                )
+            node = self.fleet.nodes[name].down(str(exc))
         else:
             node = NodeState(
                 name=name,
-                endpoint=old.endpoint,
+                endpoint=self.fleet.nodes[name].endpoint,
                 up=True,
                 version=health.version,
                 devices=tuple(devices.devices),
                 models=tuple(models.models),
                 last_seen=self._clock(),
+                started_at=health.started_at,
             )
-            if not old.up:
-                log.info(
-                    "neuron up",
-                    extra={"node": name, "url": client.base_url, "version": health.version},
-                )
-        self.fleet = self.fleet.with_node(node)
-        # An endpoint is only good while its model is ready there.
-        for key in [k for k in self._endpoints if k[0] == name and not node.ready(k[1])]:
-            del self._endpoints[key]
+        if ticket < self._applied.get(name, 0):
+            return self.fleet.nodes[name]
+        self._applied[name] = ticket
+        old = self.fleet.nodes[name]
+        if node.up and not old.up:
+            log.info(
+                "neuron up", extra={"node": name, "url": client.base_url, "version": node.version}
+            )
+        elif not node.up and (old.up or old.last_seen is None) and old.error != node.error:
+            log.warning(
+                "neuron down", extra={"node": name, "url": client.base_url, "error": node.error}
+            )
+        self._apply(node)
         return node
 
-    async def refresh_all(self) -> Fleet:
-        """Refresh every neuron at once."""
-        await asyncio.gather(*(self.refresh(name) for name in self.clients))
+    async def refresh_all(self, within_s: float | None = None) -> Fleet:
+        """Refresh every neuron at once; with ``within_s``, answer by then with what came."""
+        await self._refresh(self.clients, within_s)
         return self.fleet
+
+    async def _refresh(self, names: Iterable[str], within_s: float | None) -> None:
+        tasks = [self._spawn(self.refresh(name)) for name in names]
+        if tasks:
+            await asyncio.wait(tasks, timeout=within_s)
 
     async def run(self) -> None:
         """Poll forever; after each round, keep pinned models loaded and unload idle ones."""
-        interval = self.config.cortex.gateway.poll_interval_s
+        interval = self.settings.poll_interval_s
         while True:
-            await self.refresh_all()
             try:
+                await self.refresh_all()
                 await self._maintain()
             except Exception:
-                log.exception("fleet maintenance failed")
+                # The poll must outlive any bug: without it the fleet view freezes.
+                log.exception("fleet poll failed")
             await asyncio.sleep(interval)
 
     async def _maintain(self) -> None:
@@ -198,14 +239,15 @@ class Lifecycle:
                 self._spawn(self._load_quietly(profile))
         idle_s = self.config.cortex.eviction.idle_timeout_s
         for node, model in idle_models(
-            self.fleet, self.catalogue, self._in_flight, self._clock(), idle_s
+            self.fleet, self.catalogue, self._busy(), self._clock(), idle_s
         ):
             await self.unload(node, model, "idle")
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
-        task: asyncio.Task[object] = asyncio.create_task(coroutine)
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _load_quietly(self, profile: ModelProfile) -> None:
         try:
@@ -215,29 +257,125 @@ class Lifecycle:
                 "pinned model not loaded", extra={"model": profile.id, "error": exc.message}
             )
 
+    def _busy(self) -> Mapping[tuple[str, str], int]:
+        """In flight, plus the models being evicted: neither may be chosen to go."""
+        if not self._evicting:
+            return self.leases.counts
+        return {**self.leases.counts, **dict.fromkeys(self._evicting, 1)}
+
     # --- routing --------------------------------------------------------------------------
 
-    async def resolve(self, model_id: str) -> str:
-        """The node that will serve ``model_id`` now, loading it first if need be."""
-        deadline = time.monotonic() + self.config.cortex.gateway.load_timeout_s
+    def broken(self) -> frozenset[str]:
+        """Nodes that failed a request in the last ``BREAKER_S`` seconds."""
+        now = time.monotonic()
+        for node in [n for n, until in self._broken.items() if until <= now]:
+            del self._broken[node]
+        return frozenset(self._broken)
+
+    def trip(self, node: str) -> None:
+        """A request could not reach ``node``: prefer other nodes for a while."""
+        self._broken[node] = time.monotonic() + BREAKER_S
+
+    def reset(self, node: str) -> None:
+        """A request reached ``node``."""
+        self._broken.pop(node, None)
+
+    def serving(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str | None:
+        """The node to serve ``model_id`` on right now, if it is ready somewhere."""
+        decision = route(
+            model_id,
+            self.catalogue,
+            self.fleet,
+            self.leases.counts,
+            exclude=exclude,
+            avoid=self.broken(),
+        )
+        return decision.node if isinstance(decision, Serve) else None
+
+    async def resolve(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str:
+        """The node that will serve ``model_id`` now, loading it first if need be.
+
+        Requests that have to wait (for a load, or for a node) are bounded by
+        ``max_waiting`` per model and by ``load_timeout_s``.
+        """
+        node = self.serving(model_id, exclude)
+        if node is not None:
+            return node
+        if self._waiting[model_id] >= self.settings.max_waiting:
+            raise GatewayError(
+                429,
+                ErrorKind.OVERLOADED,
+                f"too many requests are waiting for model {model_id!r} to load",
+                headers={"retry-after": str(RETRY_AFTER_S)},
+            )
+        self._waiting[model_id] += 1
+        try:
+            return await self._resolve(model_id, exclude)
+        finally:
+            self._waiting[model_id] -= 1
+            if self._waiting[model_id] <= 0:
+                del self._waiting[model_id]
+
+    async def _resolve(self, model_id: str, exclude: frozenset[str]) -> str:
+        deadline = time.monotonic() + self.settings.load_timeout_s
         while True:
-            decision = route(model_id, self.catalogue, self.fleet, self._in_flight)
+            if self._stopping.is_set():
+                raise GatewayError(503, ErrorKind.UNAVAILABLE, SHUTTING_DOWN)
+            decision = route(
+                model_id,
+                self.catalogue,
+                self.fleet,
+                self.leases.counts,
+                exclude=exclude,
+                avoid=self.broken(),
+            )
             match decision:
                 case Serve(node):
                     return node
                 case ColdLoad(profile):
-                    return await self.ensure_loaded(profile)
+                    return await self.ensure_loaded(profile, deadline - time.monotonic())
                 case WaitForLoad(node):
-                    if time.monotonic() > deadline:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         raise _late(model_id)
-                    await asyncio.sleep(1.0)
-                    await self.refresh(node)
+                    await self._wait_on(node, remaining)
                 case NotFound(message):
                     raise GatewayError(404, ErrorKind.NOT_FOUND, message)
                 case NoNode(message):
                     raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
 
-    async def ensure_loaded(self, profile: ModelProfile) -> str:
+    async def _wait_on(self, node: str, within_s: float) -> None:
+        """Wait for the next change of the fleet view, with ``node`` watched meanwhile.
+
+        However many requests wait on a node, one task asks it again every
+        ``WATCH_EVERY_S``; every waiter wakes on each new answer.
+        """
+        waiters = {
+            asyncio.ensure_future(self._changed.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        }
+        self._watched[node] += 1
+        if node not in self._watchers:
+            self._watchers[node] = self._spawn(self._watch(node))
+        try:
+            await asyncio.wait(waiters, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._watched[node] -= 1
+            if self._watched[node] <= 0:
+                del self._watched[node]
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def _watch(self, node: str) -> None:
+        try:
+            while self._watched[node] > 0:
+                await asyncio.sleep(WATCH_EVERY_S)
+                if self._watched[node] > 0:
+                    await self.refresh(node)
+        finally:
+            self._watchers.pop(node, None)
+
+    async def ensure_loaded(self, profile: ModelProfile, within_s: float | None = None) -> str:
         """Load ``profile`` somewhere (one load however many callers) and return the node."""
         task = self._loads.get(profile.id)
         if task is None:
@@ -246,7 +384,7 @@ class Lifecycle:
             task.add_done_callback(lambda _: self._loads.pop(profile.id, None))
             # Someone always retrieves the outcome, even if every caller gave up.
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        timeout = self.config.cortex.gateway.load_timeout_s
+        timeout = self.settings.load_timeout_s if within_s is None else max(within_s, 0)
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
@@ -262,41 +400,38 @@ class Lifecycle:
         exclude: set[str] = set()
         last_error = "no attempt made"
         for _ in range(len(self.clients) + 16):
-            async with self._placement:
-                for name in self.clients:
-                    if name not in exclude:
-                        await self.refresh(name)
-                decision = place(
-                    profile,
-                    self.fleet,
-                    self.catalogue,
-                    self._in_flight,
-                    self.strategy,
-                    needed_bytes=needed,
-                    exclude=frozenset(exclude),
-                )
-                if isinstance(decision, Unplaceable):
-                    # With nodes left out after failed loads, their failure is the reason.
-                    message = (
-                        f"model {profile.id!r} cannot be placed: {last_error}"
-                        if exclude
-                        else decision.message
-                    )
-                    log.warning(
-                        "model cannot be placed", extra={"model": profile.id, "error": message}
-                    )
-                    raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
-                await self._evict_for(decision)
+            # Fresh answers from the nodes that could take it, in parallel and bounded:
+            # a slow node is judged on its last answer, not waited for.
+            candidates = [n for n in self.clients if n not in exclude and profile.allowed_on(n)]
+            await self._refresh(candidates, PLACEMENT_POLL_S)
+            # Deciding and claiming the victims happens without a pause, so two cold
+            # loads never choose the same victims; the unloads then run unlocked.
+            decision = place(
+                profile,
+                self.fleet,
+                self.catalogue,
+                self._busy(),
+                self.strategy,
+                needed_bytes=needed,
+                exclude=frozenset(exclude),
+            )
+            if isinstance(decision, Unplaceable):
+                message = decision.message
+                if exclude:
+                    message = f"model {profile.id!r} cannot be placed: {last_error}"
+                log.warning("model cannot be placed", extra={"model": profile.id, "error": message})
+                raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
+            await self._evict_for(decision)
             failure = await self._load_on(decision.node, profile)
             if failure is None:
                 return decision.node
-            last_error = failure.message
+            last_error = f"{failure.node} answered {failure.code or 'no answer'}"
             retry = after_failed_load(
                 profile,
                 failure,
                 self.fleet,
                 self.catalogue,
-                self._in_flight,
+                self._busy(),
                 self.strategy,
                 needed_bytes=needed,
             )
@@ -307,7 +442,9 @@ class Lifecycle:
                     await self.unload(node, victim, self._reason)
                 case Exclude(node):
                     exclude.add(node)
-                case GiveUp(message):
+                case GiveUp(_):
+                    # The neuron's own words stay in the log (its "load failed" line).
+                    message = f"model {profile.id!r} cannot be loaded: {last_error}"
                     raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
         message = f"model {profile.id!r} cannot be placed: {last_error}"
         raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
@@ -319,8 +456,13 @@ class Lifecycle:
     async def _evict_for(self, decision: Placement) -> None:
         if not decision.evict:
             return
-        for victim in decision.evict:
-            await self.unload(decision.node, victim, self._reason)
+        claimed = [(decision.node, victim) for victim in decision.evict]
+        self._evicting.update(claimed)
+        try:
+            for victim in decision.evict:
+                await self.unload(decision.node, victim, self._reason)
+        finally:
+            self._evicting.difference_update(claimed)
         self._eviction_cycles += 1
         every = self.config.cortex.eviction.defrag_after_cycles
         if every and self._eviction_cycles % every == 0:
@@ -335,7 +477,7 @@ class Lifecycle:
             "loading model", extra={"model": profile.id, "node": node, "source": profile.source}
         )
         try:
-            await client.load(request, self.config.cortex.gateway.load_timeout_s)
+            await client.load(request, self.settings.load_timeout_s)
         except NeuronCallError as exc:
             seconds = time.monotonic() - started
             self.on_load(node, profile.id, "failed", seconds)
@@ -354,9 +496,8 @@ class Lifecycle:
                 await self.refresh(node)
             details = exc.error.error.details if exc.error else {}
             needed = details.get("needed_bytes")
-            return LoadFailure(
-                node, exc.code, str(exc), needed if isinstance(needed, int) else None
-            )
+            code = printable(exc.code, 64) if exc.code else None
+            return LoadFailure(node, code, str(exc), needed if isinstance(needed, int) else None)
         seconds = time.monotonic() - started
         self.on_load(node, profile.id, "ready", seconds)
         log.info(
@@ -394,7 +535,7 @@ class Lifecycle:
 
     async def defragment(self) -> None:
         """Repack fragmented nodes: move each chosen idle model off and back on its node."""
-        for node, model in defrag_candidates(self.fleet, self.catalogue, self._in_flight):
+        for node, model in defrag_candidates(self.fleet, self.catalogue, self._busy()):
             profile = self.catalogue.profile(model)
             log.info("defragmenting", extra={"node": node, "model": model})
             await self.unload(node, model, "defrag")
@@ -403,43 +544,40 @@ class Lifecycle:
 
     # --- serving ------------------------------------------------------------------------
 
-    async def lease(self, node: str, model_id: str, *, may_move: bool = True) -> Lease:
-        """Hold ``(node, model_id)`` for one request: its endpoint, counted in flight.
+    async def endpoint(self, node: str, model_id: str) -> str:
+        """The OpenAI base URL of ``model_id`` on ``node`` (cached until the model leaves).
 
-        Raises :class:`ModelMoved` when the node no longer has the model (if
-        ``may_move``; else a 502 like any other failure to reach it).
+        A failed lookup polls the node before its :class:`NeuronCallError` goes on.
         """
         key = (node, model_id)
         url = self._endpoints.get(key)
         if url is None:
-            client = self.clients[node]
             try:
-                advertised = await client.endpoint(model_id)
-            except NeuronCallError as exc:
+                advertised = await self.clients[node].endpoint(model_id)
+            except NeuronCallError:
                 await self.refresh(node)
-                if exc.upstream_status == 404 and may_move:
-                    raise ModelMoved from exc
-                raise GatewayError(
-                    502,
-                    ErrorKind.UPSTREAM,
-                    UNREACHABLE,
-                    error=str(exc),
-                    url=client.base_url,
-                    upstream_status=exc.upstream_status,
-                ) from exc
+                raise
             url = rewrite_loopback(advertised, self.fleet.nodes[node].endpoint)
             self._endpoints[key] = url
-        return Lease(node, model_id, url, self._in_flight)
+        return url
 
-    async def invalidate(self, lease: Lease) -> None:
-        """After ``lease``'s endpoint failed a request: forget it and ask the node again."""
-        self._endpoints.pop((lease.node, lease.model), None)
-        await self.refresh(lease.node)
+    async def invalidate(self, node: str, model_id: str) -> None:
+        """After an endpoint failed a request: forget it and ask the node again."""
+        self._endpoints.pop((node, model_id), None)
+        await self.refresh(node)
+
+    def stop(self) -> int:
+        """The gateway is stopping: waiters give up and leases are aborted; how many."""
+        self._stopping.set()
+        return self.leases.abort_all(SHUTTING_DOWN)
 
     async def close(self) -> None:
         """Cancel background work (loads under way on neurons carry on there)."""
-        for task in [*self._background, *self._loads.values()]:
+        self._stopping.set()
+        tasks = [*self._background, *self._loads.values()]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _late(model_id: str) -> GatewayError:

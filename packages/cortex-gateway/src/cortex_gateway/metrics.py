@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,8 +24,9 @@ _RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
 class _FleetCollector(Collector):
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, loop: asyncio.AbstractEventLoop | None) -> None:
         self._lifecycle = lifecycle
+        self._loop = loop
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -54,7 +56,23 @@ class _FleetCollector(Collector):
                 total.add_metric([node.name, str(device.index)], device.memory_total)
         for (node_name, model), count in self._lifecycle.in_flight.items():
             in_flight.add_metric([model, node_name], count)
-        yield from (up, models, used, total, in_flight)
+        waiting = GaugeMetricFamily(
+            "cortex_requests_waiting",
+            "Requests waiting for their model to load",
+            labels=["model"],
+        )
+        for model, count in dict(self._lifecycle.waiting).items():
+            waiting.add_metric([self._model_label(model)], count)
+        yield from (up, models, used, total, in_flight, waiting)
+        if self._loop is not None:
+            # Scraped from a worker thread: all_tasks copes with the set changing meanwhile.
+            tasks = len(asyncio.all_tasks(self._loop))
+            yield GaugeMetricFamily(
+                "cortex_event_loop_tasks", "Tasks alive in the gateway's event loop", value=tasks
+            )
+
+    def _model_label(self, model: str) -> str:
+        return model if model in self._lifecycle.catalogue else OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +88,10 @@ class Labels:
 class GatewayMetrics:
     """Counters and histograms the request path and the lifecycle feed."""
 
-    def __init__(self, lifecycle: Lifecycle) -> None:
+    def __init__(self, lifecycle: Lifecycle, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.registry = CollectorRegistry()
         self._lifecycle = lifecycle
-        self.registry.register(_FleetCollector(lifecycle))
+        self.registry.register(_FleetCollector(lifecycle, loop))
         request_labels = ["model", "alias", "node", "route"]
         r = self.registry
         self.requests = Counter(
@@ -179,6 +197,11 @@ class GatewayMetrics:
         base = (labels.model, labels.alias, labels.node, labels.route)
         self.requests.labels(*base, str(status)).inc()
         self.errors.labels(*base, kind.value).inc()
+
+    def observe_gone(self, labels: Labels) -> None:
+        """Count a request whose client left before it was answered."""
+        base = (labels.model, labels.alias, labels.node, labels.route)
+        self.requests.labels(*base, "499").inc()
 
     def observe_success(
         self, labels: Labels, status: int, meter: Meter, latency: float, waited: float

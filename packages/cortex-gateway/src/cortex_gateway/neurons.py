@@ -109,6 +109,11 @@ class Upstream(Protocol):
         """Whether the body is a server-sent-event stream."""
         ...
 
+    @property
+    def relayable(self) -> bool:
+        """Whether the neuron marked its error message safe to show the client."""
+        ...
+
     async def read(self) -> bytes:
         """The whole body; raises :class:`UpstreamError` if it breaks off."""
         ...
@@ -125,12 +130,12 @@ class Upstream(Protocol):
 class Neurons(Protocol):
     """How the gateway reaches its fleet: a client per neuron, and inference requests."""
 
-    def client(self, name: str, endpoint: str) -> NeuronApi:
-        """The management client of the neuron ``name`` at ``endpoint``."""
+    def client(self, name: str, endpoint: str, token: str | None = None) -> NeuronApi:
+        """The management client of the neuron ``name`` at ``endpoint`` (sending ``token``)."""
         ...
 
-    async def open(self, url: str, body: bytes, headers: Mapping[str, str]) -> Upstream:
-        """POST ``body`` to ``url`` (an OpenAI route of a neuron) and return once headers are in.
+    async def open(self, node: str, url: str, body: bytes, headers: Mapping[str, str]) -> Upstream:
+        """POST ``body`` to ``url`` (an OpenAI route of ``node``); return once headers are in.
 
         Raises :class:`UpstreamError` when nothing came back.
         """

@@ -12,7 +12,10 @@ request recorded once (metrics and one log line), a success by
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cortex_core.config import GatewaySection
+from cortex_core.text import printable
 from cortex_core.wire import WireError, decode
 from cortex_gateway.bodies import relayable_message
 from cortex_gateway.errors import (
@@ -32,18 +36,28 @@ from cortex_gateway.errors import (
     internal_error,
     upstream_refusal,
 )
-from cortex_gateway.lifecycle import Lease, Lifecycle, ModelMoved
+from cortex_gateway.leases import Lease
+from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metering import Meter
 from cortex_gateway.metrics import GatewayMetrics
-from cortex_gateway.neurons import Neurons, Upstream, UpstreamError
+from cortex_gateway.neurons import NeuronCallError, Neurons, Upstream, UpstreamError
 from cortex_gateway.responses import (
     NODE_HEADER,
     REQUEST_ID_HEADER,
     ClosingStream,
     json_response,
 )
+from cortex_gateway.sse import EventTooLarge
 
-__all__ = ["INFERENCE_ROUTES", "Call", "Connection", "Pipeline"]
+__all__ = [
+    "CLIENT_GONE",
+    "INFERENCE_ROUTES",
+    "Call",
+    "ClientGone",
+    "Connection",
+    "Pipeline",
+    "Unsent",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +65,13 @@ T = TypeVar("T")
 
 INFERENCE_ROUTES = frozenset({"chat_completions", "completions", "messages", "count_tokens"})
 """Handlers whose name is their metrics ``route`` label; every other route is ``other``."""
+UNREACHABLE = "the model server could not be reached"
 BROKEN_STREAM = "the model server stopped answering"
+NO_ANSWER = "the model server did not answer in time"
+SILENT = "the model server went silent"
+CLIENT_GONE = 499
+"""nginx's status for a client that went away before its answer: nobody reads it."""
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
 
 @dataclass
@@ -74,9 +94,9 @@ class Call:
         return self.handler if self.handler in INFERENCE_ROUTES else "other"
 
     def fields(self) -> dict[str, str]:
-        """The log fields known so far."""
+        """The log fields known so far (what the client named, made printable and bounded)."""
         found = {"model": self.model, "alias": self.alias, "node": self.node}
-        return {k: v for k, v in found.items() if v is not None}
+        return {k: printable(v) for k, v in found.items() if v is not None}
 
     def headers(self) -> dict[str, str]:
         """Headers every answer to this request carries: its id, and the node if one was chosen."""
@@ -93,12 +113,32 @@ class Connection:
     lease: Lease
     upstream: Upstream
 
+    def __post_init__(self) -> None:
+        # A node that goes down (or a gateway that stops) drops the connection: the
+        # reader then fails at once instead of waiting out a timeout.
+        self.lease.on_abort(self.upstream.close)
+
     def close(self) -> None:
         """Drop the upstream request (if still open) and release the lease."""
         try:
             self.upstream.close()
         finally:
             self.lease.release()
+
+
+class Unsent(Exception):
+    """Nothing reached the model server's client side yet: another node may take the request.
+
+    ``error`` is what to answer if no other node does.
+    """
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class ClientGone(Exception):
+    """The client left before its request was sent on: it is not sent on."""
 
 
 class Pipeline:
@@ -120,31 +160,64 @@ class Pipeline:
 
     def begin(self, request: Request, handler: str, surface: Surface) -> Call:
         """Start the bookkeeping of one request, with its request id (the client's, or new)."""
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        return Call(handler, surface, request_id[:128], time.monotonic())
+        given = request.headers.get(REQUEST_ID_HEADER, "")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        return Call(handler, surface, request_id, time.monotonic())
 
-    def authorize(self, request: Request) -> None:
-        """Refuse a request without one of ``api_keys`` (when there are any)."""
-        keys = self.settings.api_keys
-        if not keys:
+    def authorize(self, request: Request, *, admin: bool = False) -> None:
+        """Refuse a request without a key its route takes (when keys are set).
+
+        ``api_keys`` admit every route but ``/admin/*`` when ``admin_keys`` is
+        set; then only an admin key does there (an API key is a 403). An admin
+        key admits every route. Keys are compared in constant time.
+        """
+        api_keys, admin_keys = self.settings.api_keys, self.settings.admin_keys
+        if not api_keys and not admin_keys:
             return
-        bearer = request.headers.get("authorization", "")
-        given = bearer[7:].strip() if bearer.lower().startswith("bearer ") else None
-        if given not in keys and request.headers.get("x-api-key") not in keys:
+        given = _presented_key(request)
+        if given is not None and _one_of(given, admin_keys):
+            return
+        if admin and admin_keys:
+            if given is not None and _one_of(given, api_keys):
+                raise GatewayError(403, ErrorKind.FORBIDDEN, "this key may not use the admin API")
+            raise GatewayError(401, ErrorKind.UNAUTHORIZED, "missing or invalid admin key")
+        if not api_keys and not admin:
+            return  # only the admin API is keyed
+        if given is None or not _one_of(given, api_keys):
             raise GatewayError(401, ErrorKind.UNAUTHORIZED, "missing or invalid API key")
 
+    @staticmethod
+    def require_json(request: Request) -> None:
+        """Refuse a POST whose body is not declared JSON (a web page cannot send one unasked)."""
+        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind != "application/json" and not (
+            kind.startswith("application/") and kind.endswith("+json")
+        ):
+            raise GatewayError(
+                415, ErrorKind.BAD_REQUEST, "the body must be JSON (content-type: application/json)"
+            )
+
     async def read_body(self, request: Request) -> bytes:
-        """The body, refused past ``max_body_bytes`` without reading all of it."""
+        """The body, refused past ``max_body_bytes`` (413) or ``body_timeout_s`` (408)."""
         limit = self.settings.max_body_bytes
         too_large = GatewayError(413, ErrorKind.TOO_LARGE, f"request body exceeds {limit} bytes")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
+        try:
+            async with asyncio.timeout(self.settings.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > limit:
+                        raise too_large
+        except TimeoutError:
+            raise GatewayError(
+                408,
+                ErrorKind.BAD_REQUEST,
+                "the request body did not arrive in time",
+                received_bytes=len(body),
+            ) from None
         return bytes(body)
 
     @staticmethod
@@ -153,7 +226,7 @@ class Pipeline:
         try:
             return decode(body, type_)
         except WireError as exc:
-            raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
+            raise GatewayError(400, ErrorKind.BAD_REQUEST, printable(exc.message, 500)) from exc
 
     def name(self, call: Call, asked: str) -> str:
         """Record the model asked for (and the alias, if one was used); return its concrete id."""
@@ -163,55 +236,117 @@ class Pipeline:
 
     # --- routing and connecting ------------------------------------------------------
 
-    async def resolve(self, call: Call) -> str:
-        """Route the call's model to a node (cold-loading it if need be); record the node."""
-        assert call.model is not None, "name the model first"
-        call.node = await self.life.resolve(call.model)
-        call.routed = time.monotonic()
-        return call.node
+    async def resolve(
+        self,
+        call: Call,
+        *,
+        request: Request | None = None,
+        exclude: frozenset[str] = frozenset(),
+    ) -> str:
+        """Route the call's model to a node (cold-loading it if need be); record the node.
 
-    async def connect(self, call: Call, path: str, body: bytes) -> Connection:
+        With ``request``, a client that leaves while its model loads is noticed
+        (:class:`ClientGone`) and its request never goes on.
+        """
+        assert call.model is not None, "name the model first"
+        node = self.life.serving(call.model, exclude)
+        if node is None:
+            routing = asyncio.ensure_future(self.life.resolve(call.model, exclude))
+            node = await (routing if request is None else _unless_gone(routing, request))
+        call.node = node
+        call.routed = time.monotonic()
+        return node
+
+    async def connect(
+        self, call: Call, path: str, body: bytes, *, request: Request | None = None
+    ) -> Connection:
         """Route, lease and send ``body`` to ``path`` of the model's OpenAI API on its node.
 
-        Answers once the upstream's status is in and is a success. A model that
-        left its node after routing is routed again, once; every failure is a
-        :class:`GatewayError`.
+        Answers once the upstream's status is in and is a success. A request
+        that failed before anything was sent back (the node unreachable, the
+        model gone from it) goes once more, to another node if one has the
+        model; every failure is a :class:`GatewayError`.
         """
-        for last in (False, True):
-            await self.resolve(call)
+        failed: set[str] = set()
+        for attempt in (1, 2):
+            node = await self.resolve(call, request=request, exclude=frozenset(failed))
             try:
-                return await self._open(call, path, body, last=last)
-            except ModelMoved:
-                continue
-        raise AssertionError("unreachable: the last attempt does not raise ModelMoved")
+                return await self._open(call, node, path, body)
+            except Unsent as exc:
+                if attempt == 2 or self.life.stopping:
+                    raise exc.error from exc
+                failed.add(node)
+        raise AssertionError("unreachable: the second attempt answers or raises")
 
-    async def _open(self, call: Call, path: str, body: bytes, *, last: bool) -> Connection:
-        assert call.node is not None
+    async def _open(self, call: Call, node: str, path: str, body: bytes) -> Connection:
         assert call.model is not None
-        lease = await self.life.lease(call.node, call.model, may_move=not last)
-        call.url = url = f"{lease.url.rstrip('/')}{path}"
-        headers = {"content-type": "application/json", REQUEST_ID_HEADER: call.request_id}
+        model = call.model
+        lease = self.life.leases.take(node, model)
         try:
-            upstream = await self.neurons.open(url, body, headers)
-        except UpstreamError as exc:
-            lease.release()
-            await self.life.invalidate(lease)
-            raise GatewayError(
-                502, ErrorKind.UPSTREAM, "the model server could not be reached", error=str(exc)
-            ) from exc
+            try:
+                base = await self.life.endpoint(node, model)
+            except NeuronCallError as exc:
+                if exc.upstream_status != 404:
+                    self.life.trip(node)
+                raise Unsent(
+                    GatewayError(
+                        502,
+                        ErrorKind.UPSTREAM,
+                        UNREACHABLE,
+                        error=str(exc),
+                        upstream_status=exc.upstream_status,
+                    )
+                ) from exc
+            call.url = url = f"{base.rstrip('/')}{path}"
+            upstream = await self._first_byte(lease, url, body, call.request_id)
         except BaseException:
             lease.release()
             raise
         if upstream.status < 400:
+            self.life.reset(node)
             return Connection(lease, upstream)
         try:
             data = await self._read(upstream)
         finally:
             lease.release()
-        if upstream.status == 404 and not last:
-            await self.life.invalidate(lease)
-            raise ModelMoved
-        raise upstream_refusal(upstream.status, relayable_message(data))
+        relayed = relayable_message(data) if upstream.relayable else None
+        error = upstream_refusal(upstream.status, relayed and printable(relayed, 500))
+        if upstream.status == 404:
+            # The model left the node after it was routed there.
+            await self.life.invalidate(node, model)
+            raise Unsent(error)
+        raise error
+
+    async def _first_byte(self, lease: Lease, url: str, body: bytes, request_id: str) -> Upstream:
+        """Open the upstream request, bounded by ``first_byte_timeout_s`` and by the lease."""
+        headers = {"content-type": "application/json", REQUEST_ID_HEADER: request_id}
+        opening = asyncio.ensure_future(self.neurons.open(lease.node, url, body, headers))
+        lease.on_abort(opening.cancel)
+        try:
+            done, _ = await asyncio.wait({opening}, timeout=self.settings.first_byte_timeout_s)
+        except BaseException:
+            _abandon(opening)
+            raise
+        if not done:
+            _abandon(opening)
+            raise GatewayError(
+                504,
+                ErrorKind.TIMEOUT,
+                NO_ANSWER,
+                timeout_s=self.settings.first_byte_timeout_s,
+            )
+        if opening.cancelled():  # the lease was aborted: the node went down, or we stop
+            error = GatewayError(502, ErrorKind.UPSTREAM, lease.aborted or BROKEN_STREAM)
+            if self.life.stopping:
+                raise GatewayError(503, ErrorKind.UNAVAILABLE, lease.aborted or BROKEN_STREAM)
+            raise Unsent(error)
+        try:
+            return opening.result()
+        except UpstreamError as exc:
+            self.life.trip(lease.node)
+            await self.life.invalidate(lease.node, lease.model)
+            error = GatewayError(502, ErrorKind.UPSTREAM, UNREACHABLE, error=str(exc))
+            raise Unsent(error) from exc
 
     async def _read(self, upstream: Upstream) -> bytes:
         try:
@@ -229,12 +364,35 @@ class Pipeline:
             conn.lease.release()
 
     async def chunks(self, conn: Connection) -> AsyncIterator[bytes]:
-        """A streaming answer as it arrives; a break is a 502 :class:`GatewayError`."""
+        """A streaming answer as it arrives, bounded by ``stream_idle_timeout_s`` between chunks.
+
+        A break, a silence or an aborted lease is a :class:`GatewayError`.
+        """
+        idle = self.settings.stream_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        source = conn.upstream.chunks()
         try:
-            async for chunk in conn.upstream.chunks():
-                yield chunk
+            async with asyncio.timeout(None) as timer:
+                while True:
+                    timer.reschedule(loop.time() + idle)
+                    try:
+                        chunk = await anext(source)
+                    except StopAsyncIteration:
+                        break
+                    # No deadline while the client takes the chunk: only the neuron is timed.
+                    timer.reschedule(None)
+                    yield chunk
+        except TimeoutError as exc:
+            raise GatewayError(504, ErrorKind.TIMEOUT, SILENT, idle_s=idle) from exc
         except UpstreamError as exc:
-            raise GatewayError(502, ErrorKind.UPSTREAM, BROKEN_STREAM, error=str(exc)) from exc
+            aborted = conn.lease.aborted
+            if aborted is not None and self.life.stopping:
+                raise GatewayError(503, ErrorKind.UNAVAILABLE, aborted) from exc
+            raise GatewayError(
+                502, ErrorKind.UPSTREAM, aborted or BROKEN_STREAM, error=str(exc)
+            ) from exc
+        finally:
+            await source.aclose()  # type: ignore[attr-defined]
 
     # --- answering -------------------------------------------------------------------
 
@@ -262,6 +420,10 @@ class Pipeline:
             except GatewayError as exc:
                 failure.append(exc)
                 yield render(exc)
+            except EventTooLarge as exc:
+                error = GatewayError(502, ErrorKind.UPSTREAM, BROKEN_STREAM, error=str(exc))
+                failure.append(error)
+                yield render(error)
             except Exception as exc:
                 error = internal_error()
                 error.__cause__ = exc
@@ -282,7 +444,8 @@ class Pipeline:
     def error_response(self, call: Call, error: GatewayError) -> Response:
         """Record ``error`` as the call's outcome and answer it in the call's surface."""
         self.fail(call, error)
-        return json_response(error.envelope(call.surface), error.status, call.headers())
+        headers = {**call.headers(), **error.headers}
+        return json_response(error.envelope(call.surface), error.status, headers)
 
     # --- outcomes --------------------------------------------------------------------
 
@@ -306,6 +469,16 @@ class Pipeline:
         else:
             log.warning("request failed", extra=fields)
 
+    def gone(self, call: Call) -> Response:
+        """Record a client that left before its answer (nothing was sent on for it)."""
+        labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
+        self.metrics.observe_gone(labels)
+        log.info(
+            "client gone",
+            extra={"request_id": call.request_id, "handler": call.handler, **call.fields()},
+        )
+        return Response(status_code=CLIENT_GONE)
+
     def finish(self, call: Call, status: int, meter: Meter) -> None:
         """Record an answered request: its metrics and its one log line."""
         labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
@@ -326,3 +499,50 @@ class Pipeline:
                 "latency_s": round(latency, 3),
             },
         )
+
+
+def _presented_key(request: Request) -> str | None:
+    bearer = request.headers.get("authorization", "")
+    if bearer[:7].lower() == "bearer ":
+        return bearer[7:].strip()
+    return request.headers.get("x-api-key")
+
+
+def _one_of(given: str, keys: list[str]) -> bool:
+    """Whether ``given`` is one of ``keys``, comparing every key in constant time."""
+    presented = given.encode()
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(presented, key.encode())
+    return found
+
+
+def _abandon(opening: asyncio.Future[Upstream]) -> None:
+    """Stop waiting for an upstream; if it still arrives, drop it."""
+    opening.cancel()
+
+    def drop(done: asyncio.Future[Upstream]) -> None:
+        if not done.cancelled() and done.exception() is None:
+            done.result().close()
+
+    opening.add_done_callback(drop)
+
+
+async def _unless_gone(routing: asyncio.Future[str], request: Request) -> str:
+    """``routing``'s node, unless the client disconnects first (then it is cancelled)."""
+    gone = asyncio.ensure_future(_disconnected(request))
+    either: set[asyncio.Future[Any]] = {routing, gone}
+    try:
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not routing.done():
+            routing.cancel()
+    if not routing.done():
+        raise ClientGone
+    return routing.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -13,6 +13,7 @@ from typing import Literal
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import MODEL_STATES, Device, ModelInfo
+from cortex_core.text import printable
 from cortex_core.units import GIB
 from cortex_gateway.fleet import Fleet, NodeState
 
@@ -93,14 +94,27 @@ def _in_flight(node: NodeState, model_id: str, in_flight: InFlight) -> int:
     return max(in_flight.get((node.name, model_id), 0), info.in_flight if info else 0)
 
 
-def route(model_id: str, catalogue: Catalogue, fleet: Fleet, in_flight: InFlight) -> Decision:
-    """Where a request for the concrete ``model_id`` goes (aliases already resolved)."""
-    ready = [fleet.nodes[name] for name in fleet.locations(model_id)]
-    if ready:
+def route(
+    model_id: str,
+    catalogue: Catalogue,
+    fleet: Fleet,
+    in_flight: InFlight,
+    *,
+    exclude: frozenset[str] = frozenset(),
+    avoid: frozenset[str] = frozenset(),
+) -> Decision:
+    """Where a request for the concrete ``model_id`` goes (aliases already resolved).
+
+    ``exclude``: nodes this request already failed on; ``avoid``: nodes that
+    failed recently, used only when no other node has the model ready.
+    """
+    ready = [fleet.nodes[name] for name in fleet.locations(model_id) if name not in exclude]
+    preferred = [n for n in ready if n.name not in avoid] or ready
+    if preferred:
         # Fewest requests in flight; configuration order breaks ties.
-        best = min(ready, key=lambda n: _in_flight(n, model_id, in_flight))
+        best = min(preferred, key=lambda n: _in_flight(n, model_id, in_flight))
         return Serve(best.name)
-    loading = fleet.loading(model_id)
+    loading = [name for name in fleet.loading(model_id) if name not in exclude]
     if loading:
         return WaitForLoad(loading[0])
     for node in fleet.up():
@@ -108,15 +122,15 @@ def route(model_id: str, catalogue: Catalogue, fleet: Fleet, in_flight: InFlight
         if info is not None and info.state not in MODEL_STATES:
             # A newer neuron's state: this gateway cannot tell what it allows.
             return NoNode(
-                f"model {model_id!r} is {info.state!r} on {node.name!r},"
-                " a state this gateway cannot route to"
+                f"model '{printable(model_id)}' is '{printable(info.state, 32)}' on"
+                f" {node.name!r}, a state this gateway cannot route to"
             )
     profile = catalogue.profile(model_id)
     if profile is not None:
         return ColdLoad(profile)
     if any(n.model(model_id) is not None for n in fleet.nodes.values()):
-        return NoNode(f"model {model_id!r} is only on nodes that are down or failed")
-    return NotFound(f"model {model_id!r} does not exist")
+        return NoNode(f"model '{printable(model_id)}' is only on nodes that are down or failed")
+    return NotFound(f"model '{printable(model_id)}' does not exist")
 
 
 # --- placement and eviction ------------------------------------------------------------

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SseEvent", "SseParser"]
+__all__ = ["MAX_EVENT_BYTES", "EventTooLarge", "SseEvent", "SseParser"]
+
+MAX_EVENT_BYTES = 4 << 20
+"""An event larger than this is no model server's: the stream is refused, not buffered."""
+
+
+class EventTooLarge(ValueError):
+    """A stream whose current event grew past the parser's limit without ending."""
+
 
 _BOM = b"\xef\xbb\xbf"
 _CR, _LF = 0x0D, 0x0A
@@ -33,9 +41,14 @@ class SseEvent:
 
 
 class SseParser:
-    """Feed bytes as they arrive; get back each event they complete, in order."""
+    """Feed bytes as they arrive; get back each event they complete, in order.
 
-    def __init__(self) -> None:
+    An event (or bytes without any event boundary) longer than ``max_event_bytes``
+    raises :class:`EventTooLarge`: memory stays bounded whatever comes.
+    """
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
         self._buffer = bytearray()
         self._scanned = 0
         """Bytes of the buffer already split into lines (the current event's)."""
@@ -79,6 +92,10 @@ class SseParser:
             del buffer[:after]
             self._scanned = 0
             events.append(SseEvent(raw, self._joined()))
+        if len(buffer) > self.max_event_bytes:
+            size = len(buffer)
+            self.rest()
+            raise EventTooLarge(f"an event passed {self.max_event_bytes} bytes ({size} buffered)")
         return events
 
     def _joined(self) -> bytes | None:

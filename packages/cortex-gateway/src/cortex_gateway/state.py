@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cortex_core.config import GatewayConfig
+from cortex_core.catalogue import load_catalogue
+from cortex_core.config import ConfigError, GatewayConfig, check_catalogue_nodes
 from cortex_gateway import __version__
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import Neurons
 from cortex_gateway.pipeline import Pipeline
 
-__all__ = ["Gateway", "Running"]
+__all__ = ["Gateway", "NeuronsFactory", "Running"]
 
 log = logging.getLogger(__name__)
+
+NeuronsFactory = Callable[[GatewayConfig], Neurons]
+"""How the gateway reaches its neurons, made once it starts (in its event loop)."""
+FLUSH_S = 0.5
+"""After cutting what was still running at shutdown, how long its error events get to go out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +43,17 @@ class Running:
 class Gateway:
     """The gateway's state, made by ``create_apps`` and started by the API app's lifespan."""
 
-    def __init__(self, config: GatewayConfig, neurons: Callable[[], Neurons]) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        neurons: NeuronsFactory,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.config = config
+        self.draining = False
+        """SIGTERM came: ``/health`` answers 503 while requests in flight finish."""
         self._connect = neurons
+        self._environ = os.environ if environ is None else environ
         self._running: Running | None = None
 
     @property
@@ -63,9 +80,10 @@ class Gateway:
 
     async def start(self) -> None:
         """Reach the neurons, poll them once, and keep polling in the background."""
-        neurons = self._connect()
-        lifecycle = Lifecycle(self.config, neurons)
-        metrics = GatewayMetrics(lifecycle)
+        tokens = self.config.neuron_tokens(self._environ)
+        neurons = self._connect(self.config)
+        lifecycle = Lifecycle(self.config, neurons, tokens=tokens)
+        metrics = GatewayMetrics(lifecycle, asyncio.get_running_loop())
         pipeline = Pipeline(lifecycle, neurons, metrics, self.config.cortex.gateway)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
@@ -78,6 +96,48 @@ class Gateway:
                 "models": len(self.config.catalogue),
             },
         )
+
+    def reload(self) -> bool:
+        """Read ``models.toml`` again; a broken file is refused and the catalogue in force stays."""
+        path = self.config.models_path
+        try:
+            catalogue = load_catalogue(path)
+            check_catalogue_nodes(self.config.path, path, self.config.cortex, catalogue)
+        except ConfigError as exc:
+            log.error("catalogue not reloaded", extra={"path": str(path), "error": str(exc)})
+            return False
+        self.config = dataclasses.replace(self.config, catalogue=catalogue)
+        if self._running is not None:
+            self._running.lifecycle.catalogue = catalogue
+        log.info(
+            "catalogue reloaded",
+            extra={"path": str(path), "models": len(catalogue), "aliases": len(catalogue.aliases)},
+        )
+        return True
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop gracefully: ``/health`` says 503 while requests finish, then cut what remains.
+
+        Requests still running after ``grace_s`` end with an error event (a
+        stream) or a 503; each is logged and counted as such.
+        """
+        self.draining = True
+        if self._running is None:
+            return
+        life = self._running.lifecycle
+        log.info(
+            "draining",
+            extra={"in_flight": len(life.leases), "waiting": sum(life.waiting.values())},
+        )
+        deadline = time.monotonic() + grace_s
+        while len(life.leases) or life.waiting:
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.05)
+        cut = life.stop()
+        if cut:
+            log.warning("requests cut at shutdown", extra={"count": cut, "grace_s": grace_s})
+            await asyncio.sleep(FLUSH_S)
 
     async def stop(self) -> None:
         """Stop polling and background work, and close the neurons' connections."""

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import aiohttp
 
 from cortex_core.neuron_api import (
+    RELAYABLE_HEADER,
     DevicesResponse,
     EndpointResponse,
     ErrorResponse,
@@ -36,8 +37,6 @@ T = TypeVar("T")
 POLL_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
 UNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=120, connect=5)
 TOKENIZE_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5)
-INFERENCE_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=600)
-"""Connect fast; a model may think for minutes between bytes on a long generation."""
 
 
 def _describe(exc: BaseException) -> str:
@@ -47,10 +46,18 @@ def _describe(exc: BaseException) -> str:
 class NeuronClient:
     """The management calls to one neuron, over the gateway's session."""
 
-    def __init__(self, session: aiohttp.ClientSession, name: str, endpoint: str) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        name: str,
+        endpoint: str,
+        auth: dict[str, str] | None = None,
+    ) -> None:
         self.session = session
         self.name = name
         self.base_url = endpoint.rstrip("/")
+        self.auth = auth or {}
+        """The ``Authorization`` header this neuron needs, if any."""
 
     async def _call(
         self,
@@ -62,7 +69,9 @@ class NeuronClient:
     ) -> T:
         url = f"{self.base_url}{path}"
         data = encode(body) if body is not None else None
-        headers = {"content-type": "application/json"} if data is not None else None
+        headers = (
+            {"content-type": "application/json", **self.auth} if data is not None else self.auth
+        )
         try:
             async with self.session.request(
                 method, url, data=data, headers=headers, timeout=limits
@@ -124,6 +133,7 @@ class HttpUpstream:
         self.response = response
         self.status = response.status
         self.streaming = response.headers.get("content-type", "").startswith("text/event-stream")
+        self.relayable = response.headers.get(RELAYABLE_HEADER) == "1"
 
     async def read(self) -> bytes:
         """The whole body (complete answers)."""
@@ -148,26 +158,48 @@ class HttpUpstream:
 
 
 class HttpNeurons:
-    """The fleet over one aiohttp session (made here, so in the running loop)."""
+    """The fleet over aiohttp (sessions made here, so in the running loop).
 
-    def __init__(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
-        self.session = aiohttp.ClientSession(connector=connector)
+    Inference keeps a pool of connections; management calls open one each.
+    aiohttp hands out pooled connections oldest first, so frequent polls over a
+    pool would keep every connection a burst ever opened alive forever; a few
+    polls a second on a fresh connection cost nothing by comparison.
+    """
 
-    def client(self, name: str, endpoint: str) -> NeuronClient:
+    def __init__(self, connect_timeout_s: float = 5.0) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
+        )
+        self.management = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, force_close=True)
+        )
+        # The first byte and the silences of a stream are timed by the pipeline, not here.
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout_s, sock_connect=connect_timeout_s
+        )
+        self._auth: dict[str, dict[str, str]] = {}
+
+    def client(self, name: str, endpoint: str, token: str | None = None) -> NeuronClient:
         """The management client of one neuron."""
-        return NeuronClient(self.session, name, endpoint)
+        auth = self._auth[name] = {"authorization": f"Bearer {token}"} if token else {}
+        return NeuronClient(self.management, name, endpoint, auth)
 
-    async def open(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpUpstream:
+    async def open(
+        self, node: str, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> HttpUpstream:
         """POST ``body`` to ``url`` and return once the status and headers are in."""
         try:
             response = await self.session.post(
-                url, data=body, headers=dict(headers), timeout=INFERENCE_TIMEOUT
+                url,
+                data=body,
+                headers={**headers, **self._auth.get(node, {})},
+                timeout=self.timeout,
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise UpstreamError(_describe(exc)) from exc
         return HttpUpstream(response)
 
     async def aclose(self) -> None:
-        """Close the session and its connections."""
+        """Close the sessions and their connections."""
         await self.session.close()
+        await self.management.close()

@@ -6,11 +6,12 @@ from starlette.routing import Route
 
 from cortex_gateway.routes.admin import AdminRoutes
 from cortex_gateway.routes.anthropic import AnthropicRoutes
+from cortex_gateway.routes.endpoint import unrouted
 from cortex_gateway.routes.health import HealthRoutes
 from cortex_gateway.routes.openai import OpenAIRoutes
 from cortex_gateway.state import Gateway
 
-__all__ = ["api_routes", "metrics_routes"]
+__all__ = ["api_routes", "metrics_routes", "unrouted"]
 
 
 def api_routes(gateway: Gateway) -> list[Route]:

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from cortex_core.catalogue import ModelProfile
 from cortex_core.ids import InvalidModelId, parse_model_id
+from cortex_core.text import printable
 from cortex_core.wire import to_builtins
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
+from cortex_gateway.openapi import AdminRequest
 from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
 
-__all__ = ["AdminRequest", "AdminRoutes"]
+__all__ = ["AdminRoutes"]
 
-
-class AdminRequest(msgspec.Struct):
-    """``POST /admin/models/load|unload``."""
-
-    model: str
-    node: str | None = None
+FRESH_WITHIN_S = 2.0
+"""How long ``/admin/fleet`` waits for the neurons' answers before it shows what it has."""
 
 
 class AdminRoutes:
@@ -36,7 +33,7 @@ class AdminRoutes:
         """The routes, wrapped."""
 
         def r(path: str, handler: str, work: Handler, method: str) -> Route:
-            wrapped = endpoint(self.gateway, handler, Surface.OPENAI, work)
+            wrapped = endpoint(self.gateway, handler, Surface.OPENAI, work, admin=True)
             return Route(path, wrapped, methods=[method])
 
         return [
@@ -48,7 +45,8 @@ class AdminRoutes:
     async def fleet(self, request: Request, call: Call) -> Response:
         """``GET /admin/fleet``: what ``cortex status`` shows."""
         life = self.gateway.lifecycle
-        await life.refresh_all()  # people read this: show now, not the last poll
+        # People read this: show now, not the last poll (a node slow to answer shows as last seen).
+        await life.refresh_all(within_s=FRESH_WITHIN_S)
         nodes = [
             {
                 "name": node.name,
@@ -77,15 +75,24 @@ class AdminRoutes:
         try:
             model = parse_model_id(pipeline.name(call, body.model))
         except InvalidModelId as exc:
-            raise GatewayError(400, ErrorKind.BAD_REQUEST, str(exc)) from exc
-        profile = life.catalogue.profile(model.concrete) or ModelProfile(
-            id=model.concrete, source=model.source
-        )
+            raise GatewayError(400, ErrorKind.BAD_REQUEST, printable(str(exc), 500)) from exc
+        catalogued = life.catalogue.profile(model.concrete)
+        profile = catalogued or ModelProfile(id=model.concrete, source=model.source)
         if model.source and profile.source != model.source:
             profile = ModelProfile(id=model.concrete, source=model.source, engine=profile.engine)
+            catalogued = None
+        if catalogued is None and not self.gateway.config.cortex.gateway.allow_uncatalogued_loads:
+            raise GatewayError(
+                403,
+                ErrorKind.FORBIDDEN,
+                f"'{printable(body.model)}' is not in the catalogue"
+                " (allow_uncatalogued_loads is off)",
+            )
         if body.node is not None:
             if body.node not in life.clients:
-                raise GatewayError(404, ErrorKind.NOT_FOUND, f"no neuron named {body.node!r}")
+                raise GatewayError(
+                    404, ErrorKind.NOT_FOUND, f"no neuron named '{printable(body.node)}'"
+                )
             profile = ModelProfile(
                 id=profile.id,
                 source=profile.source,
@@ -107,7 +114,9 @@ class AdminRoutes:
         nodes = [body.node] if body.node else life.fleet.locations(model_id)
         nodes = [n for n in nodes if n in life.clients and life.fleet.nodes[n].model(model_id)]
         if not nodes:
-            raise GatewayError(404, ErrorKind.NOT_FOUND, f"model {model_id!r} is not loaded")
+            raise GatewayError(
+                404, ErrorKind.NOT_FOUND, f"model '{printable(model_id)}' is not loaded"
+            )
         for node in nodes:
             await life.unload(node, model_id, "admin")
         return json_response({"model": model_id, "nodes": nodes, "state": "unloaded"})

@@ -74,7 +74,7 @@ class AnthropicRoutes:
         forwarded = encode(to_openai(message, model))
         if message.stream:
             return await self._stream(call, message, forwarded)
-        conn = await pipeline.connect(call, CHAT, forwarded)
+        conn = await pipeline.connect(call, CHAT, forwarded, request=request)
         meter = Meter(started=call.started, first_byte=time.monotonic())
         data = await pipeline.read(conn)
         try:
@@ -98,11 +98,16 @@ class AnthropicRoutes:
         connecting: asyncio.Future[Connection] = asyncio.ensure_future(
             pipeline.connect(call, CHAT, forwarded)
         )
-        await asyncio.wait({connecting}, timeout=READY_WITHIN_S)
-        if connecting.done() and connecting.exception() is not None:
-            # Unknown models, refusals and placements that fail at once still get a status;
-            # a cold load that takes time is waited for inside the stream.
-            connecting.result()
+        if self.gateway.lifecycle.serving(call.model) is not None:
+            # Ready somewhere: commit to a stream only once the upstream has answered,
+            # so a refusal or a failure is a real HTTP status.
+            await connecting
+        else:
+            # A load to wait for: failures that come at once still get a status; a
+            # load that takes time is waited for inside the stream, with pings.
+            await asyncio.wait({connecting}, timeout=READY_WITHIN_S)
+            if connecting.done() and connecting.exception() is not None:
+                connecting.result()
         translator = StreamTranslator(call.model, stop_sequences=message.stop_sequences)
         meter = Meter(started=call.started)
 
@@ -149,7 +154,7 @@ class AnthropicRoutes:
         pipeline = self.gateway.pipeline
         counted = pipeline.decode(await pipeline.read_body(request), CountTokensRequest)
         model = pipeline.name(call, counted.model)
-        node = await pipeline.resolve(call)
+        node = await pipeline.resolve(call, request=request)
         messages, tools = openai_messages_for_tokenize(counted)
         client = self.gateway.lifecycle.clients[node]
         try:

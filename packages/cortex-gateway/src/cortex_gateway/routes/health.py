@@ -9,8 +9,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cortex_core.wire import encode
 from cortex_gateway import __version__
 from cortex_gateway.errors import Surface
+from cortex_gateway.openapi import openapi_document
 from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import endpoint
@@ -24,11 +26,16 @@ class HealthRoutes:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._document = encode(openapi_document())
 
     def routes(self) -> list[Route]:
-        """The API port's open route."""
+        """The API port's open routes: liveness and the API's description."""
         health = endpoint(self.gateway, "health", Surface.OPENAI, self.health, public=True)
-        return [Route("/health", health, methods=["GET"])]
+        described = endpoint(self.gateway, "openapi", Surface.OPENAI, self.openapi, public=True)
+        return [
+            Route("/health", health, methods=["GET"]),
+            Route("/openapi.json", described, methods=["GET"]),
+        ]
 
     def metrics_routes(self) -> list[Route]:
         """The metrics port's route."""
@@ -36,8 +43,14 @@ class HealthRoutes:
         return [Route("/metrics", scrape, methods=["GET"])]
 
     async def health(self, request: Request, call: Call) -> Response:
-        """``GET /health``: the gateway answers, and its version."""
+        """``GET /health``: the gateway answers, and its version; 503 while it drains."""
+        if self.gateway.draining:
+            return json_response({"status": "draining", "version": __version__}, 503)
         return json_response({"status": "ok", "version": __version__})
+
+    async def openapi(self, request: Request, call: Call) -> Response:
+        """``GET /openapi.json``: this API as OpenAPI 3.1."""
+        return Response(self._document, media_type="application/json")
 
     async def scrape(self, request: Request, call: Call) -> Response:
         """``GET /metrics``: Prometheus text (rendered off the event loop)."""

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cortex_core.text import printable
 from cortex_core.wire import WireError, encode
 from cortex_gateway.bodies import RequestView, rewrite_model
 from cortex_gateway.catalogue_view import find_model, list_models
@@ -63,7 +64,9 @@ class OpenAIRoutes:
         model_id = call.model = request.path_params["model"]
         entry = find_model(model_id, life.catalogue, life.fleet)
         if entry is None:
-            raise GatewayError(404, ErrorKind.NOT_FOUND, f"model {model_id!r} does not exist")
+            raise GatewayError(
+                404, ErrorKind.NOT_FOUND, f"model '{printable(model_id)}' does not exist"
+            )
         return json_response(entry)
 
     async def chat(self, request: Request, call: Call) -> Response:
@@ -85,7 +88,7 @@ class OpenAIRoutes:
             forwarded = rewrite_model(body, model, include_usage=strip_usage)
         except WireError as exc:
             raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
-        conn = await pipeline.connect(call, path, forwarded)
+        conn = await pipeline.connect(call, path, forwarded, request=request)
         meter = Meter(started=call.started, first_byte=time.monotonic())
         if not conn.upstream.streaming:
             data = await pipeline.read(conn)

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
+
 from cortex_core.config import GatewayConfig, load_gateway_config
 from cortex_core.ids import parse_model_id
 from cortex_core.neuron_api import (
@@ -47,7 +49,9 @@ from cortex_core.neuron_api import (
     UnloadResponse,
     error_response,
 )
+from cortex_core.openai import ChatCompletionRequest, CompletionRequest
 from cortex_core.units import GIB
+from cortex_core.wire import WireError, decode
 from cortex_gateway.neurons import NeuronCallError, UpstreamError
 
 __all__ = [
@@ -89,6 +93,8 @@ class JsonAnswer:
     status: int = 200
     break_read: bool = False
     """The connection breaks while the body is read."""
+    relayable: bool = False
+    """The neuron marks its error message safe to show the client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,15 +170,23 @@ class ScriptedNode:
         reply: str = ANSWER,
         chunk_delay_s: float = 0.0,
         version: str = "0.0.0+scripted",
+        token: str | None = None,
     ) -> None:
-        """A node with GPUs of ``gpus`` GiB each (none: a CPU node with ``host_memory_gib``)."""
+        """A node with GPUs of ``gpus`` GiB each (none: a CPU node with ``host_memory_gib``).
+
+        With ``token``, every call but health needs it (401 otherwise).
+        """
         self.name = name
+        self.token = token
+        self.slow_s = 0.0
+        """Seconds each management call takes (past the fleet's call timeout: it times out)."""
         self.gpus = [int(g * GIB) for g in gpus]
         self.host_memory = int(host_memory_gib * GIB)
         self.reply = reply
         self.chunk_delay_s = chunk_delay_s
         self.version = version
         self.up = True
+        self.started_at = time.time()
         self.models: dict[str, ModelInfo] = {}
         self.answers: deque[ScriptedAnswer] = deque()
         """Answers for the next inference requests, in order; then the default reply."""
@@ -197,6 +211,12 @@ class ScriptedNode:
     def start(self) -> None:
         """Answer again, with the models it had (as a neuron whose network came back)."""
         self.up = True
+
+    def restart(self) -> None:
+        """A new process: nothing loaded, requests in flight dropped, a new ``started_at``."""
+        self.models.clear()
+        self._memory.clear()
+        self.started_at = time.time() + 1e-3
 
     def forget(self, model_id: str) -> None:
         """Drop a model without telling anyone (an operator unloading it on the host)."""
@@ -246,10 +266,12 @@ class ScriptedNode:
         info = self.models.get(model_id)
         return info is not None and info.state == "ready"
 
-    def check(self) -> None:
-        """Refuse the call if the node is down."""
+    def check(self, token: str | None = None, *, open_route: bool = False) -> None:
+        """Refuse the call if the node is down, or if it needs a token it was not given."""
         if not self.up:
             raise NeuronCallError(f"ClientConnectorError: cannot connect to {self.endpoint}")
+        if self.token is not None and not open_route and token != self.token:
+            raise NeuronCallError("missing or invalid token", upstream_status=401)
 
     # --- loads -------------------------------------------------------------------------
 
@@ -326,14 +348,24 @@ class ScriptedNode:
             info.in_flight = max(info.in_flight + delta, 0)
             info.last_used = time.time()
 
-    def answer(self, path: str, request: dict[str, Any]) -> ScriptedAnswer:
-        """The next queued answer, else the default reply to ``request``."""
+    def answer(self, path: str, request: dict[str, Any], body: bytes = b"") -> ScriptedAnswer:
+        """The next queued answer, else the default reply to ``request``.
+
+        A body that is no valid OpenAI request is refused (400, relayable), as
+        vLLM's own validation does.
+        """
         if self.answers:
             return self.answers.popleft()
         model = str(request.get("model"))
         if not self.ready(model):
             return JsonAnswer(_error_body(404, f"The model `{model}` does not exist."), 404)
         chat = path.endswith("/chat/completions")
+        try:
+            decode(
+                body or json.dumps(request), ChatCompletionRequest if chat else CompletionRequest
+            )
+        except WireError as exc:
+            return JsonAnswer(_error_body(400, exc.message), 400, relayable=True)
         if request.get("stream"):
             return StreamAnswer(self._events(model, request, chat), delay_s=self.chunk_delay_s)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
@@ -341,7 +373,7 @@ class ScriptedNode:
             choice["message"] = {"role": "assistant", "content": self.reply}
         else:
             choice["text"] = self.reply
-        body = {
+        completion = {
             "id": "scripted-1",
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
@@ -349,7 +381,7 @@ class ScriptedNode:
             "choices": [choice],
             "usage": _usage(self.reply),
         }
-        return JsonAnswer(json.dumps(body).encode())
+        return JsonAnswer(json.dumps(completion).encode())
 
     def _events(self, model: str, request: dict[str, Any], chat: bool) -> list[bytes]:
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -393,31 +425,45 @@ def _neuron_error(
 class ScriptedClient:
     """The management API of one scripted node (the gateway's ``NeuronApi``)."""
 
-    def __init__(self, fleet: ScriptedFleet, node: ScriptedNode, endpoint: str) -> None:
+    def __init__(
+        self, fleet: ScriptedFleet, node: ScriptedNode, endpoint: str, token: str | None
+    ) -> None:
         self.fleet = fleet
         self.node = node
         self.name = node.name
         self.base_url = endpoint.rstrip("/")
+        self.token = token
+
+    async def _enter(self, *, open_route: bool = False) -> None:
+        slow, limit = self.node.slow_s, self.fleet.call_timeout_s
+        if slow:
+            await asyncio.sleep(min(slow, limit))
+            if slow > limit:
+                raise NeuronCallError("TimeoutError")
+        self.node.check(self.token, open_route=open_route)
 
     async def health(self) -> Health:
         """The node's name and version."""
-        self.node.check()
-        return Health(name=self.node.name, version=self.node.version)
+        await self._enter(open_route=True)
+        return Health(
+            name=self.node.name, version=self.node.version, started_at=self.node.started_at
+        )
 
     async def devices(self) -> DevicesResponse:
         """Its GPUs."""
-        self.node.check()
+        await self._enter()
         return DevicesResponse(devices=self.node.devices())
 
     async def models(self) -> ModelsResponse:
-        """Every model it holds, in any state."""
-        self.node.check()
+        """Every model it holds, in any state (as it was when asked: a slow answer is stale)."""
         self.node.calls.append("models")
-        return ModelsResponse(models=list(self.node.models.values()))
+        models = [msgspec.structs.replace(m) for m in self.node.models.values()]
+        await self._enter()
+        return ModelsResponse(models=models)
 
     async def load(self, request: LoadRequest, limit_s: float) -> ModelInfo:
         """Load a model the fleet knows; ``model_not_found`` for others."""
-        self.node.check()
+        await self._enter()
         concrete = parse_model_id(request.model).concrete
         self.node.calls.append(f"load {concrete}")
         if self.node.ready(concrete):
@@ -432,13 +478,13 @@ class ScriptedClient:
 
     async def unload(self, model_id: str) -> UnloadResponse:
         """Unload a model."""
-        self.node.check()
+        await self._enter()
         self.node.calls.append(f"unload {model_id}")
         return self.node.unload(model_id)
 
     async def endpoint(self, model_id: str) -> str:
         """Where the model's OpenAI API is: on loopback, as a neuron advertises it by default."""
-        self.node.check()
+        await self._enter()
         self.node.calls.append(f"endpoint {model_id}")
         if not self.node.ready(model_id):
             raise _neuron_error("not_loaded", f"{model_id} is not loaded")
@@ -446,7 +492,7 @@ class ScriptedClient:
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         """One token per whitespace-separated word of every message or the prompt."""
-        self.node.check()
+        await self._enter()
         if not self.node.ready(request.model):
             raise _neuron_error("not_loaded", f"{request.model} is not loaded")
         texts = [str(m.get("content", "")) for m in request.messages or []] or [
@@ -464,7 +510,9 @@ class ScriptedUpstream:
         self.answer = answer
         self.status = answer.status if isinstance(answer, JsonAnswer) else 200
         self.streaming = isinstance(answer, StreamAnswer)
+        self.relayable = isinstance(answer, JsonAnswer) and answer.relayable
         self.closed = False
+        self._dropped = asyncio.Event()
         node.open_requests += 1
         node.touch(model, +1)
 
@@ -486,23 +534,33 @@ class ScriptedUpstream:
             self._done()
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The stream's events as scripted: delayed, broken or hanging where told."""
+        """The stream's events as scripted: delayed, broken or hanging where told.
+
+        Closing the request while a read waits fails that read, as a dropped
+        connection does.
+        """
         answer = self.answer
         assert isinstance(answer, StreamAnswer)
+        broken = UpstreamError("ClientPayloadError: response payload is not completed")
         try:
             for sent, event in enumerate(answer.events):
-                if sent == answer.break_after or not self.node.up:
-                    raise UpstreamError("ClientPayloadError: response payload is not completed")
-                if sent == answer.hang_after:
-                    await asyncio.Event().wait()
-                if answer.delay_s:
-                    await asyncio.sleep(answer.delay_s)
+                if sent == answer.break_after or not self.node.up or self._dropped.is_set():
+                    raise broken
+                pause = None if sent == answer.hang_after else answer.delay_s
+                if pause != 0:
+                    try:
+                        await asyncio.wait_for(self._dropped.wait(), pause)
+                    except TimeoutError:
+                        pass
+                    else:
+                        raise UpstreamError("ClientConnectionError: connection closed")
                 yield event
         finally:
             self._done()
 
     def close(self) -> None:
-        """Drop the request."""
+        """Drop the request: a read waiting for more fails."""
+        self._dropped.set()
         self._done()
 
 
@@ -514,8 +572,12 @@ class ScriptedFleet:
         self.nodes = {node.name: node for node in nodes}
         self.models = {model.id: model for model in models}
         self.closed = False
+        self.tokens: dict[str, str | None] = {}
+        """The token the gateway gave each node's client."""
+        self.call_timeout_s = 5.0
+        """How long a management call may take before it fails (as the HTTP client's)."""
 
-    def __call__(self) -> ScriptedFleet:
+    def __call__(self, config: GatewayConfig) -> ScriptedFleet:
         """What ``create_apps`` calls when the gateway starts: this fleet."""
         self.closed = False
         return self
@@ -528,6 +590,7 @@ class ScriptedFleet:
         (folder / "models.toml").write_text(models_toml)
         neurons = "".join(
             f'[[neurons]]\nname = "{n.name}"\nendpoint = "{n.endpoint}"\n'
+            + (f'token_env = "{self.token_env(n.name)}"\n' if n.token else "")
             for n in self.nodes.values()
         )
         path = folder / "cortex.toml"
@@ -537,20 +600,35 @@ class ScriptedFleet:
         )
         return load_gateway_config(path)
 
-    def client(self, name: str, endpoint: str) -> ScriptedClient:
-        """The management client of a scripted node."""
-        return ScriptedClient(self, self.nodes[name], endpoint)
+    @staticmethod
+    def token_env(name: str) -> str:
+        """The variable :meth:`config` names for a node with a token (``CORTEX_TOKEN_<NAME>``)."""
+        return "CORTEX_TOKEN_" + "".join(c if c.isalnum() else "_" for c in name.upper())
 
-    async def open(self, url: str, body: bytes, headers: Mapping[str, str]) -> ScriptedUpstream:
-        """Send an inference request to the node ``url`` names."""
+    def environ(self) -> dict[str, str]:
+        """An environment holding every node's token under :meth:`token_env`."""
+        return {self.token_env(n.name): n.token for n in self.nodes.values() if n.token}
+
+    def client(self, name: str, endpoint: str, token: str | None = None) -> ScriptedClient:
+        """The management client of a scripted node."""
+        self.tokens[name] = token
+        return ScriptedClient(self, self.nodes[name], endpoint, token)
+
+    async def open(
+        self, node_name: str, url: str, body: bytes, headers: Mapping[str, str]
+    ) -> ScriptedUpstream:
+        """Send an inference request to the node ``url`` names (which must be ``node_name``)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         node = self.nodes.get(host.removesuffix(".scripted"))
+        assert node is None or node.name == node_name, f"{url} is not on {node_name}"
         if node is None or not node.up:
             raise UpstreamError(f"ClientConnectorError: cannot connect to {host}:{parts.port}")
+        if node.token is not None and self.tokens.get(node_name) != node.token:
+            return ScriptedUpstream(node, "", JsonAnswer(_error_body(401, "invalid token"), 401))
         request = json.loads(body)
         node.requests.append(ScriptedRequest(parts.path, request, dict(headers)))
-        answer = node.answer(parts.path, request)
+        answer = node.answer(parts.path, request, body)
         if isinstance(answer, Refuse):
             raise UpstreamError(f"ClientConnectorError: cannot connect to {host}:{parts.port}")
         if isinstance(answer, Hang):
