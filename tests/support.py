@@ -127,7 +127,7 @@ class Fleet:
 
 
 StartFleet = Callable[..., Fleet]
-"""``start_fleet(neurons, models_toml, models_root=..., gateway=..., eviction=..., env=...)``."""
+"""``start_fleet(neurons, models_toml, models_root=, gateway=, eviction=, env=, ...)``."""
 
 
 def launch(
@@ -139,8 +139,12 @@ def launch(
     gateway: str = "",
     eviction: str = "",
     env: dict[str, str] | None = None,
+    extra_neurons: list[tuple[str, str]] | None = None,
 ) -> Fleet:
-    """Write the configs for a fleet in ``workdir`` (not started yet)."""
+    """Write the configs for a fleet in ``workdir`` (not started yet).
+
+    ``extra_neurons`` are ``(name, endpoint)`` pairs of neurons the test runs itself.
+    """
     workdir.mkdir(parents=True)
     port = free_port("127.0.0.2")
     root = models_root or workdir / "models"
@@ -167,6 +171,8 @@ def launch(
         entries.append(
             f'[[neurons]]\nname = "{spec.name}"\nendpoint = "http://{spec.host}:{port}"\n'
         )
+    for name, endpoint in extra_neurons or []:
+        entries.append(f'[[neurons]]\nname = "{name}"\nendpoint = "{endpoint}"\n')
     api, metrics = free_port(), free_port()
     (workdir / "models.toml").write_text(models_toml)
     (workdir / "cortex.toml").write_text(

@@ -124,6 +124,8 @@ def test_anthropic_errors(fleet: Fleet) -> None:
         assert bad.json()["type"] == "error"
         assert bad.json()["error"]["type"] == "invalid_request_error"
         assert "max_tokens" in bad.json()["error"]["message"]
-        broken = http.post("/v1/messages", content=b"{nope")
+        broken = http.post(
+            "/v1/messages", content=b"{nope", headers={"content-type": "application/json"}
+        )
         assert broken.status_code == 400
         assert broken.json()["error"]["type"] == "invalid_request_error"

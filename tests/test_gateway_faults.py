@@ -1,0 +1,406 @@
+"""Faults for real: neuron processes stopped, killed and restarted under a real gateway.
+
+Each test asserts the bound the gateway promises (an error event instead of a
+hang, no failed request when a replica remains, a pinned model back, bounded
+memory, nothing leaked: connections, tasks, file descriptors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from cortex_core.testing import free_port
+from tests.support import Fleet, NeuronSpec, StartFleet, fake_model
+
+pytestmark = pytest.mark.slow
+
+ANSWER = "The capital of France is Paris."
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+CATALOGUE = '[[models]]\nid = "fake/small"\nmemory_gb = 4\n'
+
+
+@pytest.fixture
+def models_root(tmp_path: Path) -> Path:
+    """A fake model of 3 GiB for scripted engines."""
+    root = tmp_path / "models"
+    fake_model(root, "fake/small", 3)
+    return root
+
+
+def until(condition: Any, within_s: float = 30.0) -> None:
+    """Poll ``condition()`` until it holds."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
+
+
+def gateway_process(fleet: Fleet) -> psutil.Process:
+    """The gateway's process."""
+    return psutil.Process(fleet.gateway.pid)
+
+
+def client_connections(fleet: Fleet) -> int:
+    """Connections clients hold open to the gateway's API port."""
+    port = int(fleet.url.rsplit(":", 1)[1])
+    process = gateway_process(fleet)
+    return sum(
+        1
+        for c in process.net_connections("tcp")
+        if c.status != psutil.CONN_LISTEN and c.laddr.port == port
+    )
+
+
+def upstream_connections(fleet: Fleet) -> int:
+    """Connections the gateway holds open to neurons (polls included)."""
+    port = int(fleet.url.rsplit(":", 1)[1])
+    process = gateway_process(fleet)
+    return sum(
+        1
+        for c in process.net_connections("tcp")
+        if c.status != psutil.CONN_LISTEN and c.laddr.port != port and c.raddr
+    )
+
+
+def gauge(fleet: Fleet, name: str) -> float:
+    """A gauge from the gateway's /metrics."""
+    text = httpx.get(f"{fleet.metrics_url}/metrics").text
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def node_up(fleet: Fleet, name: str) -> bool:
+    """Whether the gateway sees ``name`` up."""
+    nodes: list[dict[str, Any]] = fleet.fleet_state()["nodes"]  # type: ignore[assignment]
+    return any(n["name"] == name and n["up"] for n in nodes)
+
+
+def load(fleet: Fleet, model: str, node: str) -> None:
+    """Load ``model`` on ``node`` through the admin API."""
+    with fleet.http() as client:
+        answer = client.post("/admin/models/load", json={"model": model, "node": node})
+        assert answer.status_code == 200, answer.text
+
+
+def test_a_stopped_neuron_ends_its_streams_with_an_error_not_a_hang(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """SIGSTOP mid-stream: the stream ends with an error event once the poll finds the node down.
+
+    Its idle timeout is far away; the gateway keeps answering meanwhile.
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        CATALOGUE,
+        models_root=models_root,
+        gateway="stream_idle_timeout_s = 600\nfirst_byte_timeout_s = 600",
+        env={"NEURON_TEST_CHUNK_DELAY": "1.0"},
+    )
+    load(fleet, "fake/small", "beast")
+    neuron = fleet.neurons["beast"]
+    body = {"model": "fake/small", "messages": QUESTION, "stream": True}
+    try:
+        with (
+            httpx.Client(base_url=fleet.url, timeout=60) as client,
+            client.stream("POST", "/v1/chat/completions", json=body) as response,
+        ):
+            lines = response.iter_lines()
+            assert next(lines).startswith("data: ")
+            os.kill(neuron.pid, signal.SIGSTOP)
+            assert httpx.get(f"{fleet.url}/health").status_code == 200
+            rest = [line for line in lines if line.startswith("data: ")]
+        error = json.loads(rest[-1][6:])["error"]
+        assert error["message"] == "the model server stopped answering"
+        with fleet.http() as client:
+            assert client.get("/admin/fleet").json()["in_flight"] == []
+    finally:
+        os.kill(neuron.pid, signal.SIGCONT)
+
+
+def test_a_killed_replica_costs_no_request(start_fleet: StartFleet, models_root: Path) -> None:
+    """A model ready on two nodes, one SIGKILLed: every request is served by the other."""
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24]), NeuronSpec("benjy", "127.0.0.3", [24])],
+        CATALOGUE,
+        models_root=models_root,
+    )
+    load(fleet, "fake/small", "beast")
+    load(fleet, "fake/small", "benjy")
+    fleet.neurons["beast"].kill()
+    served = []
+    with fleet.http() as client:
+        for _ in range(20):
+            answer = client.post(
+                "/v1/chat/completions", json={"model": "fake/small", "messages": QUESTION}
+            )
+            assert answer.status_code == 200, answer.text
+            served.append(answer.headers["x-cortex-node"])
+    assert set(served) == {"benjy"}
+
+
+def test_a_restarted_neuron_gets_its_pinned_model_back(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """A pinned model's only node crashes and comes back: the model is loaded there again."""
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        '[[models]]\nid = "fake/small"\nmemory_gb = 4\npinned = true\n',
+        models_root=models_root,
+    )
+    until(lambda: fleet.loaded().get("beast") == ["fake/small"])
+    neuron = fleet.neurons["beast"]
+    neuron.kill()
+    until(lambda: not node_up(fleet, "beast"))
+    neuron.start()
+    until(lambda: fleet.loaded().get("beast") == ["fake/small"])
+    with fleet.http() as client:
+        answer = client.post(
+            "/v1/chat/completions", json={"model": "fake/small", "messages": QUESTION}
+        )
+        assert answer.status_code == 200
+
+
+def _address(server: socketserver.BaseServer) -> tuple[str, int]:
+    host, port = server.server_address[:2]  # type: ignore[index,str-unpack]
+    return str(host), int(port)
+
+
+class _Misbehaving(BaseHTTPRequestHandler):
+    """A neuron whose model answers with garbage, or with megabytes and no event boundary."""
+
+    protocol_version = "HTTP/1.1"
+    mode = "garbage"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def _json(self, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        """The management API: one model, ready."""
+        if self.path == "/health":
+            self._json({"status": "ok", "name": "odd", "version": "9"})
+        elif self.path == "/devices":
+            self._json({"devices": []})
+        elif self.path == "/models":
+            self._json({"models": [{"id": "fake/odd", "state": "ready"}]})
+        elif self.path.endswith("/endpoint"):
+            host, port = _address(self.server)
+            self._json({"url": f"http://{host}:{port}/v1"})
+        else:
+            self.send_error(404)
+
+    def do_POST(self) -> None:
+        """Inference: a stream that is not one."""
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("connection", "close")
+        self.end_headers()
+        try:
+            if type(self).mode == "garbage":
+                for piece in (b"data: {not json\n\n", bytes(range(256)), b"\n\ndata: [DONE]\n\n"):
+                    self.wfile.write(piece)
+            else:
+                chunk = b"x" * (1 << 20)
+                self.wfile.write(b"data: ")
+                for _ in range(60):
+                    self.wfile.write(chunk)
+        except OSError:
+            pass  # the gateway hung up: what it should do
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[ThreadingHTTPServer]:
+    """The misbehaving neuron on 127.0.0.9."""
+    server = ThreadingHTTPServer(("127.0.0.9", free_port("127.0.0.9")), _Misbehaving)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_garbage_and_boundless_streams_fail_cleanly(
+    start_fleet: StartFleet, models_root: Path, misbehaving: ThreadingHTTPServer
+) -> None:
+    """Garbage passes as bytes; 60 MB without an event boundary is cut, not buffered."""
+    host, port = _address(misbehaving)
+    fleet = start_fleet(
+        [], "", models_root=models_root, extra_neurons=[("odd", f"http://{host}:{port}")]
+    )
+    gateway = gateway_process(fleet)
+    body = {"model": "fake/odd", "messages": QUESTION, "stream": True}
+    with fleet.http() as client:
+        garbage = client.post("/v1/chat/completions", json=body)
+        assert garbage.status_code == 200
+        assert "data: [DONE]" in garbage.text
+        rss_before = gateway.memory_info().rss
+        _Misbehaving.mode = "boundless"
+        boundless = client.post("/v1/chat/completions", json=body)
+        assert boundless.status_code == 200
+        assert len(boundless.content) < 1 << 20
+        assert "the model server stopped answering" in boundless.text
+        assert client.get("/health").status_code == 200
+    assert gateway.memory_info().rss - rss_before < 64 << 20
+
+
+def _slow_client(url: str, declared: int, sent: bytes) -> bytes:
+    """POST with a body shorter than its Content-Length; what comes back."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}\r\n"
+            f"content-type: application/json\r\ncontent-length: {declared}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + sent)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+            if b"\r\n\r\n" in answer and b"}" in answer:
+                break
+        return answer
+
+
+def test_short_and_slow_bodies_are_answered_408_and_let_go(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """A hundred bodies shorter than they said: 408 each, and the gateway keeps nothing."""
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        CATALOGUE,
+        models_root=models_root,
+        gateway="body_timeout_s = 1.0",
+    )
+    gateway = gateway_process(fleet)
+    httpx.get(f"{fleet.url}/health")
+    fds_before = gateway.num_fds()
+    results: list[bytes] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(_slow_client(fleet.url, 100, b'{"mo')))
+        for _ in range(100)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 100
+    assert all(r.startswith(b"HTTP/1.1 408") for r in results), results[0][:200].decode()
+    until(lambda: client_connections(fleet) == 0, within_s=15)
+    until(lambda: gateway.num_fds() <= fds_before + 2, within_s=15)
+
+
+async def _stream(client: httpx.AsyncClient, leave: bool) -> str:
+    body = {"model": "fake/small", "messages": QUESTION, "stream": True}
+    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        text = ""
+        async for chunk in response.aiter_text():
+            text += chunk
+            if leave:
+                return "left"
+        return text
+
+
+def test_five_hundred_streams_with_a_third_leaving_leak_nothing(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """500 concurrent streams, every third client leaving early: nothing leaks.
+
+    Afterwards the gateway holds no request, connection, task or file
+    descriptor more than before.
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        CATALOGUE,
+        models_root=models_root,
+        env={"NEURON_TEST_CHUNK_DELAY": "0.05"},
+    )
+    load(fleet, "fake/small", "beast")
+    gateway = gateway_process(fleet)
+    with fleet.http() as client:
+        client.get("/health")
+    fds_before = gateway.num_fds()
+    upstream_before = upstream_connections(fleet)
+    tasks_before = gauge(fleet, "cortex_event_loop_tasks")
+
+    async def burst() -> list[str]:
+        limits = httpx.Limits(max_connections=500)
+        async with httpx.AsyncClient(base_url=fleet.url, timeout=120, limits=limits) as client:
+            return await asyncio.gather(*(_stream(client, i % 3 == 0) for i in range(500)))
+
+    outcomes = asyncio.run(burst())
+    assert outcomes.count("left") == 167
+    finished = [o for o in outcomes if o != "left"]
+    assert all(o.endswith("data: [DONE]\n\n") for o in finished)
+    until(lambda: not fleet.fleet_state()["in_flight"], within_s=30)
+    until(lambda: client_connections(fleet) == 0, within_s=30)
+    # Connections to the neuron stay pooled until aiohttp's keep-alive (15 s) lets them go.
+    until(lambda: upstream_connections(fleet) <= upstream_before + 2, within_s=30)
+    until(lambda: gateway.num_fds() <= fds_before + 2, within_s=30)
+    until(lambda: gauge(fleet, "cortex_event_loop_tasks") <= tasks_before, within_s=30)
+    neuron_models = httpx.get(f"{fleet.neurons['beast'].url}/models").json()["models"]
+    assert sum(m["in_flight"] for m in neuron_models) == 0
+
+
+def test_sighup_reloads_and_sigterm_drains(start_fleet: StartFleet, models_root: Path) -> None:
+    """SIGHUP reloads models.toml; SIGTERM drains with /health 503, then cuts and exits cleanly.
+
+    A stream still running at the grace ends with an error event.
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        CATALOGUE,
+        models_root=models_root,
+        gateway="shutdown_grace_s = 2.0",
+        env={"NEURON_TEST_CHUNK_DELAY": "1.0"},
+    )
+    load(fleet, "fake/small", "beast")
+    (fleet.workdir / "models.toml").write_text(
+        '[aliases]\n"helexa/small" = "fake/small"\n' + CATALOGUE
+    )
+    os.kill(fleet.gateway.pid, signal.SIGHUP)
+    until(lambda: "catalogue reloaded" in fleet.gateway.log())
+    with fleet.http() as client:
+        alias = client.post(
+            "/v1/chat/completions", json={"model": "helexa/small", "messages": QUESTION}
+        )
+        assert alias.status_code == 200
+    body = {"model": "fake/small", "messages": QUESTION, "stream": True}
+    with (
+        httpx.Client(base_url=fleet.url, timeout=60) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+        os.kill(fleet.gateway.pid, signal.SIGTERM)
+        until(lambda: httpx.get(f"{fleet.url}/health").status_code == 503, within_s=5)
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert json.loads(rest[-1][6:])["error"]["message"] == "the gateway is shutting down"
+    assert fleet.gateway.process is not None
+    assert fleet.gateway.process.wait(30) == 0
+    log = fleet.gateway.log()
+    assert "requests cut at shutdown" in log
+    assert "Traceback" not in log
