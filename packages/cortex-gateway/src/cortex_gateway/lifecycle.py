@@ -30,6 +30,7 @@ from cortex_gateway.leases import Leases
 from cortex_gateway.neurons import NeuronApi, NeuronCallError, Neurons
 from cortex_gateway.router import (
     ColdLoad,
+    Decision,
     EvictOne,
     Exclude,
     GiveUp,
@@ -280,9 +281,8 @@ class Lifecycle:
         """A request reached ``node``."""
         self._broken.pop(node, None)
 
-    def serving(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str | None:
-        """The node to serve ``model_id`` on right now, if it is ready somewhere."""
-        decision = route(
+    def _route(self, model_id: str, exclude: frozenset[str]) -> Decision:
+        return route(
             model_id,
             self.catalogue,
             self.fleet,
@@ -290,6 +290,10 @@ class Lifecycle:
             exclude=exclude,
             avoid=self.broken(),
         )
+
+    def serving(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str | None:
+        """The node to serve ``model_id`` on right now, if it is ready somewhere."""
+        decision = self._route(model_id, exclude)
         return decision.node if isinstance(decision, Serve) else None
 
     async def resolve(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str:
@@ -321,15 +325,7 @@ class Lifecycle:
         while True:
             if self._stopping.is_set():
                 raise GatewayError(503, ErrorKind.UNAVAILABLE, SHUTTING_DOWN)
-            decision = route(
-                model_id,
-                self.catalogue,
-                self.fleet,
-                self.leases.counts,
-                exclude=exclude,
-                avoid=self.broken(),
-            )
-            match decision:
+            match self._route(model_id, exclude):
                 case Serve(node):
                     return node
                 case ColdLoad(profile):
