@@ -37,10 +37,12 @@ lint: ## Check formatting and lint
 typecheck: ## Type-check packages and tests (mypy --strict)
 	$(UV) run --no-sync mypy
 
-# The slow layer lives in tests/ (real processes), *_e2e.py (real vLLM) and *_fuzz.py
-# (generated requests by the thousand); the root conftest checks that all of it is
-# marked slow, so the quick run need not even import it (nor load schemathesis).
-FAST_SKIPS := --ignore=tests --ignore-glob='*_e2e.py' --ignore-glob='*_fuzz.py' -p no:schemathesis
+# The slow layer lives in tests/ (real processes), *_e2e.py (real vLLM engines),
+# *_vllm.py (vLLM imported) and *_fuzz.py (generated requests by the thousand); the
+# root conftest checks all of it is marked slow, so the quick run need not even
+# import it (nor load schemathesis).
+FAST_SKIPS := --ignore=tests --ignore-glob='*_e2e.py' --ignore-glob='*_vllm.py' \
+	--ignore-glob='*_fuzz.py' -p no:schemathesis
 
 .PHONY: test-fast
 test-fast: ## Run the quick tests (no vLLM engines, no processes) and print the gateway's coverage
@@ -74,6 +76,10 @@ test-packaging: dist ## Install the built wheels into clean venvs and check what
 .PHONY: bench
 bench: ## Measure the latency the gateway adds (scripted neuron; bounded count)
 	PYTHONPATH=. $(UV) run --no-sync python scripts/bench_gateway.py
+
+.PHONY: bench-switching
+bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
+	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)
 
 .PHONY: soak
 soak: ## Bounded mixed soak through a real gateway: requests, errors, RSS, fds at start and end

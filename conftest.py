@@ -17,7 +17,7 @@ settings.register_profile("quick", max_examples=15)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "full"))
 
 
-SLOW_LAYER = ("tests/", "_e2e.py", "_fuzz.py")
+SLOW_LAYER = ("tests/", "_e2e.py", "_fuzz.py", "_vllm.py")
 """Where only slow tests may live: `make test-fast` does not even collect these files."""
 
 

@@ -18,6 +18,7 @@ from cortex_core.config import (
     GatewaySection,
     NeuronEntry,
     NeuronSection,
+    SchedulingSection,
     SourceConfig,
     load_gateway_config,
     load_neuron_config,
@@ -352,6 +353,7 @@ def _keys(type_: Any) -> set[str]:
     [
         ("### `[gateway]`", GatewaySection),
         ("### `[eviction]`", EvictionSection),
+        ("### `[scheduling]`", SchedulingSection),
         ("### `[[neurons]]`", NeuronEntry),
         ("### `[[models]]`", ModelProfile),
         ("### `[neuron]`", NeuronSection),

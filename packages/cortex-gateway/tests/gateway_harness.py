@@ -102,6 +102,7 @@ async def serve(
     *,
     models: Sequence[ScriptedModel] = (),
     eviction: dict[str, object] | None = None,
+    scheduling: dict[str, object] | None = None,
     environ: dict[str, str] | None = None,
     **gateway: object,
 ) -> AsyncIterator[Harness]:
@@ -117,6 +118,7 @@ async def serve(
         models_toml,
         gateway=_config_keys(settings),
         eviction=_config_keys(eviction or {}),
+        scheduling=_config_keys(scheduling or {}),
     )
     environ = fleet.environ() if environ is None else environ
     api, metrics, state = create_apps(config, neurons=fleet, environ=environ)

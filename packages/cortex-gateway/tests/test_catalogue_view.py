@@ -13,6 +13,7 @@ from cortex_core.units import GIB
 from cortex_core.wire import encode
 from cortex_gateway.catalogue_view import FleetModel, find_model, list_models
 from cortex_gateway.fleet import Fleet, NodeState
+from cortex_gateway.scheduling import Backoff
 
 NOW = 1_750_000_000.0
 
@@ -202,6 +203,7 @@ def test_list_models_wire_shape() -> None:
         "feasible_on": ["beast", "benjy"],
         "alias_of": SMALL,
         "pinned": True,
+        "backoff": [],
     }
 
 
@@ -235,3 +237,19 @@ def test_grafana_dashboard_uses_only_documented_metrics() -> None:
     for name in names:
         base = re.sub(r"_(bucket|count|sum)$", "", name)
         assert f"`{base}`" in documented or base in documented, name
+
+
+def test_backoffs_show_on_their_model_and_its_aliases_while_they_last() -> None:
+    """A model's unexpired backoffs are listed on it and on the aliases that point at it."""
+    backoffs = {
+        ("benjy", SMALL): Backoff(2, NOW + 15),
+        ("beast", SMALL): Backoff(1, NOW - 1),
+        ("beast", MEDIUM): Backoff(3, NOW + 60),
+    }
+    listed = by_id(list_models(CATALOGUE, snapshot(), backoffs, NOW).data)
+    assert [(b.node, b.failures, b.until) for b in listed[SMALL].backoff] == [
+        ("benjy", 2, NOW + 15)
+    ]
+    assert listed["helexa/small"].backoff == listed[SMALL].backoff
+    assert [b.node for b in listed[MEDIUM].backoff] == ["beast"]
+    assert listed[EXTRA].backoff == []

@@ -26,6 +26,7 @@ from cortex_gateway.router import (
     Serve,
     Unplaceable,
     WaitForLoad,
+    WaitForRoom,
     after_failed_load,
     defrag_candidates,
     evictable,
@@ -851,6 +852,7 @@ def test_defrag_ignores_a_model_no_single_gpu_could_ever_hold() -> None:
 
 # --- after a failed load -----------------------------------------------------------------
 
+MEDIUM_PINNED = "org/pinned"
 CPU_FULL = ratbox(
     loaded("org/old", devices=(), last_used=NOW - 50),
     loaded("org/older", devices=(), last_used=NOW - 500),
@@ -892,6 +894,13 @@ CPU_FULL = ratbox(
             LoadFailure("ratbox", "insufficient_memory", "too big"),
             fleet(ratbox(loaded("org/old", devices=(), in_flight=1))),
             None,
+            WaitForRoom("ratbox", ("org/old",)),
+            id="cpu node: everything busy, wait for one to drain",
+        ),
+        pytest.param(
+            LoadFailure("ratbox", "insufficient_memory", "too big"),
+            fleet(ratbox(loaded(MEDIUM_PINNED, devices=()))),
+            None,
             Exclude("ratbox"),
             id="cpu node: nothing may go",
         ),
@@ -922,7 +931,8 @@ def test_after_failed_load(
     failure: LoadFailure, snapshot: Fleet, planned: int | None, expected: Retry
 ) -> None:
     """What a cold load does after each kind of failure."""
+    catalogue = Catalogue([*CATALOGUE.models, profile(MEDIUM_PINNED, 2.0, pinned=True)])
     decision = after_failed_load(
-        CATALOGUE.models[0], failure, snapshot, CATALOGUE, NO_IN_FLIGHT, "lru", needed_bytes=planned
+        CATALOGUE.models[0], failure, snapshot, catalogue, NO_IN_FLIGHT, "lru", needed_bytes=planned
     )
     assert decision == expected

@@ -47,6 +47,7 @@ __all__ = [
     "NeuronConfig",
     "NeuronEntry",
     "NeuronSection",
+    "SchedulingSection",
     "SourceConfig",
     "check_catalogue_nodes",
     "convert_section",
@@ -102,6 +103,14 @@ class EvictionSection(_Config):
     """0: never repack a node."""
 
 
+class SchedulingSection(_Config):
+    policy: Literal["grouped", "fifo"] = "grouped"
+    """grouped: a loaded model's requests go before a swap away from it (bounded by
+    max_swap_wait_s); fifo: first come, first served."""
+    max_swap_wait_s: NonNegSeconds = 30.0
+    """The longest a request is held back for a loaded model's sake before a swap."""
+
+
 class NeuronEntry(_Config):
     name: str
     endpoint: str
@@ -114,6 +123,7 @@ class CortexConfig(_Config):
 
     gateway: GatewaySection = field(default_factory=GatewaySection)
     eviction: EvictionSection = field(default_factory=EvictionSection)
+    scheduling: SchedulingSection = field(default_factory=SchedulingSection)
     neurons: list[NeuronEntry] = field(default_factory=list)
 
 

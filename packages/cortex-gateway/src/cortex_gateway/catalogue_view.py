@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from msgspec import Struct, field
 
 from cortex_core.catalogue import Catalogue
 from cortex_gateway.fleet import Fleet
 from cortex_gateway.router import feasible_on
+from cortex_gateway.scheduling import Backoff
 
-__all__ = ["FleetModel", "FleetModelList", "list_models"]
+__all__ = ["BackoffEntry", "FleetModel", "FleetModelList", "find_model", "list_models"]
+
+
+class BackoffEntry(Struct, kw_only=True):
+    """A node where the model's loads failed recently: not tried there again until ``until``."""
+
+    node: str
+    failures: int
+    until: float
+    """Unix seconds."""
 
 
 class FleetModel(Struct, kw_only=True):
@@ -23,6 +35,7 @@ class FleetModel(Struct, kw_only=True):
     feasible_on: list[str] = field(default_factory=list)
     alias_of: str | None = None
     pinned: bool = False
+    backoff: list[BackoffEntry] = field(default_factory=list)
 
 
 class FleetModelList(Struct, kw_only=True):
@@ -32,7 +45,12 @@ class FleetModelList(Struct, kw_only=True):
     object: str = "list"
 
 
-def _entry(model_id: str, catalogue: Catalogue, fleet: Fleet) -> FleetModel:
+Backoffs = Mapping[tuple[str, str], Backoff]
+
+
+def _entry(
+    model_id: str, catalogue: Catalogue, fleet: Fleet, backoffs: Backoffs, now: float
+) -> FleetModel:
     profile = catalogue.profile(model_id)
     locations = fleet.locations(model_id)
     loaded_at = [
@@ -47,14 +65,25 @@ def _entry(model_id: str, catalogue: Catalogue, fleet: Fleet) -> FleetModel:
         locations=locations,
         feasible_on=feasible_on(profile, model_id, fleet),
         pinned=bool(profile and profile.pinned),
+        backoff=[
+            BackoffEntry(node=node, failures=state.failures, until=state.until)
+            for (node, model), state in backoffs.items()
+            if model == model_id and state.until > now
+        ],
     )
 
 
-def list_models(catalogue: Catalogue, fleet: Fleet) -> FleetModelList:
-    """Every catalogue model, every model loaded anywhere, then one entry per alias."""
+def list_models(
+    catalogue: Catalogue, fleet: Fleet, backoffs: Backoffs | None = None, now: float = 0.0
+) -> FleetModelList:
+    """Every catalogue model, every model loaded anywhere, then one entry per alias.
+
+    ``backoffs`` (failed loads still pausing at ``now``, Unix seconds) show on their models.
+    """
     ids = [p.id for p in catalogue.models]
     ids += [m for m in fleet.loaded_ids() if m not in ids]
-    entries = {model_id: _entry(model_id, catalogue, fleet) for model_id in ids}
+    backoffs = backoffs or {}
+    entries = {model_id: _entry(model_id, catalogue, fleet, backoffs, now) for model_id in ids}
     data = list(entries.values())
     for alias, target in catalogue.aliases.items():
         mirror = entries[target]
@@ -67,11 +96,19 @@ def list_models(catalogue: Catalogue, fleet: Fleet) -> FleetModelList:
                 feasible_on=list(mirror.feasible_on),
                 alias_of=target,
                 pinned=mirror.pinned,
+                backoff=list(mirror.backoff),
             )
         )
     return FleetModelList(data=data)
 
 
-def find_model(model_id: str, catalogue: Catalogue, fleet: Fleet) -> FleetModel | None:
+def find_model(
+    model_id: str,
+    catalogue: Catalogue,
+    fleet: Fleet,
+    backoffs: Backoffs | None = None,
+    now: float = 0.0,
+) -> FleetModel | None:
     """The entry ``GET /v1/models/{id}`` shows, or ``None``."""
-    return next((m for m in list_models(catalogue, fleet).data if m.id == model_id), None)
+    listing = list_models(catalogue, fleet, backoffs, now)
+    return next((m for m in listing.data if m.id == model_id), None)

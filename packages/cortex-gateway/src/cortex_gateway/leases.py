@@ -63,9 +63,10 @@ class Lease:
 class Leases:
     """The book of leases: counts by ``(node, model)`` and the leases held on each node."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_release: Callable[[], object] = lambda: None) -> None:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._held: dict[str, set[Lease]] = {}
+        self._on_release = on_release
 
     @property
     def counts(self) -> Mapping[tuple[str, str], int]:
@@ -93,6 +94,7 @@ class Leases:
             held.discard(lease)
             if not held:
                 del self._held[lease.node]
+        self._on_release()
 
     def abort_node(self, node: str, reason: str) -> int:
         """Abort every lease on ``node``; how many there were."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Mapping
@@ -26,7 +27,7 @@ from cortex_core.neuron_api import LoadRequest
 from cortex_core.text import printable
 from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.fleet import Fleet, NodeState
-from cortex_gateway.leases import Leases
+from cortex_gateway.leases import Lease, Leases
 from cortex_gateway.neurons import NeuronApi, NeuronCallError, Neurons
 from cortex_gateway.router import (
     ColdLoad,
@@ -34,6 +35,7 @@ from cortex_gateway.router import (
     EvictOne,
     Exclude,
     GiveUp,
+    Hold,
     LoadFailure,
     NoNode,
     NotFound,
@@ -43,12 +45,14 @@ from cortex_gateway.router import (
     Strategy,
     Unplaceable,
     WaitForLoad,
+    WaitForRoom,
     after_failed_load,
     defrag_candidates,
     idle_models,
     place,
     route,
 )
+from cortex_gateway.scheduling import Backoff, Blocked, backoff_s, closed_gates, in_backoff
 
 __all__ = ["EvictionReason", "Lifecycle", "rewrite_loopback"]
 
@@ -100,7 +104,7 @@ class Lifecycle:
             for n in config.cortex.neurons
         }
         self.fleet = Fleet.configured((n.name, n.endpoint) for n in config.cortex.neurons)
-        self.leases = Leases()
+        self.leases = Leases(on_release=self._released)
         self._clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._endpoints: dict[tuple[str, str], str] = {}
@@ -115,6 +119,14 @@ class Lifecycle:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._broken: dict[str, float] = {}
         self._stopping = asyncio.Event()
+        self._blocked: dict[str, Blocked] = {}
+        """Cold loads waiting for room, by model."""
+        self._arrivals: dict[str, list[float]] = {}
+        """When each request waiting for a model arrived (monotonic), by model."""
+        self._callers: Counter[str] = Counter()
+        """Who waits on each cold load (requests, admin loads, pinned models)."""
+        self.backoffs: dict[tuple[str, str], Backoff] = {}
+        """Failed loads by ``(node, model)``: not tried there again until ``until``."""
         self.on_eviction: Callable[[str, str, str], None] = lambda node, model, reason: None
         """Called for every unload the gateway decides on, with its reason."""
         self.on_load: Callable[[str, str, str, float], None] = lambda node, model, outcome, s: None
@@ -165,9 +177,17 @@ class Lifecycle:
                     "requests on a node that went down aborted",
                     extra={"node": node.name, "count": aborted},
                 )
-        # Everyone waiting on the fleet (a load elsewhere, a node back) looks again.
+        self._notify()
+
+    def _notify(self) -> None:
+        """Everyone waiting on the fleet (a load elsewhere, a node back, room) looks again."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
+
+    def _released(self) -> None:
+        # A request ended: a model a cold load waits on may be idle now.
+        if self._blocked:
+            self._notify()
 
     async def refresh(self, name: str) -> NodeState:
         """Ask one neuron for its health, devices and models; mark it down if it fails.
@@ -259,10 +279,23 @@ class Lifecycle:
             )
 
     def _busy(self) -> Mapping[tuple[str, str], int]:
-        """In flight, plus the models being evicted: neither may be chosen to go."""
-        if not self._evicting:
+        """What may not be chosen to go: models in flight, being evicted, or awaited.
+
+        A model that requests wait to be loaded (or just were) has work queued:
+        evicting it the moment its load ends would waste the load.
+        """
+        extra = set(self._evicting)
+        for model in self._callers:
+            for node in self.fleet.nodes.values():
+                info = node.model(model)
+                if info is not None and info.state in ("ready", "loading"):
+                    extra.add((node.name, model))
+        if not extra:
             return self.leases.counts
-        return {**self.leases.counts, **dict.fromkeys(self._evicting, 1)}
+        counts = dict(self.leases.counts)
+        for key in extra:
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     # --- routing --------------------------------------------------------------------------
 
@@ -281,6 +314,17 @@ class Lifecycle:
         """A request reached ``node``."""
         self._broken.pop(node, None)
 
+    def gates(self) -> frozenset[tuple[str, str]]:
+        """``(node, model)`` pairs admitting no new request: a swap away is due or under way."""
+        scheduling = self.config.cortex.scheduling
+        closed = closed_gates(
+            self._blocked.values(),
+            time.monotonic(),
+            scheduling.policy,
+            scheduling.max_swap_wait_s,
+        )
+        return closed | frozenset(self._evicting) if self._evicting else closed
+
     def _route(self, model_id: str, exclude: frozenset[str]) -> Decision:
         return route(
             model_id,
@@ -289,6 +333,7 @@ class Lifecycle:
             self.leases.counts,
             exclude=exclude,
             avoid=self.broken(),
+            gated=self.gates() if self._blocked or self._evicting else frozenset(),
         )
 
     def serving(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str | None:
@@ -296,15 +341,23 @@ class Lifecycle:
         decision = self._route(model_id, exclude)
         return decision.node if isinstance(decision, Serve) else None
 
-    async def resolve(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str:
-        """The node that will serve ``model_id`` now, loading it first if need be.
+    async def acquire(
+        self,
+        model_id: str,
+        exclude: frozenset[str] = frozenset(),
+        arrived: float | None = None,
+    ) -> Lease:
+        """A lease on the node that will serve ``model_id`` now, loading it first if need be.
 
-        Requests that have to wait (for a load, or for a node) are bounded by
-        ``max_waiting`` per model and by ``load_timeout_s``.
+        The lease is taken in the same step as the decision, so nothing (an
+        eviction, a burst) comes between them. Requests that have to wait (for
+        a load, for room, for a node) are bounded by ``max_waiting`` per model
+        and by ``load_timeout_s``; ``arrived`` (monotonic) is when the request
+        came, for the swap policy.
         """
         node = self.serving(model_id, exclude)
         if node is not None:
-            return node
+            return self.leases.take(node, model_id)
         if self._waiting[model_id] >= self.settings.max_waiting:
             raise GatewayError(
                 429,
@@ -313,12 +366,23 @@ class Lifecycle:
                 headers={"retry-after": str(RETRY_AFTER_S)},
             )
         self._waiting[model_id] += 1
+        arrival = time.monotonic() if arrived is None else arrived
+        arrivals = self._arrivals.setdefault(model_id, [])
+        arrivals.append(arrival)
         try:
-            return await self._resolve(model_id, exclude)
+            node = await self._resolve(model_id, exclude)
+            return self.leases.take(node, model_id)
         finally:
             self._waiting[model_id] -= 1
             if self._waiting[model_id] <= 0:
                 del self._waiting[model_id]
+            arrivals.remove(arrival)
+            if not arrivals:
+                self._arrivals.pop(model_id, None)
+
+    def _oldest(self, model_id: str) -> float:
+        """When the oldest request waiting for ``model_id`` arrived (now, if none does)."""
+        return min(self._arrivals.get(model_id, ()), default=time.monotonic())
 
     async def _resolve(self, model_id: str, exclude: frozenset[str]) -> str:
         deadline = time.monotonic() + self.settings.load_timeout_s
@@ -328,6 +392,11 @@ class Lifecycle:
             match self._route(model_id, exclude):
                 case Serve(node):
                     return node
+                case Hold(_):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise _late(model_id)
+                    await self._wait_change(min(remaining, 1.0))
                 case ColdLoad(profile):
                     return await self.ensure_loaded(profile, deadline - time.monotonic())
                 case WaitForLoad(node):
@@ -362,6 +431,18 @@ class Lifecycle:
             for waiter in waiters:
                 waiter.cancel()
 
+    async def _wait_change(self, within_s: float) -> None:
+        """Wait for the next change of the fleet or its requests (or for the gateway to stop)."""
+        waiters = {
+            asyncio.ensure_future(self._changed.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, timeout=within_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
     async def _watch(self, node: str) -> None:
         try:
             while self._watched[node] > 0:
@@ -381,10 +462,15 @@ class Lifecycle:
             # Someone always retrieves the outcome, even if every caller gave up.
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         timeout = self.settings.load_timeout_s if within_s is None else max(within_s, 0)
+        self._callers[profile.id] += 1
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
             raise _late(profile.id) from None
+        finally:
+            self._callers[profile.id] -= 1
+            if self._callers[profile.id] <= 0:
+                del self._callers[profile.id]
 
     @property
     def loading(self) -> frozenset[str]:
@@ -392,14 +478,33 @@ class Lifecycle:
         return frozenset(self._loads)
 
     async def _cold_load(self, profile: ModelProfile) -> str:
+        try:
+            return await self._place_and_load(profile)
+        finally:
+            self._blocked.pop(profile.id, None)
+
+    async def _place_and_load(self, profile: ModelProfile) -> str:
         needed: int | None = None
         exclude: set[str] = set()
         last_error = "no attempt made"
-        for _ in range(len(self.clients) + 16):
-            # Fresh answers from the nodes that could take it, in parallel and bounded:
-            # a slow node is judged on its last answer, not waited for.
-            candidates = [n for n in self.clients if n not in exclude and profile.allowed_on(n)]
-            await self._refresh(candidates, PLACEMENT_POLL_S)
+        attempts = 0
+        fresh = True
+        deadline = time.monotonic() + self.settings.load_timeout_s
+        while attempts < len(self.clients) + 16:
+            cooling = in_backoff(self.backoffs, profile.id, self._clock())
+            candidates = [
+                n
+                for n in self.clients
+                if n not in exclude and n not in cooling and profile.allowed_on(n)
+            ]
+            if not candidates and cooling and not attempts:
+                # Every node that could take it failed to load it recently: no new try yet.
+                raise self._cooling_down(profile.id, cooling)
+            if fresh:
+                # Fresh answers from the nodes that could take it, in parallel and bounded:
+                # a slow node is judged on its last answer, not waited for.
+                await self._refresh(candidates, PLACEMENT_POLL_S)
+                fresh = False
             # Deciding and claiming the victims happens without a pause, so two cold
             # loads never choose the same victims; the unloads then run unlocked.
             decision = place(
@@ -409,19 +514,29 @@ class Lifecycle:
                 self._busy(),
                 self.strategy,
                 needed_bytes=needed,
-                exclude=frozenset(exclude),
+                exclude=frozenset(exclude | cooling.keys()),
+                wait_for_busy=True,
             )
             if isinstance(decision, Unplaceable):
                 message = decision.message
                 if exclude:
                     message = f"model {profile.id!r} cannot be placed: {last_error}"
                 log.warning("model cannot be placed", extra={"model": profile.id, "error": message})
-                raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
+                raise GatewayError(
+                    503, ErrorKind.UNAVAILABLE, message, headers=_retry_after(cooling)
+                )
+            if decision.waits_for:
+                await self._wait_for_room(profile, decision.node, decision.waits_for, deadline)
+                continue
+            self._blocked.pop(profile.id, None)
             await self._evict_for(decision)
+            attempts += 1
             failure = await self._load_on(decision.node, profile)
             if failure is None:
+                self.backoffs.pop((decision.node, profile.id), None)
                 return decision.node
             last_error = f"{failure.node} answered {failure.code or 'no answer'}"
+            fresh = True  # plan again on what the nodes say now (another load may be under way)
             retry = after_failed_load(
                 profile,
                 failure,
@@ -436,14 +551,67 @@ class Lifecycle:
                     needed = needed_bytes  # the neuron's own figure: plan evictions with it
                 case EvictOne(node, victim):
                     await self.unload(node, victim, self._reason)
+                case WaitForRoom(node, victims):
+                    await self._wait_for_room(profile, node, victims, deadline)
                 case Exclude(node):
+                    self._back_off(node, profile.id)
                     exclude.add(node)
                 case GiveUp(_):
+                    self._back_off(failure.node, profile.id)
                     # The neuron's own words stay in the log (its "load failed" line).
                     message = f"model {profile.id!r} cannot be loaded: {last_error}"
-                    raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
+                    cooling = in_backoff(self.backoffs, profile.id, self._clock())
+                    raise GatewayError(
+                        503, ErrorKind.UNAVAILABLE, message, headers=_retry_after(cooling)
+                    )
         message = f"model {profile.id!r} cannot be placed: {last_error}"
-        raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
+        cooling = in_backoff(self.backoffs, profile.id, self._clock())
+        raise GatewayError(503, ErrorKind.UNAVAILABLE, message, headers=_retry_after(cooling))
+
+    async def _wait_for_room(
+        self, profile: ModelProfile, node: str, victims: tuple[str, ...], deadline: float
+    ) -> None:
+        """Wait while ``victims`` on ``node`` have requests in flight.
+
+        The swap policy decides when they stop taking new ones.
+        """
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _late(profile.id)
+        if not self._callers.get(profile.id) and not profile.pinned:
+            raise GatewayError(503, ErrorKind.UNAVAILABLE, "nobody waits for this load any more")
+        self._blocked[profile.id] = Blocked(profile.id, node, victims, self._oldest(profile.id))
+        if all(not self.leases.counts.get((node, v)) for v in victims):
+            # Idle by the gateway's count: the neuron's own count is from its last poll.
+            await self.refresh(node)
+        else:
+            await self._wait_change(min(remaining, 1.0))
+
+    def _back_off(self, node: str, model_id: str) -> None:
+        """A load of ``model_id`` failed on ``node``: pause loads of it there, longer each time."""
+        failures = (
+            self.backoffs[(node, model_id)].failures + 1 if (node, model_id) in self.backoffs else 1
+        )
+        pause = backoff_s(failures)
+        self.backoffs[(node, model_id)] = Backoff(failures, self._clock() + pause)
+        log.warning(
+            "load backing off",
+            extra={"model": model_id, "node": node, "failures": failures, "seconds": pause},
+        )
+
+    def clear_backoff(self, model_id: str) -> None:
+        """An operator asks for ``model_id``: forget its failed loads everywhere."""
+        for key in [k for k in self.backoffs if k[1] == model_id]:
+            del self.backoffs[key]
+
+    def _cooling_down(self, model_id: str, cooling: Mapping[str, float]) -> GatewayError:
+        wait = min(cooling.values())
+        return GatewayError(
+            503,
+            ErrorKind.UNAVAILABLE,
+            f"model {model_id!r} failed to load recently; the next try is in {math.ceil(wait)} s",
+            headers=_retry_after(cooling),
+        )
 
     @property
     def _reason(self) -> EvictionReason:
@@ -580,3 +748,8 @@ def _late(model_id: str) -> GatewayError:
     return GatewayError(
         503, ErrorKind.UNAVAILABLE, f"model {model_id!r} did not finish loading in time"
     )
+
+
+def _retry_after(cooling: Mapping[str, float]) -> dict[str, str]:
+    """``Retry-After`` for the soonest node to come out of backoff (none if none cools down)."""
+    return {"retry-after": str(math.ceil(min(cooling.values())))} if cooling else {}

@@ -236,26 +236,30 @@ class Pipeline:
 
     # --- routing and connecting ------------------------------------------------------
 
-    async def resolve(
+    async def acquire(
         self,
         call: Call,
         *,
         request: Request | None = None,
         exclude: frozenset[str] = frozenset(),
-    ) -> str:
-        """Route the call's model to a node (cold-loading it if need be); record the node.
+    ) -> Lease:
+        """Route the call's model (cold-loading it if need be) and hold the node for it.
 
         With ``request``, a client that leaves while its model loads is noticed
         (:class:`ClientGone`) and its request never goes on.
         """
         assert call.model is not None, "name the model first"
         node = self.life.serving(call.model, exclude)
-        if node is None:
-            routing = asyncio.ensure_future(self.life.resolve(call.model, exclude))
-            node = await (routing if request is None else _unless_gone(routing, request))
-        call.node = node
+        if node is not None:
+            lease = self.life.leases.take(node, call.model)
+        else:
+            acquiring = asyncio.ensure_future(
+                self.life.acquire(call.model, exclude, arrived=call.started)
+            )
+            lease = await (acquiring if request is None else _unless_gone(acquiring, request))
+        call.node = lease.node
         call.routed = time.monotonic()
-        return node
+        return lease
 
     async def connect(
         self, call: Call, path: str, body: bytes, *, request: Request | None = None
@@ -269,19 +273,17 @@ class Pipeline:
         """
         failed: set[str] = set()
         for attempt in (1, 2):
-            node = await self.resolve(call, request=request, exclude=frozenset(failed))
+            lease = await self.acquire(call, request=request, exclude=frozenset(failed))
             try:
-                return await self._open(call, node, path, body)
+                return await self._open(call, lease, path, body)
             except Unsent as exc:
                 if attempt == 2 or self.life.stopping:
                     raise exc.error from exc
-                failed.add(node)
+                failed.add(lease.node)
         raise AssertionError("unreachable: the second attempt answers or raises")
 
-    async def _open(self, call: Call, node: str, path: str, body: bytes) -> Connection:
-        assert call.model is not None
-        model = call.model
-        lease = self.life.leases.take(node, model)
+    async def _open(self, call: Call, lease: Lease, path: str, body: bytes) -> Connection:
+        node, model = lease.node, lease.model
         try:
             try:
                 base = await self.life.endpoint(node, model)
@@ -528,8 +530,11 @@ def _abandon(opening: asyncio.Future[Upstream]) -> None:
     opening.add_done_callback(drop)
 
 
-async def _unless_gone(routing: asyncio.Future[str], request: Request) -> str:
-    """``routing``'s node, unless the client disconnects first (then it is cancelled)."""
+async def _unless_gone(routing: asyncio.Future[Lease], request: Request) -> Lease:
+    """``routing``'s lease, unless the client disconnects first (then it is cancelled).
+
+    A lease that arrives after all is released at once.
+    """
     gone = asyncio.ensure_future(_disconnected(request))
     either: set[asyncio.Future[Any]] = {routing, gone}
     try:
@@ -538,9 +543,15 @@ async def _unless_gone(routing: asyncio.Future[str], request: Request) -> str:
         gone.cancel()
         if not routing.done():
             routing.cancel()
+            routing.add_done_callback(_release_late)
     if not routing.done():
         raise ClientGone
     return routing.result()
+
+
+def _release_late(routing: asyncio.Future[Lease]) -> None:
+    if not routing.cancelled() and routing.exception() is None:
+        routing.result().release()
 
 
 async def _disconnected(request: Request) -> None:

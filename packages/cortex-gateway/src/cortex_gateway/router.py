@@ -24,6 +24,7 @@ __all__ = [
     "EvictOne",
     "Exclude",
     "GiveUp",
+    "Hold",
     "InFlight",
     "LoadFailure",
     "NoNode",
@@ -35,6 +36,7 @@ __all__ = [
     "Strategy",
     "Unplaceable",
     "WaitForLoad",
+    "WaitForRoom",
     "after_failed_load",
     "defrag_candidates",
     "evictable",
@@ -66,6 +68,16 @@ class WaitForLoad:
 
 
 @dataclass(frozen=True, slots=True)
+class Hold:
+    """The model is ready on ``node`` but admits no new request there: wait, route again.
+
+    A swap away from it is due there, or under way.
+    """
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
 class ColdLoad:
     """The model is in the catalogue but loaded nowhere: place and load it."""
 
@@ -86,7 +98,7 @@ class NoNode:
     message: str
 
 
-Decision = Serve | WaitForLoad | ColdLoad | NotFound | NoNode
+Decision = Serve | Hold | WaitForLoad | ColdLoad | NotFound | NoNode
 
 
 def _in_flight(node: NodeState, model_id: str, in_flight: InFlight) -> int:
@@ -102,18 +114,24 @@ def route(
     *,
     exclude: frozenset[str] = frozenset(),
     avoid: frozenset[str] = frozenset(),
+    gated: frozenset[tuple[str, str]] = frozenset(),
 ) -> Decision:
     """Where a request for the concrete ``model_id`` goes (aliases already resolved).
 
     ``exclude``: nodes this request already failed on; ``avoid``: nodes that
-    failed recently, used only when no other node has the model ready.
+    failed recently, used only when no other node has the model ready;
+    ``gated``: ``(node, model)`` pairs admitting no new request (a swap away
+    from the model is due there).
     """
     ready = [fleet.nodes[name] for name in fleet.locations(model_id) if name not in exclude]
-    preferred = [n for n in ready if n.name not in avoid] or ready
+    open_ = [n for n in ready if (n.name, model_id) not in gated]
+    preferred = [n for n in open_ if n.name not in avoid] or open_
     if preferred:
         # Fewest requests in flight; configuration order breaks ties.
         best = min(preferred, key=lambda n: _in_flight(n, model_id, in_flight))
         return Serve(best.name)
+    if ready:
+        return Hold(ready[0].name)
     loading = [name for name in fleet.loading(model_id) if name not in exclude]
     if loading:
         return WaitForLoad(loading[0])
@@ -138,10 +156,15 @@ def route(
 
 @dataclass(frozen=True, slots=True)
 class Placement:
-    """Load on ``node`` after unloading ``evict`` there (in that order)."""
+    """Load on ``node`` after unloading ``evict`` there (in that order).
+
+    ``waits_for``: the models among ``evict`` that have requests in flight; the
+    load waits until they have drained.
+    """
 
     node: str
     evict: tuple[str, ...] = ()
+    waits_for: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,15 +185,27 @@ def _fits(free: Sequence[int], needed: int, tp: int) -> bool:
 
 
 def evictable(
-    node: NodeState, catalogue: Catalogue, in_flight: InFlight, *, keep: str | None = None
+    node: NodeState,
+    catalogue: Catalogue,
+    in_flight: InFlight,
+    *,
+    keep: str | None = None,
+    busy: bool = False,
 ) -> list[ModelInfo]:
-    """Models on ``node`` that may be unloaded: ready, idle, not pinned, not ``keep``."""
+    """Models on ``node`` that may be unloaded: ready, idle, not pinned, not ``keep``.
+
+    With ``busy``, the ones that may go once they are done instead: ready with
+    requests in flight, or still loading or unloading.
+    """
     found = []
     for info in node.models:
         profile = catalogue.profile(info.id)
-        if info.id == keep or info.state != "ready" or (profile is not None and profile.pinned):
+        if info.id == keep or (profile is not None and profile.pinned):
             continue
-        if _in_flight(node, info.id, in_flight) > 0:
+        if info.state == "ready":
+            if (_in_flight(node, info.id, in_flight) > 0) != busy:
+                continue
+        elif not (busy and info.state in ("loading", "unloading")):
             continue
         found.append(info)
     return found
@@ -209,6 +244,7 @@ def place(
     *,
     needed_bytes: int | None = None,
     exclude: frozenset[str] = frozenset(),
+    wait_for_busy: bool = False,
 ) -> Placement | Unplaceable:
     """Choose a node for a cold load of ``profile`` and what to evict there first.
 
@@ -216,7 +252,9 @@ def place(
     ``memory_gb``. Without either figure, or on a node without GPUs, the node's
     own preflight decides: the node is chosen without evictions. Among nodes
     that fit, the one needing the fewest evictions and then having the most
-    free memory wins.
+    free memory wins. With ``wait_for_busy``, models with requests in flight
+    may be chosen too (after every idle one, and as few as possible): the load
+    then waits for them to drain (``Placement.waits_for``).
     """
     needed = needed_bytes if needed_bytes is not None else profile.memory_bytes
     tp = _tp(profile)
@@ -224,16 +262,26 @@ def place(
     if not candidates:
         allowed = ", ".join(profile.nodes) if profile.nodes else "any node"
         return Unplaceable(f"no node that may hold {profile.id!r} ({allowed}) is up")
-    options: list[tuple[int, int, Placement]] = []
+    options: list[tuple[int, int, int, Placement]] = []
     for node in candidates:
         if needed is None or not node.devices:
-            options.append((0, -node.memory_free, Placement(node.name)))
+            options.append((0, 0, -node.memory_free, Placement(node.name)))
             continue
         if not _fits([d.memory_total for d in node.devices], needed, tp):
             continue
-        victims = eviction_order(
+        idle = eviction_order(
             evictable(node, catalogue, in_flight, keep=profile.id), catalogue, strategy
         )
+        busy = (
+            eviction_order(
+                evictable(node, catalogue, in_flight, keep=profile.id, busy=True),
+                catalogue,
+                strategy,
+            )
+            if wait_for_busy
+            else []
+        )
+        victims = idle + busy
         chosen: list[ModelInfo] = []
         while not _fits(_free_after(node.devices, chosen), needed, tp):
             if len(chosen) == len(victims):
@@ -241,14 +289,16 @@ def place(
             chosen.append(victims[len(chosen)])
         else:
             free = sum(_free_after(node.devices, chosen))
-            options.append((len(chosen), -free, Placement(node.name, tuple(v.id for v in chosen))))
+            waits = tuple(v.id for v in chosen[len(idle) :])
+            placement = Placement(node.name, tuple(v.id for v in chosen), waits)
+            options.append((len(waits), len(chosen), -free, placement))
     if not options:
         figure = f" ({needed / GIB:.1f} GiB)" if needed else ""
         return Unplaceable(
             f"model {profile.id!r}{figure} cannot be placed: no allowed node has room,"
-            " even after evicting every idle, unpinned model"
+            " even after evicting every unpinned model"
         )
-    return min(options, key=lambda o: (o[0], o[1]))[2]
+    return min(options, key=lambda o: o[:3])[3]
 
 
 # --- after a failed load ---------------------------------------------------------------
@@ -285,6 +335,14 @@ class EvictOne:
 
 
 @dataclass(frozen=True, slots=True)
+class WaitForRoom:
+    """Wait for ``victims`` on ``node`` (whose free memory the gateway cannot see) to drain."""
+
+    node: str
+    victims: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Exclude:
     """Leave ``node`` out and place again."""
 
@@ -298,7 +356,7 @@ class GiveUp:
     message: str
 
 
-Retry = PlanAgain | EvictOne | Exclude | GiveUp
+Retry = PlanAgain | EvictOne | WaitForRoom | Exclude | GiveUp
 
 
 def after_failed_load(
@@ -314,7 +372,8 @@ def after_failed_load(
     """What a cold load does next after ``failure``, planned with ``needed_bytes`` so far.
 
     ``insufficient_memory`` on a node without GPUs frees one model there by
-    strategy (or leaves the node out when nothing may go); on a GPU node it
+    strategy (waits for one to drain when all are busy; leaves the node out
+    when nothing may go); on a GPU node it
     plans again with the neuron's own figure, once per new figure. A
     configuration problem gives up; anything else leaves the node out.
     """
@@ -324,7 +383,13 @@ def after_failed_load(
             victims = eviction_order(
                 evictable(node, catalogue, in_flight, keep=profile.id), catalogue, strategy
             )
-            return EvictOne(node.name, victims[0].id) if victims else Exclude(failure.node)
+            if victims:
+                return EvictOne(node.name, victims[0].id)
+            busy = evictable(node, catalogue, in_flight, keep=profile.id, busy=True)
+            if busy:
+                ordered = eviction_order(busy, catalogue, strategy)
+                return WaitForRoom(node.name, (ordered[0].id,))
+            return Exclude(failure.node)
         if failure.needed_bytes is not None and failure.needed_bytes != needed_bytes:
             return PlanAgain(failure.needed_bytes)
     if failure.code in FINAL_LOAD_ERRORS:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -64,8 +66,21 @@ class AdminRoutes:
             {"node": node, "model": model, "count": count}
             for (node, model), count in life.in_flight.items()
         ]
+        now = time.time()
+        backoff = [
+            {"node": node, "model": model, "failures": state.failures, "until": state.until}
+            for (node, model), state in life.backoffs.items()
+            if state.until > now
+        ]
+        waiting = [{"model": model, "count": count} for model, count in life.waiting.items()]
         return json_response(
-            {"nodes": nodes, "loading": sorted(life.loading), "in_flight": in_flight}
+            {
+                "nodes": nodes,
+                "loading": sorted(life.loading),
+                "in_flight": in_flight,
+                "waiting": waiting,
+                "backoff": backoff,
+            }
         )
 
     async def load(self, request: Request, call: Call) -> Response:
@@ -76,6 +91,7 @@ class AdminRoutes:
             model = parse_model_id(pipeline.name(call, body.model))
         except InvalidModelId as exc:
             raise GatewayError(400, ErrorKind.BAD_REQUEST, printable(str(exc), 500)) from exc
+        life.clear_backoff(model.concrete)  # an operator asks: try again now
         catalogued = life.catalogue.profile(model.concrete)
         profile = catalogued or ModelProfile(id=model.concrete, source=model.source)
         if model.source and profile.source != model.source:

@@ -154,9 +154,9 @@ class AnthropicRoutes:
         pipeline = self.gateway.pipeline
         counted = pipeline.decode(await pipeline.read_body(request), CountTokensRequest)
         model = pipeline.name(call, counted.model)
-        node = await pipeline.resolve(call, request=request)
+        lease = await pipeline.acquire(call, request=request)
         messages, tools = openai_messages_for_tokenize(counted)
-        client = self.gateway.lifecycle.clients[node]
+        client = self.gateway.lifecycle.clients[lease.node]
         try:
             answer = await client.tokenize(
                 TokenizeRequest(model=model, messages=messages, tools=tools)
@@ -170,5 +170,7 @@ class AnthropicRoutes:
                 url=client.base_url,
                 upstream_status=exc.upstream_status,
             ) from exc
+        finally:
+            lease.release()
         pipeline.finish(call, 200, Meter(started=call.started))
         return json_response(CountTokensResponse(input_tokens=answer.count), headers=call.headers())

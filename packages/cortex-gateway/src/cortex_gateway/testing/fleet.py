@@ -22,6 +22,7 @@ behind the gateway's back, a state from a newer neuron).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -95,6 +96,8 @@ class JsonAnswer:
     """The connection breaks while the body is read."""
     relayable: bool = False
     """The neuron marks its error message safe to show the client."""
+    delay_s: float = 0.0
+    """Seconds the answer takes (a generation's time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +172,7 @@ class ScriptedNode:
         host_memory_gib: float = 64.0,
         reply: str = ANSWER,
         chunk_delay_s: float = 0.0,
+        answer_delay_s: float = 0.0,
         version: str = "0.0.0+scripted",
         token: str | None = None,
     ) -> None:
@@ -184,12 +188,15 @@ class ScriptedNode:
         self.host_memory = int(host_memory_gib * GIB)
         self.reply = reply
         self.chunk_delay_s = chunk_delay_s
+        self.answer_delay_s = answer_delay_s
         self.version = version
         self.up = True
         self.started_at = time.time()
         self.models: dict[str, ModelInfo] = {}
         self.answers: deque[ScriptedAnswer] = deque()
         """Answers for the next inference requests, in order; then the default reply."""
+        self.loads = 0
+        """Loads that succeeded (each one an engine start on a real neuron)."""
         self.calls: list[str] = []
         """Management calls received, as ``"<call> <model>"`` (``"models"`` for polls)."""
         self.requests: list[ScriptedRequest] = []
@@ -307,7 +314,9 @@ class ScriptedNode:
                     {"needed_bytes": needed, "devices": []},
                 )
             devices, shares = [], [needed]
-        info = ModelInfo(id=model.id, state="loading", devices=devices, phase="starting")
+        info = ModelInfo(
+            id=model.id, state="loading", devices=devices, memory_bytes=needed, phase="starting"
+        )
         self.models[model.id] = info
         self._memory[model.id] = shares
         if model.load_s:
@@ -329,6 +338,7 @@ class ScriptedNode:
             max_model_len=2048,
         )
         self.models[model.id] = ready
+        self.loads += 1
         return ready
 
     def unload(self, model_id: str) -> UnloadResponse:
@@ -381,7 +391,7 @@ class ScriptedNode:
             "choices": [choice],
             "usage": _usage(self.reply),
         }
-        return JsonAnswer(json.dumps(completion).encode())
+        return JsonAnswer(json.dumps(completion).encode(), delay_s=self.answer_delay_s)
 
     def _events(self, model: str, request: dict[str, Any], chat: bool) -> list[bytes]:
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -526,7 +536,10 @@ class ScriptedUpstream:
         """The JSON body (or the whole stream)."""
         try:
             if isinstance(self.answer, JsonAnswer):
-                if self.answer.break_read:
+                if self.answer.delay_s:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._dropped.wait(), self.answer.delay_s)
+                if self.answer.break_read or self._dropped.is_set():
                     raise UpstreamError("ClientPayloadError: response payload is not completed")
                 return self.answer.body
             return b"".join([chunk async for chunk in self.chunks()])
@@ -583,7 +596,13 @@ class ScriptedFleet:
         return self
 
     def config(
-        self, folder: Path, models_toml: str = "", *, gateway: str = "", eviction: str = ""
+        self,
+        folder: Path,
+        models_toml: str = "",
+        *,
+        gateway: str = "",
+        eviction: str = "",
+        scheduling: str = "",
     ) -> GatewayConfig:
         """Write ``cortex.toml`` (its ``[[neurons]]`` are this fleet) and ``models.toml``; load."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -596,7 +615,7 @@ class ScriptedFleet:
         path = folder / "cortex.toml"
         path.write_text(
             f'[gateway]\nlisten = "127.0.0.1:1"\nmetrics_listen = "127.0.0.1:2"\n{gateway}\n'
-            f"[eviction]\n{eviction}\n{neurons}"
+            f"[eviction]\n{eviction}\n[scheduling]\n{scheduling}\n{neurons}"
         )
         return load_gateway_config(path)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: each prints figures, side by side with its baseline, in one run."""
