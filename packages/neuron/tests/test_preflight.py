@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -11,11 +12,13 @@ from cortex_core.units import GIB
 from neuron.errors import NeuronError
 from neuron.preflight import (
     CPU_OVERHEAD_BYTES,
+    CUDA_CONTEXT_BYTES,
     DEFAULT_MAX_MODEL_LEN,
     GPU_OVERHEAD_BYTES,
     KV_SEQUENCES,
     MIN_KV_BYTES,
     check_architecture,
+    gpu_memory_utilization,
     kv_bytes_per_token,
     plan_load,
 )
@@ -259,8 +262,13 @@ def test_gpu_plan_picks_the_device_with_most_free_memory() -> None:
     kv = default_kv(QWEN3_8B_KV_PER_TOKEN)
     assert plan.devices == (1,)
     assert plan.kv_cache_bytes == kv
-    assert plan.options == {"max_model_len": 8192, "kv_cache_memory_bytes": kv}
-    assert plan.needed_bytes == QWEN3_8B_WEIGHTS + kv + GPU_OVERHEAD_BYTES
+    share = QWEN3_8B_WEIGHTS + kv + GPU_OVERHEAD_BYTES
+    assert plan.options == {
+        "max_model_len": 8192,
+        "kv_cache_memory_bytes": kv,
+        "gpu_memory_utilization": gpu_memory_utilization(share, [HOST_GPUS[1]]),
+    }
+    assert plan.needed_bytes == share
     assert "tensor_parallel_size" not in plan.options
 
 
@@ -450,3 +458,37 @@ def test_unknown_supported_set_passes_any_architecture() -> None:
     """With no list of supported architectures, the first one named is accepted."""
     config = {"architectures": ["MambaForCausalLM", "LlamaForCausalLM"]}
     assert check_architecture(config, None) == "MambaForCausalLM"
+
+
+# --- gpu_memory_utilization ------------------------------------------------------------------
+
+
+def _gpu(index: int, total_gib: float, used_gib: float) -> Device:
+    total, used = int(total_gib * GIB), int(used_gib * GIB)
+    return Device(index=index, memory_total=total, memory_used=used, memory_free=total - used)
+
+
+def test_a_model_on_a_shared_gpu_asks_for_its_share_not_vllms_default() -> None:
+    """A second model on a busy GPU asks for about its own share, below what is free."""
+    busy = _gpu(0, 24, 14)
+    plan = plan_load(QWEN3_1_7B, QWEN3_1_7B_WEIGHTS, {}, [busy], None, 64 * GIB)
+    fraction = plan.options["gpu_memory_utilization"]
+    assert fraction * busy.memory_total <= busy.memory_free - CUDA_CONTEXT_BYTES
+    assert fraction < 0.9
+    share = plan.needed_bytes - CUDA_CONTEXT_BYTES
+    assert abs(fraction * busy.memory_total - share) < busy.memory_total / 10_000
+
+
+def test_an_operators_own_fraction_is_kept() -> None:
+    """gpu_memory_utilization given with the load is not replaced."""
+    options = {"gpu_memory_utilization": 0.5}
+    plan = plan_load(QWEN3_1_7B, QWEN3_1_7B_WEIGHTS, options, [_gpu(0, 24, 0)], None, 64 * GIB)
+    assert plan.options["gpu_memory_utilization"] == 0.5
+
+
+def test_tensor_parallel_on_unequal_gpus_fits_the_tightest_one() -> None:
+    """One fraction for all workers: never more than the tightest GPU has free."""
+    tight, roomy = _gpu(0, 80, 70), _gpu(1, 24, 2)
+    fraction = gpu_memory_utilization(9 * GIB, [tight, roomy])
+    for device in (tight, roomy):
+        assert math.ceil(fraction * device.memory_total) <= device.memory_free - CUDA_CONTEXT_BYTES

@@ -7,6 +7,7 @@ with what context length and KV cache, or say exactly why not.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,14 @@ from cortex_core.neuron_api import Device
 from cortex_core.units import GIB
 from neuron.errors import NeuronError
 
-__all__ = ["DEFAULT_MAX_MODEL_LEN", "Plan", "check_architecture", "plan_load"]
+__all__ = [
+    "CUDA_CONTEXT_BYTES",
+    "DEFAULT_MAX_MODEL_LEN",
+    "Plan",
+    "check_architecture",
+    "gpu_memory_utilization",
+    "plan_load",
+]
 
 MIB = 1 << 20
 DEFAULT_MAX_MODEL_LEN = 8192
@@ -26,6 +34,9 @@ KV_SEQUENCES = 4
 MIN_KV_BYTES = 64 * MIB
 GPU_OVERHEAD_BYTES = 1 * GIB
 """CUDA context, activations and graphs per device, beyond weights and KV cache."""
+CUDA_CONTEXT_BYTES = 512 * MIB
+"""The part of ``GPU_OVERHEAD_BYTES`` a worker's CUDA context takes before vLLM measures
+free memory: vLLM's start-up check sees that much less free than NVML did."""
 CPU_OVERHEAD_BYTES = 3 * GIB // 2
 """vLLM's EngineCore and worker processes on the CPU, beyond weights and KV cache."""
 
@@ -208,9 +219,28 @@ def plan_load(
             + ", ".join(f"GPU {d.index} {d.memory_free / GIB:.1f} GiB" for d in chosen),
             {"needed_bytes": needed, "devices": _free(chosen)},
         )
+    if "gpu_memory_utilization" not in options:
+        # vLLM's default (0.9 of the device) fails its start-up check on a GPU that
+        # already holds another model: ask for this model's share instead.
+        options["gpu_memory_utilization"] = gpu_memory_utilization(per_device, chosen)
     return Plan(
         tuple(sorted(d.index for d in chosen)), options, max_model_len, weights_bytes, kv, needed
     )
+
+
+def gpu_memory_utilization(per_device: int, chosen: Sequence[Device]) -> float:
+    """The ``gpu_memory_utilization`` that lets vLLM start with ``per_device`` bytes on each GPU.
+
+    vLLM refuses to start when a device's free memory, measured once its CUDA
+    context exists, is below ``gpu_memory_utilization`` times its total (one
+    fraction for every tensor-parallel worker). The fraction asked for is this
+    model's share of the largest-share device, never more than the tightest
+    device has free, rounded down so the check's own rounding cannot fail it.
+    """
+    share = max((per_device - CUDA_CONTEXT_BYTES) / d.memory_total for d in chosen)
+    room = min((d.memory_free - CUDA_CONTEXT_BYTES) / d.memory_total for d in chosen)
+    fraction = math.floor(min(share, room) * 10_000) / 10_000
+    return max(fraction, 0.0001)
 
 
 def _free(devices: Sequence[Device]) -> list[dict[str, int]]:
