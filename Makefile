@@ -69,6 +69,10 @@ dist: install ## Build wheels and sdists of every distribution into dist/
 srpm: dist ## Build the cortex and helexa-neuron source RPMs into dist/srpm/
 	./scripts/build-srpms.sh
 
+.PHONY: release-srpm
+release-srpm: uv ## Build both SRPMs of a release from its tag: make release-srpm TAG=v0.2.0
+	UV="$(UV)" ./scripts/release-srpms.sh "$(TAG)"
+
 .PHONY: test-packaging
 test-packaging: dist ## Install the built wheels into clean venvs and check what they pull in
 	$(UV) run --no-sync pytest -m packaging $(PYTEST_ARGS)

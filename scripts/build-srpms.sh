@@ -41,6 +41,12 @@ if ! command -v rpmbuild >/dev/null 2>&1; then
     fi
 fi
 
+if ! command -v rpmlint >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "srpm: rpmlint is missing; installing Debian's rpmlint package to lint the SRPMs"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rpmlint >/dev/null; } \
+        || echo "srpm: rpmlint could not be installed: the SRPMs are not linted"
+fi
+
 topdir="$(mktemp -d "${TMPDIR:-/tmp}/cortex-srpm.XXXXXX")"
 trap 'rm -rf "$topdir"' EXIT
 mkdir -p "$topdir"/{SOURCES,SPECS,SRPMS,BUILD,RPMS} "$SRPM_DIR"
