@@ -140,3 +140,40 @@ async def test_an_unknown_model_is_the_same_failure_on_every_route(tmp_path: Pat
             assert [(s.labels["kind"], s.labels["model"], s.value) for s in errors] == [
                 ("not_found", "other", 1.0)
             ]
+
+
+async def test_reload_applies_a_new_alias_at_once_and_refuses_a_broken_file(
+    tmp_path: Path,
+) -> None:
+    """POST /admin/reload: /v1/models shows the new alias at once; a broken file is a 422."""
+    async with serve(
+        tmp_path, nodes(), CATALOGUE, models=MODELS, api_keys=["user"], admin_keys=["admin"]
+    ) as gw:
+        admin = {"authorization": "Bearer admin"}
+        models_toml = tmp_path / "models.toml"
+        models_toml.write_text('[aliases]\n"tier/one" = "fake/b"\n' + CATALOGUE)
+        user = await gw.http.post("/admin/reload", headers={"authorization": "Bearer user"})
+        assert user.status_code == 403
+
+        response = await gw.http.post("/admin/reload", headers=admin)
+        assert response.status_code == 200, response.text
+        assert response.json() == {
+            "reloaded": str(models_toml),
+            "models": 2,
+            "aliases": {"tier/one": "fake/b"},
+        }
+        listed = (await gw.http.get("/v1/models", headers=admin)).json()["data"]
+        assert {m["id"]: m.get("alias_of") for m in listed}["tier/one"] == "fake/b"
+
+        models_toml.write_text('[aliases]\n"tier/one" = "fake/gone"\n' + CATALOGUE)
+        broken = await gw.http.post("/admin/reload", headers=admin)
+        assert broken.status_code == 422
+        message = broken.json()["error"]["message"]
+        assert message.startswith(f'not reloaded: {models_toml}: aliases."tier/one": ')
+        chat = await gw.http.post(
+            "/v1/chat/completions",
+            headers=admin,
+            json={"model": "tier/one", "messages": QUESTION},
+        )
+        assert chat.status_code == 200
+        assert gw.node("beast").ready("fake/b")

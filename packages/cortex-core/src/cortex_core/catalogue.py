@@ -6,7 +6,10 @@ name a concrete model so clients can pick a tier without hard-coding ids.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +164,10 @@ def _validate_profile(i: int, profile: ModelProfile) -> None:
 def load_catalogue(path: str | Path) -> Catalogue:
     """Load and validate ``models.toml``; raise :class:`ConfigError` naming file and key."""
     path = Path(path)
-    data = read_toml(path)
+    return _catalogue(read_toml(path), path)
+
+
+def _catalogue(data: dict[str, Any], path: Path) -> Catalogue:
     aliases = data.pop("aliases", {})
     file = convert_section(data, ModelsFile, path)
     file.aliases = convert_table(aliases, str, path, "aliases")
@@ -171,14 +177,26 @@ def load_catalogue(path: str | Path) -> Catalogue:
         raise ConfigError(path, exc.key, exc.problem) from None
 
 
-def save_alias(path: str | Path, alias: str, target: str | None) -> Catalogue:
+def save_alias(
+    path: str | Path,
+    alias: str,
+    target: str | None,
+    check: Callable[[Catalogue], None] | None = None,
+) -> Catalogue:
     """Set (or, with ``target=None``, remove) an alias in ``models.toml``, keeping comments.
 
-    The edited file is validated before it is written; an edit that would make
-    it invalid raises :class:`ConfigError` and leaves the file as it was.
+    The edited file is validated (and given to ``check``, which may raise
+    :class:`ConfigError` too) before it replaces the old one, atomically and
+    with the old one's permissions; an edit that would make it invalid raises
+    :class:`ConfigError` and leaves the file as it was.
     """
     path = Path(path)
-    document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    try:
+        document = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror or exc}") from None
+    except tomlkit.exceptions.ParseError as exc:
+        raise ConfigError(path, None, f"not valid TOML: {exc}") from None
     aliases = document.get("aliases")
     if aliases is None:
         aliases = tomlkit.table()
@@ -190,12 +208,18 @@ def save_alias(path: str | Path, alias: str, target: str | None) -> Catalogue:
     else:
         aliases[alias] = target
     text = tomlkit.dumps(document)
-    parsed = convert_section(tomlkit.parse(text).unwrap(), ModelsFile, path)
-    try:
-        catalogue = Catalogue.from_file(parsed)
-    except CatalogueError as exc:
-        raise ConfigError(path, exc.key, exc.problem) from None
+    catalogue = _catalogue(tomlkit.parse(text).unwrap(), path)
+    if check is not None:
+        check(catalogue)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        shutil.copymode(path, tmp)
+        with contextlib.suppress(OSError):  # the group (root:cortex); only root may set it
+            stat = path.stat()
+            os.chown(tmp, stat.st_uid, stat.st_gid)
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(path, None, f"cannot write: {exc.strerror or exc}") from None
     return catalogue

@@ -16,8 +16,15 @@ from typing import Any
 
 import click
 
-from cortex_core.config import ConfigError, GatewayConfig, load_gateway_config, parse_hostport
+from cortex_core.catalogue import Catalogue, save_alias
+from cortex_core.config import (
+    ConfigError,
+    GatewayConfig,
+    check_catalogue_nodes,
+    load_gateway_config,
+)
 from cortex_core.logs import LogFormat, configure_logging
+from cortex_core.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 
@@ -29,6 +36,9 @@ gateway_option = click.option(
     default=lambda: os.environ.get("CORTEX_GATEWAY", DEFAULT_GATEWAY),
     show_default="$CORTEX_GATEWAY or " + DEFAULT_GATEWAY,
     help="The gateway's API address.",
+)
+config_option = click.option(
+    "--config", "config_path", help=f"cortex.toml (default $CORTEX_CONFIG or {DEFAULT_CONFIG})"
 )
 key_option = click.option(
     "--key",
@@ -59,9 +69,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config", "config_path", help=f"cortex.toml (default $CORTEX_CONFIG or {DEFAULT_CONFIG})"
-)
+@config_option
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
@@ -78,20 +86,17 @@ def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> Non
     except ConfigError as exc:
         click.echo(f"cortex: {exc}", err=True)
         sys.exit(2)
-    configure_logging(log_format, log_level.upper())
-    try:
-        asyncio.run(_serve(config))
-    except OSError as exc:  # the port is taken, the address is not this host's, ...
-        click.echo(f"cortex: cannot listen: {exc.strerror or exc}", err=True)
+    try:  # now: a port in use is one line, before anything starts
+        api_bind = bind_listen(config.cortex.gateway.listen)
+        metrics_bind = bind_listen(config.cortex.gateway.metrics_listen)
+    except ListenError as exc:
+        click.echo(f"cortex: {exc}", err=True)
         sys.exit(1)
+    configure_logging(log_format, log_level.upper())
+    asyncio.run(_serve(config, api_bind, metrics_bind))
 
 
-def _bind(listen: str) -> str:
-    host, port = parse_hostport(listen)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-async def _serve(config: GatewayConfig) -> None:
+async def _serve(config: GatewayConfig, api_bind: str, metrics_bind: str) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -116,9 +121,9 @@ async def _serve(config: GatewayConfig) -> None:
         loop.add_signal_handler(sig, terminate)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
 
-    def hyper(listen: str) -> Config:
+    def hyper(bind: str) -> Config:
         settings = Config()
-        settings.bind = [_bind(listen)]
+        settings.bind = [bind]
         settings.accesslog = None
         # Through our own handler and format, not hypercorn's second one.
         settings.errorlog = logging.getLogger("hypercorn.error")
@@ -130,10 +135,8 @@ async def _serve(config: GatewayConfig) -> None:
     api_app: Any = api
     metrics_app: Any = metrics
     await asyncio.gather(
-        hypercorn_serve(api_app, hyper(config.cortex.gateway.listen), shutdown_trigger=stop.wait),
-        hypercorn_serve(
-            metrics_app, hyper(config.cortex.gateway.metrics_listen), shutdown_trigger=stop.wait
-        ),
+        hypercorn_serve(api_app, hyper(api_bind), shutdown_trigger=stop.wait),
+        hypercorn_serve(metrics_app, hyper(metrics_bind), shutdown_trigger=stop.wait),
     )
 
 
@@ -305,3 +308,83 @@ def unload(gateway: str, key: str | None, model: str, node: str | None) -> None:
         gateway, "POST", "/admin/models/unload", {"model": model, "node": node}, key=key
     )
     click.echo(f"{answer['model']} unloaded from {', '.join(answer['nodes'])}")
+
+
+# --- aliases ----------------------------------------------------------------------------
+
+reload_option = click.option(
+    "--reload/--no-reload",
+    default=True,
+    show_default=True,
+    help="Tell the gateway to read the file again (POST /admin/reload).",
+)
+
+
+@main.group()
+def alias() -> None:
+    """List and change tier aliases in models.toml, and apply them without a restart."""
+
+
+@alias.command("list")
+@config_option
+def alias_list(config_path: str | None) -> None:
+    """The aliases models.toml defines: NAME -> TARGET."""
+    config = _load(_config_path(config_path))
+    aliases = config.catalogue.aliases
+    if not aliases:
+        click.echo(f"no aliases in {config.models_path}")
+    width = max((len(name) for name in aliases), default=0)
+    for name, target in aliases.items():
+        click.echo(f"{name.ljust(width)} -> {target}")
+
+
+@alias.command("set")
+@config_option
+@gateway_option
+@key_option
+@reload_option
+@click.argument("name")
+@click.argument("target")
+def alias_set(
+    config_path: str | None, gateway: str, key: str | None, reload: bool, name: str, target: str
+) -> None:
+    """Point alias NAME at model TARGET (a [[models]] id), then reload the gateway."""
+    _edit_alias(_config_path(config_path), name, target, gateway, key, reload)
+
+
+@alias.command("rm")
+@config_option
+@gateway_option
+@key_option
+@reload_option
+@click.argument("name")
+def alias_rm(
+    config_path: str | None, gateway: str, key: str | None, reload: bool, name: str
+) -> None:
+    """Remove alias NAME, then reload the gateway."""
+    _edit_alias(_config_path(config_path), name, None, gateway, key, reload)
+
+
+def _edit_alias(
+    path: Path, name: str, target: str | None, gateway: str, key: str | None, reload: bool
+) -> None:
+    """Edit models.toml as ``cortex check`` would accept it, keeping its comments; then reload."""
+    config = _load(path)  # the file as it stands must be valid before it is edited
+
+    def nodes_exist(catalogue: Catalogue) -> None:
+        check_catalogue_nodes(config.path, config.models_path, config.cortex, catalogue)
+
+    try:
+        save_alias(config.models_path, name, target, nodes_exist)
+    except ConfigError as exc:
+        click.echo(f"cortex: {exc}", err=True)
+        sys.exit(2)
+    change = f"{name} -> {target}" if target else f"{name} removed"
+    click.echo(f"{change} in {config.models_path}")
+    if not reload:
+        return
+    answer = _request(gateway, "POST", "/admin/reload", key=key)
+    click.echo(
+        f"the gateway at {gateway} reloaded: {answer['models']} model(s),"
+        f" {len(answer['aliases'])} alias(es)"
+    )

@@ -17,7 +17,7 @@ from cortex_core import openai as oa
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import FleetModel, FleetModelList
 
-__all__ = ["AdminAnswer", "AdminRequest", "openapi_document"]
+__all__ = ["AdminAnswer", "AdminRequest", "ReloadAnswer", "openapi_document"]
 
 REF = "#/components/schemas/{name}"
 
@@ -38,6 +38,14 @@ class AdminAnswer(msgspec.Struct):
     nodes: list[str] | None = None
 
 
+class ReloadAnswer(msgspec.Struct):
+    """What ``/admin/reload`` answers: the file read, and the catalogue now in force."""
+
+    reloaded: str
+    models: int
+    aliases: dict[str, str]
+
+
 class Health(msgspec.Struct):
     """``GET /health``."""
 
@@ -53,6 +61,7 @@ _ERRORS = {
     408: "the request body did not arrive in time",
     413: "the request body is too large",
     415: "the body is not declared JSON",
+    422: "models.toml is broken: not reloaded, the catalogue in force stays",
     429: "too many requests wait for this model to load (see Retry-After)",
     500: "an internal error",
     502: "the model server could not be reached or failed",
@@ -78,6 +87,7 @@ def openapi_document() -> dict[str, Any]:
         FleetModel,
         AdminRequest,
         AdminAnswer,
+        ReloadAnswer,
         Health,
     ]
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
@@ -183,6 +193,12 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Unload a model from one node or everywhere",
                 "requestBody": json_body(ref[AdminRequest]),
                 "responses": answers(ref[AdminAnswer], openai_error, admin),
+            }
+        },
+        "/admin/reload": {
+            "post": {
+                "summary": "Read models.toml again (aliases and profiles), as SIGHUP does",
+                "responses": answers(ref[ReloadAnswer], openai_error, [401, 403, 422, 500]),
             }
         },
     }

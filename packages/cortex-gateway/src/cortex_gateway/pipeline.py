@@ -188,8 +188,18 @@ class Pipeline:
 
     @staticmethod
     def require_json(request: Request) -> None:
-        """Refuse a POST whose body is not declared JSON (a web page cannot send one unasked)."""
-        kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        """Refuse a POST whose body is not declared JSON (a web page cannot send one unasked).
+
+        A POST with neither a body nor a content type (``POST /admin/reload``) passes.
+        """
+        headers = request.headers
+        if (
+            "content-type" not in headers
+            and headers.get("content-length", "0") == "0"
+            and "transfer-encoding" not in headers
+        ):
+            return
+        kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if kind != "application/json" and not (
             kind.startswith("application/") and kind.endswith("+json")
         ):

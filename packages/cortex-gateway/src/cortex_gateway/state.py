@@ -97,15 +97,19 @@ class Gateway:
             },
         )
 
-    def reload(self) -> bool:
-        """Read ``models.toml`` again; a broken file is refused and the catalogue in force stays."""
+    def reload(self) -> ConfigError | None:
+        """Read ``models.toml`` again (SIGHUP, ``POST /admin/reload``).
+
+        A broken file is refused, logged once, and returned; the catalogue in
+        force stays. Requests in flight keep the model they resolved.
+        """
         path = self.config.models_path
         try:
             catalogue = load_catalogue(path)
             check_catalogue_nodes(self.config.path, path, self.config.cortex, catalogue)
         except ConfigError as exc:
             log.error("catalogue not reloaded", extra={"path": str(path), "error": str(exc)})
-            return False
+            return exc
         self.config = dataclasses.replace(self.config, catalogue=catalogue)
         if self._running is not None:
             self._running.lifecycle.catalogue = catalogue
@@ -113,7 +117,7 @@ class Gateway:
             "catalogue reloaded",
             extra={"path": str(path), "models": len(catalogue), "aliases": len(catalogue.aliases)},
         )
-        return True
+        return None
 
     async def drain(self, grace_s: float) -> None:
         """Stop gracefully: ``/health`` says 503 while requests finish, then cut what remains.

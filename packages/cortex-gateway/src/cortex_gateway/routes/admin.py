@@ -13,7 +13,7 @@ from cortex_core.ids import InvalidModelId, parse_model_id
 from cortex_core.text import printable
 from cortex_core.wire import to_builtins
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
-from cortex_gateway.openapi import AdminRequest
+from cortex_gateway.openapi import AdminRequest, ReloadAnswer
 from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
@@ -42,6 +42,7 @@ class AdminRoutes:
             r("/admin/fleet", "admin_fleet", self.fleet, "GET"),
             r("/admin/models/load", "admin_load", self.load, "POST"),
             r("/admin/models/unload", "admin_unload", self.unload, "POST"),
+            r("/admin/reload", "admin_reload", self.reload, "POST"),
         ]
 
     async def fleet(self, request: Request, call: Call) -> Response:
@@ -82,6 +83,20 @@ class AdminRoutes:
                 "backoff": backoff,
             }
         )
+
+    async def reload(self, request: Request, call: Call) -> Response:
+        """``POST /admin/reload``: read ``models.toml`` again, as SIGHUP does.
+
+        A broken file answers 422 naming file, key and problem; the catalogue
+        in force stays.
+        """
+        if problem := self.gateway.reload():
+            raise GatewayError(422, ErrorKind.BAD_REQUEST, f"not reloaded: {problem}")
+        config = self.gateway.config
+        answer = ReloadAnswer(
+            str(config.models_path), len(config.catalogue), dict(config.catalogue.aliases)
+        )
+        return json_response(answer)
 
     async def load(self, request: Request, call: Call) -> Response:
         """``POST /admin/models/load``: place (or put on ``node``) and wait until ready."""
