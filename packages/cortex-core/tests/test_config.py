@@ -60,7 +60,9 @@ def test_example_configs_load(tmp_path: Path) -> None:
     neuron = load_neuron_config(CONFIGS / "neuron.example.toml")
     assert neuron.neuron.name == "beast"
     assert neuron.sources["local"].kind == "path"
-    assert neuron.sources["helexa"].kind == "hub"
+    assert neuron.sources["huggingface"].kind == "hub"
+    assert "helexa" not in neuron.sources  # commented out until the registry serves models
+    assert neuron.neuron.engine_env is None  # the RPM's copy sets it
     assert neuron.engine == {"enforce_eager": False}
 
 

@@ -222,6 +222,9 @@ class NeuronSection(_Config):
     """At most this much memory planned for all engines together; none: free memory decides."""
     token_env: str | None = None
     """The environment variable holding the token every route but /health and /metrics needs."""
+    engine_env: str | None = None
+    """A virtual environment holding vLLM (``neuron engine install`` makes it); the neuron
+    runs in it. None: vLLM is in the neuron's own environment."""
 
 
 class SourceConfig(_Config):
@@ -260,6 +263,8 @@ def _validate_neuron(path: Path, config: NeuronConfig) -> None:
     check_value(path, "neuron.advertise_url", check_url, section.advertise_url)
     if not section.cache_dir:
         raise ConfigError(path, "neuron.cache_dir", "may not be empty")
+    if section.engine_env is not None and not Path(section.engine_env).is_absolute():
+        raise ConfigError(path, "neuron.engine_env", "must be an absolute path")
     for name, source in config.sources.items():
         key = f"sources.{toml_key(name)}"
         check_value(path, key, validate_source_name, name)

