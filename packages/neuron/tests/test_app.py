@@ -27,6 +27,7 @@ from neuron.app import NeuronApp, create_app
 from neuron.engine import JsonReply, Reply
 from neuron.preflight import CPU_OVERHEAD_BYTES, MIN_KV_BYTES
 from neuron.registry import Registry
+from neuron.testing.gguf import write_gguf
 from neuron.testing.scripted import ScriptedEngine, ScriptedFactory
 
 WEIGHTS_BYTES = 4096
@@ -795,3 +796,42 @@ def test_stream_abandoned_before_its_first_chunk_releases(
             await registry.close()
 
     asyncio.run(main())
+
+
+GGUF_HEADER: dict[str, object] = {
+    "general.architecture": "llama",
+    "llama.block_count": 2,
+    "llama.context_length": 4096,
+    "llama.attention.head_count": 4,
+    "llama.attention.head_count_kv": 2,
+    "llama.embedding_length": 64,
+}
+
+
+def test_a_gguf_repository_loads_its_one_file(config: NeuronConfig) -> None:
+    """Sized by the GGUF file, its header read for the config; the engine is told which file."""
+    assert config.sources["local"].path is not None
+    folder = Path(config.sources["local"].path) / "test" / "quant"
+    write_gguf(folder / "quant.Q4_K_M.gguf", GGUF_HEADER, padding=8192)
+    with serve(config) as neuron:
+        body = neuron.load("test/quant")
+        (engine,) = neuron.factory.started
+    assert engine.spec.options["gguf_file"] == "quant.Q4_K_M.gguf"
+    assert engine.spec.path == folder
+    assert body["memory_bytes"] > (folder / "quant.Q4_K_M.gguf").stat().st_size
+
+
+def test_an_engine_without_gguf_support_refuses_in_preflight(config: NeuronConfig) -> None:
+    """unsupported_model (422) with the engine's reason; no engine starts, nothing is listed."""
+    assert config.sources["local"].path is not None
+    folder = Path(config.sources["local"].path) / "test" / "quant"
+    write_gguf(folder / "quant.gguf", GGUF_HEADER)
+    factory = ScriptedFactory(gguf_refusal="this build cannot run them")
+    with serve(config, factory) as neuron:
+        response = neuron.client.post("/models/load", json={"model": "test/quant"})
+        assert response.status_code == 422
+        assert_neuron_error(response.json(), "unsupported_model")
+        message = response.json()["error"]["message"]
+        assert message == "test/quant has GGUF weights (quant.gguf): this build cannot run them"
+        assert neuron.state("test/quant") is None
+    assert factory.starts == 0

@@ -14,6 +14,7 @@ from cortex_core.config import NeuronConfig, NeuronSection, SourceConfig
 from cortex_core.ids import ModelId
 from neuron.errors import NeuronError
 from neuron.sources import HubSource, PathSource, Sources
+from neuron.testing.gguf import write_gguf
 from neuron.testing.hub import FakeHub, HubRequest
 
 pytestmark = pytest.mark.usefixtures("hub_env")
@@ -407,3 +408,81 @@ def test_sources_read_tokens_from_the_process_environment(
     source = Sources(config).for_model(ModelId("Qwen", "Qwen3-8B"))
     assert isinstance(source, HubSource)
     assert source.token == "hx_123"
+
+
+# --- GGUF repositories ------------------------------------------------------------------------
+
+QUANTS = ModelId("acme", "quants")
+LLAMA_GGUF: dict[str, object] = {
+    "general.architecture": "llama",
+    "llama.block_count": 2,
+    "llama.context_length": 4096,
+    "llama.embedding_length": 64,
+    "llama.attention.head_count": 4,
+    "llama.attention.head_count_kv": 2,
+    "tokenizer.ggml.tokens": [f"t{i}" for i in range(5000)],
+}
+Q4_BYTES, Q8_BYTES = 300_000, 600_000
+
+
+def make_gguf_repo(root: Path, *, two: bool) -> Path:
+    """``acme/quants``: GGUF weights only (one quantisation, or two), and a tokenizer."""
+    folder = root / "acme" / "quants"
+    write_gguf(folder / "quants.Q4_K_M.gguf", LLAMA_GGUF, padding=Q4_BYTES)
+    if two:
+        write_gguf(folder / "quants.Q8_0.gguf", LLAMA_GGUF, padding=Q8_BYTES)
+    write(folder / "tokenizer.json", json.dumps({"version": "1.0", "model": {}}))
+    write(folder / "README.md", "# quants\n")
+    return root
+
+
+def gguf_size(folder: Path, name: str) -> int:
+    """The size of a written GGUF file."""
+    return (folder / "acme" / "quants" / name).stat().st_size
+
+
+def test_path_source_sizes_the_only_gguf_and_reads_its_header(tmp_path: Path) -> None:
+    root = make_gguf_repo(tmp_path / "models", two=False)
+    meta = PathSource("local", root).metadata(QUANTS)
+    assert meta.gguf_file == "quants.Q4_K_M.gguf"
+    assert meta.weights_bytes == gguf_size(root, "quants.Q4_K_M.gguf")
+    assert meta.config["architectures"] == ["LlamaForCausalLM"]
+    assert meta.config["max_position_embeddings"] == 4096
+
+
+def test_path_source_asks_which_of_several_ggufs(tmp_path: Path) -> None:
+    root = make_gguf_repo(tmp_path / "models", two=True)
+    with pytest.raises(NeuronError) as caught:
+        PathSource("local", root).metadata(QUANTS)
+    assert caught.value.code == "invalid_option"
+    assert "holds 2 GGUF files: choose one with the engine option gguf_file" in str(
+        caught.value.message
+    )
+    chosen = PathSource("local", root).metadata(QUANTS, "quants.Q8_0.gguf")
+    assert chosen.weights_bytes == gguf_size(root, "quants.Q8_0.gguf")
+    with pytest.raises(NeuronError, match=r"gguf_file 'nope\.gguf' is not in acme/quants"):
+        PathSource("local", root).metadata(QUANTS, "nope.gguf")
+
+
+def test_hub_gguf_header_is_read_with_ranges_and_only_that_file_fetched(tmp_path: Path) -> None:
+    """Metadata reads the header's first blocks, not the file; fetch takes only the chosen one."""
+    root = make_gguf_repo(tmp_path / "hub", two=True)
+    cache = tmp_path / "cache" / "sources" / "hub"
+    with FakeHub(root) as hub:
+        source = HubSource("hub", hub.url, None, cache)
+        meta = source.metadata(QUANTS, "quants.Q8_0.gguf")
+        gets = [r for r in hub.requests if r.method == "GET" and r.path.endswith(".gguf")]
+        folder = source.fetch(QUANTS, meta.gguf_file)
+    assert meta.weights_bytes == gguf_size(root, "quants.Q8_0.gguf")
+    assert meta.config["num_key_value_heads"] == 2
+    assert gets
+    assert all(r.range is not None for r in gets)
+    fetched = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert fetched == {"quants.Q8_0.gguf", "tokenizer.json"}
+
+
+def test_a_safetensors_repo_is_read_as_before_even_with_a_gguf_beside_it(tmp_path: Path) -> None:
+    root = make_repos(tmp_path / "models")
+    write_gguf(root / "acme" / "tiny" / "tiny.gguf", LLAMA_GGUF)
+    meta = PathSource("local", root).metadata(TINY)
+    assert (meta.gguf_file, meta.weights_bytes) == (None, TINY_WEIGHTS)

@@ -132,6 +132,10 @@ class EngineFactory(Protocol):
         """Raise :class:`InvalidOptionError` naming any option the engine does not take."""
         ...
 
+    def gguf_support(self) -> str | None:
+        """Why this engine cannot load GGUF weights, or ``None`` if it can."""
+        ...
+
     async def start(self, spec: EngineSpec) -> Engine:
         """Start an engine for ``spec``; raise :class:`EngineError` with the engine's reason."""
         ...

