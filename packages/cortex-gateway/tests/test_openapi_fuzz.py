@@ -81,6 +81,7 @@ def test_the_document_describes_every_route() -> None:
         "/admin/fleet",
         "/admin/models/load",
         "/admin/models/unload",
+        "/admin/reload",
     }
     chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]
     assert {"200", "400", "401", "404", "413", "502", "503", "504"} <= set(chat)
