@@ -78,8 +78,16 @@ test-packaging: dist ## Install the built wheels into clean venvs and check what
 	$(UV) run --no-sync pytest -m packaging $(PYTEST_ARGS)
 
 .PHONY: bench
-bench: ## Measure the latency the gateway adds (scripted neuron; bounded count)
-	PYTHONPATH=. $(UV) run --no-sync python scripts/bench_gateway.py
+bench: ## What the gateway costs per request and per chunk: direct, the bare-stack floor and cortex side by side, then a 100k soak (a few minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/proxy.py $(BENCH_ARGS)
+
+.PHONY: bench-quick
+bench-quick: ## The same, a fifth of the requests and a 10k soak (under a minute)
+	PYTHONPATH=. $(UV) run --no-sync python bench/proxy.py --quick --soak 10000 $(BENCH_ARGS)
+
+.PHONY: bench-neuron
+bench-neuron: ## The neuron against vLLM's own OpenAI server on SmolLM2 (CPU engine; several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/neuron.py $(BENCH_ARGS)
 
 .PHONY: bench-switching
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
