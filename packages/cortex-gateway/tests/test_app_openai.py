@@ -439,10 +439,10 @@ async def test_an_unexpected_failure_mid_stream_ends_it_with_an_error_event(
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
         await gw.chat("fake/small")
 
-        def broken(self: object, data: bytes, now: float) -> bool:
+        def broken(self: object, events: bytes, now: float, *, strip_usage: bool) -> bytes:
             raise RuntimeError("a secret bug")
 
-        monkeypatch.setattr("cortex_gateway.metering.Meter.observe", broken)
+        monkeypatch.setattr("cortex_gateway.metering.Meter.scan", broken)
         response = await gw.chat("fake/small", stream=True)
         assert response.status_code == 200
         assert stream_events(response.text)[-1]["error"]["message"] == "internal error"

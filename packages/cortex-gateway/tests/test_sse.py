@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from translate_support import PROPERTIES, RECORDED, payloads, recorded_lines, sse_bytes
 
 from cortex_core import anthropic as an
-from cortex_gateway.sse import SseParser
+from cortex_gateway.sse import EventFramer, EventTooLarge, SseParser
 from cortex_gateway.translate.anthropic import sse_event
 
 
@@ -112,3 +112,38 @@ def test_any_framing_in_any_fragments_parses_the_same(
     parser = SseParser()
     whole = SseParser()
     assert [p for f in fragments for p in payloads(parser, f)] == payloads(whole, data)
+
+
+@pytest.mark.parametrize(("pieces", "expected"), CASES)
+def test_framer_passes_whole_events_as_they_came(pieces: list[bytes], expected: list[str]) -> None:
+    """The framer's output is the parser's events' raw bytes, cut at event boundaries only."""
+    framer, parser = EventFramer(), SseParser()
+    framed = b"".join(framer.feed(piece) for piece in pieces)
+    raw = b"".join(event.raw for piece in pieces for event in parser.feed(piece))
+    assert framed == raw
+    assert framed + framer.rest() == b"".join(pieces)
+
+
+@given(st.lists(st.binary(max_size=40), max_size=12), st.data())
+def test_framer_is_the_parser_cut_anywhere(parts: list[bytes], data: st.DataObject) -> None:
+    """Any bytes cut anywhere: all of them come out, whole events first, the rest at the end."""
+    stream = b"".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    framer, parser = EventFramer(), SseParser()
+    framed = b"".join(framer.feed(piece) for piece in pieces)
+    raw = b"".join(event.raw for piece in pieces for event in parser.feed(piece))
+    assert framed == raw
+    assert framed + framer.rest() == stream
+
+
+def test_framer_bounds_an_event_without_end() -> None:
+    """An event that never ends is refused past the bound, on both paths."""
+    framer = EventFramer(max_event_bytes=64)
+    assert framer.feed(b"data: a\n\n") == b"data: a\n\n"
+    with pytest.raises(EventTooLarge):
+        framer.feed(b"data: " + b"x" * 100)
+    crlf = EventFramer(max_event_bytes=64)
+    crlf.feed(b"data: a\r\n\r\n")
+    with pytest.raises(EventTooLarge):
+        crlf.feed(b"data: " + b"x" * 100)

@@ -93,6 +93,8 @@ class GatewaySection(_Config):
     """Whether ``/admin/models/load`` may load ids outside the catalogue."""
     shutdown_grace_s: NonNegSeconds = 60.0
     """On SIGTERM, how long requests in flight may finish (``/health`` answers 503 meanwhile)."""
+    workers: PositiveInt = 1
+    """Gateway processes sharing the listen socket (the metrics port shows their sum)."""
 
 
 class EvictionSection(_Config):

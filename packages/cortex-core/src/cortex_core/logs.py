@@ -42,6 +42,8 @@ def _bounded(value: Any) -> Any:
 
 
 def _text_value(value: Any) -> str:
+    if value is None or value.__class__ in (int, float, bool):
+        return str(value)
     text = str(_bounded(str(value)))
     if not text or _NEEDS_QUOTES.search(text):
         return json.dumps(text)  # quoted, with every control character escaped

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from cortex_core.config import GatewayConfig
 from cortex_gateway.neurons import Neurons
@@ -19,7 +23,37 @@ from cortex_gateway.routes import api_routes, metrics_routes, unrouted
 from cortex_gateway.state import Gateway, NeuronsFactory
 from cortex_gateway.transport import HttpNeurons
 
-__all__ = ["create_apps", "http_neurons"]
+__all__ = ["GatewayApp", "create_apps", "http_neurons"]
+
+
+class GatewayApp(Starlette):
+    """Starlette, with the routes whose path is fixed answered without its middleware and router.
+
+    Every endpoint of the gateway answers its own errors (``routes.endpoint``),
+    so the middleware stack has nothing to do for them, and matching a dozen
+    path patterns costs more than one dictionary lookup. Routes with path
+    parameters, unknown paths and methods (404/405) and the lifespan go
+    through Starlette as usual.
+    """
+
+    def __init__(self, *, routes: list[Route], **kwargs: Any) -> None:
+        super().__init__(routes=routes, **kwargs)
+        self.exact = {
+            (method, route.path): route.endpoint
+            for route in routes
+            if not route.param_convertors
+            for method in route.methods or ()
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            endpoint = self.exact.get((scope["method"], scope["path"]))
+            if endpoint is not None:
+                scope["app"] = self
+                response = await endpoint(Request(scope, receive, send))
+                await response(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def http_neurons(config: GatewayConfig) -> Neurons:
@@ -32,7 +66,7 @@ def create_apps(
     *,
     neurons: NeuronsFactory = http_neurons,
     environ: Mapping[str, str] | None = None,
-) -> tuple[Starlette, Starlette, Gateway]:
+) -> tuple[GatewayApp, Starlette, Gateway]:
     """The API app, the metrics app (its own listener), and their shared state.
 
     ``neurons`` is called once the API app starts, in its event loop;
@@ -48,7 +82,7 @@ def create_apps(
         finally:
             await gateway.stop()
 
-    api = Starlette(
+    api = GatewayApp(
         routes=api_routes(gateway),
         lifespan=lifespan,
         exception_handlers=unrouted(gateway),

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -74,18 +75,35 @@ def main() -> None:
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
 @click.option("--log-level", default="INFO", show_default=True)
-def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> None:
+@click.option("--worker", type=int, default=None, hidden=True)
+@click.option("--api-fd", type=int, default=None, hidden=True)
+@click.option("--metrics-fd", type=int, default=None, hidden=True)
+def serve(
+    config_path: str | None,
+    log_format: LogFormat,
+    log_level: str,
+    worker: int | None,
+    api_fd: int | None,
+    metrics_fd: int | None,
+) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain requests in flight.
 
     SIGHUP reloads models.toml (a broken file is refused and the catalogue in
-    force stays).
+    force stays). With ``[gateway] workers`` above 1, this process supervises
+    that many gateway processes on one listen socket.
     """
-    config = _load(_config_path(config_path))
+    path = _config_path(config_path)
+    config = _load(path)
     try:
         config.neuron_tokens(os.environ)  # refuse now, not at the first call
     except ConfigError as exc:
         click.echo(f"cortex: {exc}", err=True)
         sys.exit(2)
+    if worker is not None and api_fd is not None and metrics_fd is not None:
+        # One of a supervisor's workers: its sockets are inherited, already bound.
+        configure_logging(log_format, log_level.upper())
+        run_loop(_serve(config, f"fd://{api_fd}", f"fd://{metrics_fd}", worker=worker))
+        return
     try:  # now: a port in use is one line, before anything starts
         api_bind = bind_listen(config.cortex.gateway.listen)
         metrics_bind = bind_listen(config.cortex.gateway.metrics_listen)
@@ -93,10 +111,31 @@ def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> Non
         click.echo(f"cortex: {exc}", err=True)
         sys.exit(1)
     configure_logging(log_format, log_level.upper())
-    asyncio.run(_serve(config, api_bind, metrics_bind))
+    count = config.cortex.gateway.workers
+    if count > 1:
+        from cortex_gateway.workers import Supervisor
+
+        args = ["--log-format", log_format, "--log-level", log_level]
+        api = int(api_bind.removeprefix("fd://"))
+        run_loop(Supervisor(count, path.resolve(), api, metrics_bind, args).run())
+        return
+    run_loop(_serve(config, api_bind, metrics_bind))
 
 
-async def _serve(config: GatewayConfig, api_bind: str, metrics_bind: str) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop (libuv's event loop in C) where it is installed, else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without uvloop's wheels
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
+async def _serve(
+    config: GatewayConfig, api_bind: str, metrics_bind: str, *, worker: int | None = None
+) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config
 
@@ -120,6 +159,10 @@ async def _serve(config: GatewayConfig, api_bind: str, metrics_bind: str) -> Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, terminate)
     loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    if worker is not None:
+        # A reload asked of this worker (POST /admin/reload) is passed on to its siblings.
+        supervisor = os.getppid()
+        gateway.on_reloaded = lambda: os.kill(supervisor, signal.SIGHUP)
 
     def hyper(bind: str) -> Config:
         settings = Config()

@@ -1,42 +1,46 @@
 """What each request cost: tokens, time to first token, decode rate, read off the answer.
 
-Non-streaming answers are read once they are complete. Streams are watched
-event by event as they pass, never held back; the usage chunk the gateway
-asked for on the client's behalf is taken out again.
+Non-streaming answers are read once they are complete. OpenAI streams pass as
+the bytes they came in, cut only at event boundaries, and are measured by
+scanning those bytes: a token is a non-empty ``content``/``text``/reasoning
+string or a tool call, and only an event holding a ``usage`` object (one per
+stream) is decoded, to count the tokens and, when the gateway asked for it on
+the client's behalf, to take it out again. Nothing else is decoded, so a
+relayed chunk costs a few byte searches. (The Anthropic route decodes every
+chunk anyway, to translate it, and meters the decoded chunks.)
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import msgspec
 
-from cortex_core.openai import Usage
-from cortex_gateway.sse import SseParser
+from cortex_core.openai import ChatCompletionChunk, Usage
+from cortex_gateway.sse import EventFramer, SseParser
 
 __all__ = ["Meter", "meter_stream", "usage_of"]
+
+_TOKEN = re.compile(
+    rb'"(?:content|text|reasoning_content|reasoning|refusal)"\s*:\s*"(?!")'
+    rb'|"tool_calls"\s*:\s*\[\s*\{'
+)
+"""A token in OpenAI stream bytes: a non-empty text field, or a tool call.
+
+Inside a JSON string every quote is escaped, so text that merely mentions
+``"content":"`` cannot match."""
+_USAGE = re.compile(rb'"usage"\s*:\s*\{')
 
 
 class _UsageView(msgspec.Struct):
     usage: Usage | None = None
 
 
-class _DeltaView(msgspec.Struct):
-    content: str | None = None
-    reasoning: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[msgspec.Raw] | None = None
-
-
-class _ChoiceView(msgspec.Struct):
-    delta: _DeltaView | None = None
-    text: str | None = None
-
-
 class _ChunkView(msgspec.Struct):
-    choices: list[_ChoiceView] = msgspec.field(default_factory=list)
+    choices: list[msgspec.Raw] = msgspec.field(default_factory=list)
     usage: Usage | None = None
 
 
@@ -77,49 +81,60 @@ class Meter:
         tokens = self.usage.completion_tokens - 1  # the first token opens the span
         return tokens / span if span > 0 and tokens > 0 else None
 
-    def observe(self, data: bytes, now: float) -> bool:
-        """Read one stream event's ``data`` seen at ``now``; true if it is a usage-only chunk."""
+    def scan(self, events: bytes, now: float, *, strip_usage: bool) -> bytes:
+        """Measure whole events of an OpenAI stream seen at ``now``; return what goes on.
+
+        That is ``events`` as they came, less a usage-only event when
+        ``strip_usage`` (the gateway asked for it, not the client).
+        """
+        if _TOKEN.search(events) is not None:
+            if self.first_token is None:
+                self.first_token = now
+            self.last_token = now
+        if _USAGE.search(events) is None:
+            return events
+        kept = []
+        for event in SseParser().feed(events):
+            data = event.data
+            if data is not None and b'"usage"' in data and self._usage_only(data) and strip_usage:
+                continue  # a usage chunk the client did not ask for: the gateway did
+            kept.append(event.raw)
+        return b"".join(kept)
+
+    def _usage_only(self, data: bytes) -> bool:
         try:
             view = _chunk.decode(data)
         except msgspec.DecodeError:
             return False
-        if _has_token(view):
-            self.first_token = self.first_token or now
-            self.last_token = now
-        if view.usage is not None:
-            self.usage = view.usage
-            return not view.choices
-        return False
+        if view.usage is None:
+            return False
+        self.usage = view.usage
+        return not view.choices
 
-
-def _has_token(chunk: _ChunkView) -> bool:
-    for choice in chunk.choices:
-        if choice.text:
-            return True
-        delta = choice.delta
-        if delta is not None and (
-            delta.content or delta.reasoning or delta.reasoning_content or delta.tool_calls
-        ):
-            return True
-    return False
+    def observe_chunk(self, chunk: ChatCompletionChunk, now: float) -> None:
+        """Measure one decoded stream chunk seen at ``now`` (the Anthropic route's)."""
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices:
+            delta = choice.delta
+            if delta.content or delta.refusal or delta.thinking or delta.tool_calls:
+                if self.first_token is None:
+                    self.first_token = now
+                self.last_token = now
+                return
 
 
 async def meter_stream(
     chunks: AsyncIterator[bytes], meter: Meter, *, strip_usage: bool
 ) -> AsyncIterator[bytes]:
-    """Pass SSE bytes through event by event, measuring; drop the usage-only chunk if asked."""
-    parser = SseParser()
+    """Pass SSE bytes through at event boundaries, measuring; drop the usage-only chunk if asked."""
+    framer = EventFramer()
     async for chunk in chunks:
         now = time.monotonic()
         if meter.first_byte is None:
             meter.first_byte = now
-        out = []
-        for event in parser.feed(chunk):
-            data = event.data
-            if data is not None and data != b"[DONE]" and meter.observe(data, now) and strip_usage:
-                continue  # a usage chunk the client did not ask for: the gateway did
-            out.append(event.raw)
-        if out:
-            yield b"".join(out)
-    if rest := parser.rest():
+        events = framer.feed(chunk)
+        if events and (events := meter.scan(events, now, strip_usage=strip_usage)):
+            yield events
+    if rest := framer.rest():
         yield rest

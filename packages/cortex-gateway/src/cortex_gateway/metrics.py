@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -168,6 +169,7 @@ class GatewayMetrics:
             ["model", "node", "reason"],
             registry=r,
         )
+        self._children: dict[tuple[Labels, int], tuple[Any, ...]] = {}
         lifecycle.on_load = self._load
         lifecycle.on_eviction = self._unloaded
 
@@ -207,17 +209,40 @@ class GatewayMetrics:
         self, labels: Labels, status: int, meter: Meter, latency: float, waited: float
     ) -> None:
         """Count an answered request with its tokens and timings."""
-        base = (labels.model, labels.alias, labels.node, labels.route)
-        self.requests.labels(*base, str(status)).inc()
-        self.latency.labels(*base).observe(latency)
-        self.wait.labels(*base).observe(waited)
+        children = self._children.get((labels, status))
+        if children is None:
+            children = self._success_children(labels, status)
+        requests, latency_h, wait_h, ttft_h, rate_h, prompt, completion = children
+        requests.inc()
+        latency_h.observe(latency)
+        wait_h.observe(waited)
         if (ttft := meter.ttft) is not None:
-            self.ttft.labels(*base).observe(ttft)
+            ttft_h.observe(ttft)
         if (rate := meter.decode_rate) is not None:
-            self.decode_rate.labels(*base).observe(rate)
+            rate_h.observe(rate)
         if meter.usage is not None:
-            self.prompt_tokens.labels(*base).inc(meter.usage.prompt_tokens)
-            self.completion_tokens.labels(*base).inc(meter.usage.completion_tokens)
+            prompt.inc(meter.usage.prompt_tokens)
+            completion.inc(meter.usage.completion_tokens)
+
+    def _success_children(self, labels: Labels, status: int) -> tuple[Any, ...]:
+        """The metric children a success with these labels feeds, looked up once.
+
+        The labels are bounded (catalogue ids, configured nodes, routes), so the
+        cache is too; prometheus_client's own lookup takes a lock and builds a
+        key every time.
+        """
+        base = (labels.model, labels.alias, labels.node, labels.route)
+        children = (
+            self.requests.labels(*base, str(status)),
+            self.latency.labels(*base),
+            self.wait.labels(*base),
+            self.ttft.labels(*base),
+            self.decode_rate.labels(*base),
+            self.prompt_tokens.labels(*base),
+            self.completion_tokens.labels(*base),
+        )
+        self._children[(labels, status)] = children
+        return children
 
     def _load(self, node: str, model: str, outcome: str, seconds: float) -> None:
         labels = (self.model_label(model), self.node_label(node), outcome)

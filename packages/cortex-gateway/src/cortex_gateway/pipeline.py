@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import itertools
 import logging
 import re
 import time
@@ -161,7 +162,7 @@ class Pipeline:
     def begin(self, request: Request, handler: str, surface: Surface) -> Call:
         """Start the bookkeeping of one request, with its request id (the client's, or new)."""
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given if _REQUEST_ID.fullmatch(given) else _new_request_id()
         return Call(handler, surface, request_id, time.monotonic())
 
     def authorize(self, request: Request, *, admin: bool = False) -> None:
@@ -381,21 +382,23 @@ class Pipeline:
         A break, a silence or an aborted lease is a :class:`GatewayError`.
         """
         idle = self.settings.stream_idle_timeout_s
-        loop = asyncio.get_running_loop()
         source = conn.upstream.chunks()
+        watch = _Silence(idle)
         try:
-            async with asyncio.timeout(None) as timer:
-                while True:
-                    timer.reschedule(loop.time() + idle)
-                    try:
-                        chunk = await anext(source)
-                    except StopAsyncIteration:
-                        break
-                    # No deadline while the client takes the chunk: only the neuron is timed.
-                    timer.reschedule(None)
-                    yield chunk
-        except TimeoutError as exc:
-            raise GatewayError(504, ErrorKind.TIMEOUT, SILENT, idle_s=idle) from exc
+            while True:
+                watch.waiting()
+                try:
+                    chunk = await anext(source)
+                except StopAsyncIteration:
+                    break
+                # No deadline while the client takes the chunk: only the neuron is timed.
+                watch.waiting_for = None
+                yield chunk
+        except asyncio.CancelledError:
+            if not watch.fired:
+                raise
+            watch.task.uncancel()
+            raise GatewayError(504, ErrorKind.TIMEOUT, SILENT, idle_s=idle) from None
         except UpstreamError as exc:
             aborted = conn.lease.aborted
             if aborted is not None and self.life.stopping:
@@ -404,6 +407,7 @@ class Pipeline:
                 502, ErrorKind.UPSTREAM, aborted or BROKEN_STREAM, error=str(exc)
             ) from exc
         finally:
+            watch.stop()
             await source.aclose()  # type: ignore[attr-defined]
 
     # --- answering -------------------------------------------------------------------
@@ -511,6 +515,54 @@ class Pipeline:
                 "latency_s": round(latency, 3),
             },
         )
+
+
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ids = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    """A request id unique to this process's life (random prefix, then a count): no syscall."""
+    return f"{_ID_PREFIX}{next(_ids):016x}"
+
+
+class _Silence:
+    """The idle deadline of a stream, for the price of reading the clock once per chunk.
+
+    A timer that is re-armed for every chunk costs two timer operations per
+    chunk; this one fires at most once per ``limit`` and looks at when the
+    current wait began. A silence of ``limit`` while the neuron is waited on
+    cancels the streaming task, with :attr:`fired` set to tell it why.
+    """
+
+    __slots__ = ("fired", "handle", "limit", "loop", "task", "waiting_for")
+
+    def __init__(self, limit: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None, "streams are read by a task"
+        self.task = task
+        self.limit = limit
+        self.fired = False
+        self.waiting_for: float | None = None
+        """When the wait for the current chunk began; None while the client takes one."""
+        self.handle = self.loop.call_later(limit, self._check)
+
+    def waiting(self) -> None:
+        self.waiting_for = self.loop.time()
+
+    def _check(self) -> None:
+        since = self.waiting_for
+        now = self.loop.time()
+        if since is not None and now - since >= self.limit:
+            self.fired = True
+            self.task.cancel()
+            return
+        due = since + self.limit if since is not None else now + self.limit
+        self.handle = self.loop.call_at(due, self._check)
+
+    def stop(self) -> None:
+        self.handle.cancel()
 
 
 def _presented_key(request: Request) -> str | None:

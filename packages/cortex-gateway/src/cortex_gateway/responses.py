@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from cortex_core.wire import encode
@@ -24,13 +25,19 @@ def json_response(
     return Response(encode(value), status_code=status, media_type=JSON, headers=headers)
 
 
-class ClosingStream(StreamingResponse):
+class ClosingStream(Response):
     """A server-sent-event stream whose ``done`` runs once, however the response ends.
 
     The clean-up lives in the response (not the body iterator), so it also
     runs for a client gone before the first chunk, when the iterator never
-    starts; the iterator is closed first.
+    starts; the iterator is closed first. A client that disconnects cancels
+    the stream where it waits (for the neuron, or to send), so the upstream
+    request is dropped at once. This is Starlette's ``StreamingResponse``
+    without its task group per stream: one watcher task, and each chunk sent
+    as it comes.
     """
+
+    media_type = "text/event-stream"
 
     def __init__(
         self,
@@ -38,16 +45,43 @@ class ClosingStream(StreamingResponse):
         headers: Mapping[str, str],
         done: Callable[[], Awaitable[None]],
     ) -> None:
-        super().__init__(
-            chunks, media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
-        )
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**headers, "cache-control": "no-cache"})
         self._chunks = chunks
         self._done = done
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        state = {"sending": True, "gone": False}
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            state["gone"] = True
+            if state["sending"]:
+                task.cancel()
+
+        watcher = asyncio.ensure_future(watch())
         try:
-            await super().__call__(scope, receive, send)
+            try:
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                async for chunk in self._chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                state["sending"] = False
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            except asyncio.CancelledError:
+                if not state["gone"]:
+                    raise
+                task.uncancel()
+            except OSError:  # a server that says so when the client is gone (ASGI 2.4)
+                pass
         finally:
+            state["sending"] = False
+            watcher.cancel()
             try:
                 await self._chunks.aclose()  # type: ignore[attr-defined]
             finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_EVENT_BYTES", "EventTooLarge", "SseEvent", "SseParser"]
+__all__ = ["MAX_EVENT_BYTES", "EventFramer", "EventTooLarge", "SseEvent", "SseParser"]
 
 MAX_EVENT_BYTES = 4 << 20
 """An event larger than this is no model server's: the stream is refused, not buffered."""
@@ -120,4 +120,48 @@ class SseParser:
         self._scanned = 0
         self._data = []
         self._skip_lf = False
+        return rest
+
+
+class EventFramer:
+    r"""Cut a stream at its last complete event, without splitting it into events.
+
+    What a pass-through needs: the bytes of whole events, as they came, at
+    the cost of one search per chunk. Streams whose lines end in ``\n`` (every
+    OpenAI-compatible server's) take that path; the first ``\r`` seen hands
+    the rest of the stream to an :class:`SseParser`, which knows every line
+    ending. The same bound holds: an event past ``max_event_bytes`` raises
+    :class:`EventTooLarge`.
+    """
+
+    __slots__ = ("_parser", "_pending", "max_event_bytes")
+
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._pending = b""
+        self._parser: SseParser | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The whole events that ``chunk`` completes (``b""`` if none), as they came."""
+        if self._parser is None and b"\r" in chunk:
+            self._parser = SseParser(self.max_event_bytes)
+            chunk, self._pending = self._pending + chunk, b""
+        if self._parser is not None:
+            return b"".join(event.raw for event in self._parser.feed(chunk))
+        data = self._pending + chunk if self._pending else chunk
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:  # no boundary yet
+            end = 0
+        self._pending = data[end:] if end < len(data) else b""
+        if len(self._pending) > self.max_event_bytes:
+            size = len(self._pending)
+            self._pending = b""
+            raise EventTooLarge(f"an event passed {self.max_event_bytes} bytes ({size} buffered)")
+        return data if end == len(data) else data[:end]
+
+    def rest(self) -> bytes:
+        """Whatever is left when the stream ends: an event without its blank line."""
+        if self._parser is not None:
+            return self._parser.rest()
+        rest, self._pending = self._pending, b""
         return rest

@@ -55,6 +55,8 @@ class Gateway:
         self._connect = neurons
         self._environ = os.environ if environ is None else environ
         self._running: Running | None = None
+        self.on_reloaded: Callable[[], object] | None = None
+        """Called after ``POST /admin/reload`` succeeded (a worker tells its supervisor)."""
 
     @property
     def running(self) -> Running:

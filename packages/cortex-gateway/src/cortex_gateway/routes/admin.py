@@ -92,6 +92,8 @@ class AdminRoutes:
         """
         if problem := self.gateway.reload():
             raise GatewayError(422, ErrorKind.BAD_REQUEST, f"not reloaded: {problem}")
+        if self.gateway.on_reloaded is not None:
+            self.gateway.on_reloaded()
         config = self.gateway.config
         answer = ReloadAnswer(
             str(config.models_path), len(config.catalogue), dict(config.catalogue.aliases)

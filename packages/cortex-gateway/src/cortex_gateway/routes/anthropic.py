@@ -123,14 +123,20 @@ class AnthropicRoutes:
             parser = SseParser()
             async for chunk in pipeline.chunks(conn):
                 now = time.monotonic()
+                out = []
                 for sse in parser.feed(chunk):
                     if sse.data is None:
                         continue
-                    meter.observe(sse.data, now)
-                    for translated in translator.feed_payload(sse.text or ""):
-                        yield sse_event(translated)
+                    events_of, decoded = translator.feed_data(sse.data)
+                    if decoded is not None:
+                        meter.observe_chunk(decoded, now)
+                    out += [sse_event(event) for event in events_of]
                     if translator.done:
-                        return
+                        break
+                if out:
+                    yield b"".join(out)
+                if translator.done:
+                    return
             for translated in translator.finish():
                 yield sse_event(translated)
 

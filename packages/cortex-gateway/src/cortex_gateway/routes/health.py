@@ -54,6 +54,8 @@ class HealthRoutes:
 
     async def scrape(self, request: Request, call: Call) -> Response:
         """``GET /metrics``: Prometheus text (rendered off the event loop)."""
+        if not self.gateway.started:  # the metrics port opens before the gateway has started
+            return Response("starting\n", status_code=503, media_type="text/plain")
         registry = self.gateway.running.metrics.registry
         text = await asyncio.to_thread(generate_latest, registry)
         return Response(text, media_type=CONTENT_TYPE_LATEST)

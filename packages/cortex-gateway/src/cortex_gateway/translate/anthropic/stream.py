@@ -121,18 +121,22 @@ class StreamTranslator:
         return events
 
     def feed_payload(self, payload: str) -> list[an.StreamEvent]:
-        """The events one SSE data payload brings.
+        """The events one SSE data payload brings (see :meth:`feed_data`)."""
+        return self.feed_data(payload.encode())[0]
 
-        ``[DONE]`` finishes the stream; an OpenAI error object, or a payload that
-        is no chunk, fails it with a generic message (never the upstream's text).
+    def feed_data(self, data: bytes) -> tuple[list[an.StreamEvent], oa.ChatCompletionChunk | None]:
+        """The events one SSE event's data brings, and the chunk it was (decoded once).
+
+        ``[DONE]`` finishes the stream; an OpenAI error object, or data that is
+        no chunk, fails it with a generic message (never the upstream's text).
         """
-        if payload.strip() == "[DONE]":
-            return self.finish()
+        if data.strip() == b"[DONE]":
+            return self.finish(), None
         try:
-            chunk = decode(payload, oa.ChatCompletionChunk)
+            chunk = decode(data, oa.ChatCompletionChunk)
         except WireError:
-            return self.fail(*_stream_error(payload))
-        return self.feed(chunk)
+            return self.fail(*_stream_error(data.decode("utf-8", errors="replace"))), None
+        return self.feed(chunk), chunk
 
     def finish(self) -> list[an.StreamEvent]:
         """Close the open block, start and close tool calls still waiting, then end the message."""

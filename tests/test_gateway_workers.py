@@ -1,0 +1,122 @@
+"""``[gateway] workers = 2``: two gateway processes on one port, their sum on the metrics port.
+
+Real processes: a supervisor and its workers, a neuron with scripted engines,
+on loopback. A worker killed with SIGKILL is started again while the other
+keeps serving; a reload reaches every worker; SIGTERM stops them all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import Fleet, NeuronSpec, StartFleet, fake_model
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+MODELS = '[[models]]\nid = "fake/a"\nmemory_gb = 4\n'
+
+
+def workers_of(supervisor: int) -> list[int]:
+    """The worker processes of a supervisor, from ``/proc``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == supervisor:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def until(check: Callable[[], bool], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def requests_total(fleet: Fleet) -> tuple[float, float]:
+    """``cortex_requests_total`` summed over labels, and ``cortex_gateway_workers``."""
+    text = httpx.get(f"{fleet.metrics_url}/metrics", timeout=10).text
+    total, workers = 0.0, 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "cortex_requests_total" and sample.labels["route"] != "other":
+                total += sample.value
+            if sample.name == "cortex_gateway_workers":
+                workers = sample.value
+    return total, workers
+
+
+def ask(fleet: Fleet, count: int) -> list[int]:
+    """``count`` chat requests, each on a new connection (so the kernel spreads them)."""
+    statuses = []
+    for _ in range(count):
+        with fleet.http() as client:
+            answer = client.post(
+                "/v1/chat/completions", json={"model": "fake/a", "messages": QUESTION}
+            )
+            statuses.append(answer.status_code)
+    return statuses
+
+
+def test_two_workers_serve_one_port_and_sum_their_metrics(
+    start_fleet: StartFleet, tmp_path: Path
+) -> None:
+    """Two workers answer; the metrics port counts every request; a killed worker comes back."""
+    root = tmp_path / "models"
+    fake_model(root, "fake/a", 3)
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        MODELS,
+        models_root=root,
+        gateway="workers = 2",
+        env={"NEURON_TEST_CHUNK_DELAY": "0"},
+    )
+    supervisor = fleet.gateway.pid
+    until(lambda: len(workers_of(supervisor)) == 2)
+    until(lambda: requests_total(fleet)[1] == 2)
+    assert ask(fleet, 20) == [200] * 20
+    assert requests_total(fleet)[0] == 20
+
+    # A worker dies: the other serves meanwhile, and the supervisor starts a new one.
+    first, second = workers_of(supervisor)
+    os.kill(first, signal.SIGKILL)
+    until(lambda: first not in workers_of(supervisor))
+    assert ask(fleet, 5) == [200] * 5
+    until(lambda: len(workers_of(supervisor)) == 2 and second in workers_of(supervisor))
+    until(lambda: requests_total(fleet)[1] == 2)
+    assert ask(fleet, 5) == [200] * 5
+    assert "worker exited; starting it again" in fleet.gateway.log()
+
+    # A reload asked of one worker reaches both.
+    (fleet.workdir / "models.toml").write_text(MODELS + '\n[aliases]\n"tier/x" = "fake/a"\n')
+    with fleet.http() as client:
+        assert client.post("/admin/reload").status_code == 200
+
+    def everyone_has_the_alias() -> bool:
+        for _ in range(8):
+            with fleet.http() as client:
+                ids = {m["id"] for m in client.get("/v1/models").json()["data"]}
+            if "tier/x" not in ids:
+                return False
+        return True
+
+    until(everyone_has_the_alias)
+    assert fleet.gateway.log().count("catalogue reloaded") >= 2
+
+    # SIGTERM: the workers drain and exit, then the supervisor.
+    workers = workers_of(supervisor)
+    assert fleet.gateway.stop() == 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
