@@ -87,7 +87,7 @@ bench-quick: ## The same, a fifth of the requests and a 10k soak (under a minute
 
 .PHONY: bench-neuron
 bench-neuron: ## The neuron against vLLM's own OpenAI server on SmolLM2 (CPU engine; several minutes)
-	PYTHONPATH=. $(UV) run --no-sync python bench/neuron.py $(BENCH_ARGS)
+	PYTHONPATH=. $(UV) run --no-sync python bench/engine.py $(BENCH_ARGS)
 
 .PHONY: bench-switching
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side

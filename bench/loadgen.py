@@ -120,7 +120,10 @@ class _Client(asyncio.Protocol):
             pending.sample.latency = time.perf_counter() - pending.sent
             pending.done.set_result(pending.sample)
             if not keep and self.transport is not None:
+                # The server closes (hypercorn does every keep_alive_max_requests):
+                # the next request goes on a new connection.
                 self.transport.close()
+                self.transport = None
 
 
 def request_bytes(
@@ -173,8 +176,9 @@ async def run(
                     client = None
                     continue
             samples.append(await client.send(request))
-        if client is not None and client.transport is not None:
-            client.transport.close()
+        if client is not None:
+            if client.transport is not None:
+                client.transport.close()
             await client.lost
 
     started = time.perf_counter()
@@ -202,7 +206,7 @@ def summary(samples: list[Sample], wall_s: float) -> dict[str, Any]:
     ]
     errors: dict[str, int] = {}
     for s in samples:
-        if s not in good:
+        if s.error is not None or not 200 <= s.status < 300:
             key = s.error or f"HTTP {s.status}"
             errors[key] = errors.get(key, 0) + 1
     return {

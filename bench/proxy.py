@@ -1,7 +1,10 @@
 """What the gateway costs on the path of every token: direct to a mock neuron vs through cortex.
 
 One run measures, side by side, the mock neuron (``bench/mock_neuron.py``)
-direct, the gateway in front of it, and any other OpenAI proxy given with
+direct, hypercorn alone answering a fixed body and the bare
+hypercorn+aiohttp proxy (``bench/floor_proxy.py``: the floors of the
+gateway's stack), the gateway in front of the mock, and any other OpenAI
+proxy given with
 ``--proxy NAME=URL`` (configured by you to reach the mock at ``--mock-port``
 with model ``bench/fast`` / ``bench/paced``; ``--litellm`` starts LiteLLM's
 proxy itself when it is installed). The gateway gets core 0 to itself, the
@@ -45,6 +48,8 @@ PYTHON = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 CHUNKS = 128
+OTHERS_LIMIT = 2000
+"""Requests per workload for proxies other than cortex: enough for figures, in bounded time."""
 DELAY_S = 0.02
 """The mock's pace for ``bench/paced``: 128 chunks 20 ms apart."""
 
@@ -205,6 +210,10 @@ class Target:
     url: str
     pid: int | None = None
     anthropic: bool = False
+    limit: int | None = None
+    """At most this many requests per workload (another proxy may be 100 times slower)."""
+    json_only: bool = False
+    """A fixed answer, no upstream: only the non-streaming workloads mean anything."""
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -491,9 +500,24 @@ def main() -> None:
             )
             wait_ready(f"http://127.0.0.1:{port}", chat("bench/fast"), "/v1/chat/completions")
             targets.append(Target("floor", f"http://127.0.0.1:{port}", pid=floor.pid))
+            port = free_port()
+            alone = stack.enter_context(
+                started(
+                    [PYTHON, str(ROOT / "bench/floor_proxy.py"), "--port", str(port), "--static"],
+                    proxy_cpus,
+                    work / "static.log",
+                )
+            )
+            wait_ready(f"http://127.0.0.1:{port}", chat("bench/fast"), "/v1/chat/completions")
+            targets.insert(
+                1,
+                Target(
+                    "hypercorn alone", f"http://127.0.0.1:{port}", pid=alone.pid, json_only=True
+                ),
+            )
         for spec in args.proxy:
             name, _, url = spec.partition("=")
-            targets.append(Target(name, url.rstrip("/")))
+            targets.append(Target(name, url.rstrip("/"), limit=OTHERS_LIMIT))
         if args.litellm:
             litellm = start_litellm(stack, work, mock_url, proxy_cpus)
             if litellm is not None:
@@ -516,13 +540,14 @@ def main() -> None:
             targets.append(Target(name, f"http://{api}", pid=process.pid, anthropic=True))
         for w in loads:
             for t in targets:
-                if w.anthropic and not t.anthropic:
+                if (w.anthropic and not t.anthropic) or (w.chunks and t.json_only):
                     continue
                 # Warm up (imports, connections) on the fast model, then measure.
                 quick = [(path, {**body, "model": "bench/fast"}) for path, body in w.mix]
                 load(t, Workload(w.name, quick, min(w.requests * 4, 500), w.concurrency), load_cpus)
+                count = min(w.requests, t.limit) if t.limit else w.requests
                 with profiling(args.profile, t, w):
-                    t.figures[w.name] = figures = load(t, w, load_cpus)
+                    t.figures[w.name] = figures = load(t, w, load_cpus, requests=count)
                 print(
                     f"{w.name:<24} {t.name:<12} {figures['ok']:>6} ok in {figures['wall_s']:.1f} s"
                     + (f", cpu {figures['cpu_s']:.2f} s" if "cpu_s" in figures else ""),
@@ -568,10 +593,40 @@ def _frame(frame: str) -> str:
     return f"{function} ({where.split(':')[0].rsplit('/', 1)[-1]})"
 
 
+LIBRARIES = (
+    "cortex_gateway",
+    "cortex_core",
+    "hypercorn",
+    "h11",
+    "starlette",
+    "anyio",
+    "aiohttp",
+    "multidict",
+    "yarl",
+    "msgspec",
+    "prometheus_client",
+    "logging",
+    "asyncio",
+    "importlib",
+)
+
+
+def _library(frame: str) -> str:
+    """Which library a py-spy frame's file belongs to (the event loop's C code: "loop")."""
+    _, _, where = frame.partition(" (")
+    if not where or where.startswith(("asyncio/runners.py", "process ")):
+        return "loop (uvloop's C code, syscalls)"
+    for name in LIBRARIES:
+        if f"{name}/" in where or f"<frozen {name}" in where:
+            return name
+    return "other"
+
+
 def top_of(collapsed: Path, count: int = 25) -> list[str]:
     """The functions with the most samples in a py-spy raw (collapsed) profile, self and total."""
     own: dict[str, int] = {}
     total: dict[str, int] = {}
+    libraries: dict[str, int] = {}
     samples = 0
     for line in collapsed.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
@@ -581,9 +636,14 @@ def top_of(collapsed: Path, count: int = 25) -> list[str]:
         samples += weight
         frames = [_frame(f) for f in stack.split(";")]
         own[frames[-1]] = own.get(frames[-1], 0) + weight
+        library = _library(stack.rsplit(";", 1)[-1])
+        libraries[library] = libraries.get(library, 0) + weight
         for frame in set(frames):
             total[frame] = total.get(frame, 0) + weight
-    lines = [f"{samples} samples", "", "self %  function"]
+    lines = [f"{samples} samples", "", "self %  library"]
+    for name, seen in sorted(libraries.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{seen / samples * 100:5.1f}  {name}")
+    lines += ["", "self %  function"]
     for name, seen in sorted(own.items(), key=lambda kv: -kv[1])[:count]:
         lines.append(f"{seen / samples * 100:5.1f}  {name}")
     lines += ["", "total %  function"]
@@ -645,11 +705,13 @@ def start_litellm(
             [binary, "--config", str(config), "--port", str(port), "--host", "127.0.0.1"],
             cpus,
             work / "litellm.log",
+            # loopback only, no key: LiteLLM asks for this to start without a master key
+            {"LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true", "LITELLM_LOG": "ERROR"},
         )
     )
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, chat("bench/fast"), "/v1/chat/completions", seconds=120)
-    return Target("LiteLLM", url, pid=process.pid)
+    return Target("LiteLLM", url, pid=process.pid, limit=OTHERS_LIMIT)
 
 
 if __name__ == "__main__":

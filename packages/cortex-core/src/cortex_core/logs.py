@@ -24,9 +24,9 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {
-        k: _bounded(v)
+        k: _bounded(v) if v.__class__ is str else v
         for k, v in vars(record).items()
-        if k not in _STANDARD and not k.startswith("_")
+        if k not in _STANDARD and k[0] != "_"
     }
 
 
@@ -56,6 +56,13 @@ class StructuredFormatter(logging.Formatter):
     def __init__(self, fmt: LogFormat = "text") -> None:
         super().__init__()
         self.fmt = fmt
+        self._stamp = (-1, "")
+
+    def _second(self, second: int) -> str:
+        """``second`` as UTC ISO 8601, formatted once per second (a busy gateway logs often)."""
+        if self._stamp[0] != second:
+            self._stamp = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+        return self._stamp[1]
 
     def format(self, record: logging.LogRecord) -> str:
         """One line: time, level, logger, message, then the fields."""
@@ -63,8 +70,7 @@ class StructuredFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             fields.setdefault("error", repr(record.exc_info[1]))
             fields["traceback"] = self.formatException(record.exc_info)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        stamp = f"{stamp}.{int(record.msecs):03d}Z"
+        stamp = f"{self._second(int(record.created))}.{int(record.msecs):03d}Z"
         if self.fmt == "json":
             line = {
                 "ts": stamp,

@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from cortex_core.config import (
     load_gateway_config,
 )
 from cortex_core.logs import LogFormat, configure_logging
+from cortex_core.loops import run as run_loop
 from cortex_core.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
@@ -120,17 +120,6 @@ def serve(
         run_loop(Supervisor(count, path.resolve(), api, metrics_bind, args).run())
         return
     run_loop(_serve(config, api_bind, metrics_bind))
-
-
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop (libuv's event loop in C) where it is installed, else asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - a platform without uvloop's wheels
-        asyncio.run(main)
-        return
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
 
 
 async def _serve(

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from cortex_core.config import GatewaySection
@@ -216,12 +216,23 @@ class Pipeline:
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_large
         body = bytearray()
+        receive = request.receive  # not request.stream(): a generator per request costs
         try:
             async with asyncio.timeout(self.settings.body_timeout_s):
-                async for chunk in request.stream():
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect
+                    chunk: bytes = message.get("body", b"")
+                    if not body and not message.get("more_body", False):
+                        if len(chunk) > limit:
+                            raise too_large
+                        return chunk  # the whole body in one message: no copy
                     body += chunk
                     if len(body) > limit:
                         raise too_large
+                    if not message.get("more_body", False):
+                        break
         except TimeoutError:
             raise GatewayError(
                 408,

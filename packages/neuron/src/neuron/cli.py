@@ -26,6 +26,7 @@ from cortex_core.config import (
     parse_hostport,
 )
 from cortex_core.logs import LogFormat, configure_logging
+from cortex_core.loops import run as run_loop
 from cortex_core.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_core.wire import to_builtins
@@ -90,7 +91,7 @@ def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> Non
     except ListenError as exc:
         _fail(str(exc), 1)
     configure_logging(log_format, log_level.upper())
-    asyncio.run(_serve(config, token, bind))
+    run_loop(_serve(config, token, bind))
 
 
 def _enter_engine(config: NeuronConfig, argv: list[str]) -> None:

@@ -364,8 +364,12 @@ async def _build(
         lora_modules=None,
     )
     await models.init_static_loras()
+    # Building the layers loads the tokenizer and renders templates: seconds of CPU,
+    # off the event loop so the management API keeps answering meanwhile.
     try:
-        layers = _serving_layers(lib, engine, models, chat_template, tool_parser, reasoning_parser)
+        layers = await asyncio.to_thread(
+            _serving_layers, lib, engine, models, chat_template, tool_parser, reasoning_parser
+        )
     except Exception as exc:
         if "tool_call_parser" in serving and "reasoning_parser" in serving:
             raise
@@ -377,7 +381,9 @@ async def _build(
         )
         tool_parser = serving.get("tool_call_parser") or None
         reasoning_parser = serving.get("reasoning_parser") or None
-        layers = _serving_layers(lib, engine, models, chat_template, tool_parser, reasoning_parser)
+        layers = await asyncio.to_thread(
+            _serving_layers, lib, engine, models, chat_template, tool_parser, reasoning_parser
+        )
     log.info(
         "engine ready",
         extra={
