@@ -5,7 +5,7 @@ sent to the upstream with one pooled aiohttp session and its answer relayed
 (streams chunk by chunk). What the benchmark measures for it is what
 hypercorn and aiohttp cost by themselves, the least any gateway built on them
 can cost. With ``--static`` it answers a fixed body without an upstream:
-hypercorn's own floor.
+hypercorn's own floor (``--server uvicorn`` or ``aiohttp``: theirs, for scale).
 
     PYTHONPATH=. .venv/bin/python bench/floor_proxy.py --port 18090 --upstream http://127.0.0.1:18080/v1
 """
@@ -13,6 +13,7 @@ hypercorn's own floor.
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -83,11 +84,47 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18090)
     parser.add_argument("--upstream", default="http://127.0.0.1:18080/v1")
     parser.add_argument("--static", action="store_true", help="answer a fixed body, no upstream")
+    parser.add_argument(
+        "--server", choices=["hypercorn", "uvicorn", "aiohttp"], default="hypercorn"
+    )
     args = parser.parse_args()
+    app = app_for(args.upstream, args.static)
+    if args.server == "uvicorn":  # with httptools and uvloop, as uvicorn runs at its fastest
+        import uvicorn
+
+        uvicorn.run(
+            app,
+            host="127.0.0.1",
+            port=args.port,
+            loop="uvloop",
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+        )
+        return
+    if args.server == "aiohttp":
+        run_loop(_aiohttp_static(args.port))
+        return
     config = Config()
     config.bind = [f"127.0.0.1:{args.port}"]
     config.accesslog = None
-    run_loop(serve(app_for(args.upstream, args.static), config))
+    run_loop(serve(app, config))
+
+
+async def _aiohttp_static(port: int) -> None:
+    """The fixed body from aiohttp's own server."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=b'{"ok":true}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/{path:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":

@@ -83,26 +83,27 @@ class Workload:
 def workloads(quick: bool) -> list[Workload]:
     """The four OpenAI workloads and the Anthropic one, sized for ``--quick`` or not."""
     scale = 0.2 if quick else 1.0
+    chunks = CHUNKS // 2 if quick else CHUNKS  # quick: 64 chunks, the same pace
     fast = "/v1/chat/completions", chat("bench/fast")
     return [
         Workload("json c=1", [fast], int(3000 * scale), 1),
         Workload("json c=64", [fast], int(30000 * scale), 64),
         Workload(
             "stream c=16",
-            [("/v1/chat/completions", chat("bench/paced", stream=True, tokens=CHUNKS))],
+            [("/v1/chat/completions", chat("bench/paced", stream=True, tokens=chunks))],
             int(96 * scale) // 16 * 16 or 16,
             16,
-            chunks=CHUNKS,
-            stagger_s=CHUNKS * DELAY_S,
+            chunks=chunks,
+            stagger_s=chunks * DELAY_S,
         ),
         Workload(
             "anthropic stream c=16",
-            [("/v1/messages", message("bench/paced", CHUNKS))],
+            [("/v1/messages", message("bench/paced", chunks))],
             int(96 * scale) // 16 * 16 or 16,
             16,
-            chunks=CHUNKS,
+            chunks=chunks,
             anthropic=True,
-            stagger_s=CHUNKS * DELAY_S,
+            stagger_s=chunks * DELAY_S,
         ),
     ]
 
@@ -559,7 +560,7 @@ def main() -> None:
             print()
             for t in targets:
                 if t.anthropic:  # the mix has Anthropic requests: cortex only
-                    soak(t, soak_total, load_cpus)
+                    soak(t, soak_total, load_cpus, 5_000 if args.quick else 10_000)
 
 
 @contextlib.contextmanager
@@ -652,14 +653,14 @@ def top_of(collapsed: Path, count: int = 25) -> list[str]:
     return lines
 
 
-def soak(target: Target, total: int, cpus: set[int] | None) -> None:
-    """Mixed requests in rounds of 10k: the RSS after each round and the errors."""
-    workload = Workload("soak", SOAK_MIX, 10_000, 32)
+def soak(target: Target, total: int, cpus: set[int] | None, every: int) -> None:
+    """Mixed requests in rounds of ``every``: the RSS after each round, and the errors."""
+    workload = Workload("soak", SOAK_MIX, every, 32)
     done, errors = 0, 0
     first: float | None = None
     started_at = time.monotonic()
     while done < total:
-        n = min(10_000, total - done)
+        n = min(every, total - done)
         figures = load(target, workload, cpus, requests=n)
         done += n
         errors += sum(figures["errors"].values())
@@ -676,7 +677,7 @@ def soak(target: Target, total: int, cpus: set[int] | None) -> None:
     met = "met" if abs(growth) <= 10 else "NOT met"
     print(
         f"soak {target.name}: {done} requests in {seconds:.0f} s, {errors} errors; "
-        f"RSS {first:.1f} MiB after 10k, {last:.1f} MiB at the end "
+        f"RSS {first:.1f} MiB after the first {every:,}, {last:.1f} MiB at the end "
         f"({growth:+.1f} %; target: within 10 %, {met})"
     )
 
