@@ -89,6 +89,10 @@ bench-quick: ## The same, a fifth of the requests and a 10k soak (under a minute
 bench-neuron: ## The neuron against vLLM's own OpenAI server on SmolLM2 (CPU engine; several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/engine.py $(BENCH_ARGS)
 
+.PHONY: bench-prefix
+bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded against prefix (several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/prefix.py $(BENCH_ARGS)
+
 .PHONY: bench-switching
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
 	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)

@@ -103,6 +103,7 @@ async def serve(
     models: Sequence[ScriptedModel] = (),
     eviction: dict[str, object] | None = None,
     scheduling: dict[str, object] | None = None,
+    routing: dict[str, object] | None = None,
     environ: dict[str, str] | None = None,
     **gateway: object,
 ) -> AsyncIterator[Harness]:
@@ -119,6 +120,7 @@ async def serve(
         gateway=_config_keys(settings),
         eviction=_config_keys(eviction or {}),
         scheduling=_config_keys(scheduling or {}),
+        routing=_config_keys(routing or {}),
     )
     environ = fleet.environ() if environ is None else environ
     api, metrics, state = create_apps(config, neurons=fleet, environ=environ)

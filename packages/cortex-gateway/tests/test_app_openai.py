@@ -412,7 +412,7 @@ async def test_an_unexpected_failure_is_a_logged_500(
     caplog.set_level(logging.INFO, "cortex_gateway")
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
 
-        async def broken(model_id: str, exclude: object = None, arrived: object = None) -> str:
+        async def broken(model_id: str, *args: object, **kwargs: object) -> str:
             raise RuntimeError("a secret bug")
 
         monkeypatch.setattr(gw.state.lifecycle, "acquire", broken)

@@ -30,6 +30,7 @@ from cortex_core._toml import (
 from cortex_core.catalogue import Catalogue, load_catalogue
 from cortex_core.ids import validate_source_name
 from cortex_core.units import (
+    Fraction,
     NonNegInt,
     NonNegSeconds,
     PositiveGiB,
@@ -113,6 +114,21 @@ class SchedulingSection(_Config):
     """The longest a request is held back for a loaded model's sake before a swap."""
 
 
+class RoutingSection(_Config):
+    policy: Literal["prefix", "least_loaded"] = "prefix"
+    """prefix: send a prompt back to the node that was sent its prefix, unless that node
+    is busier than the least busy by more than max_imbalance; least_loaded: fewest in flight."""
+    prefix_block_chars: PositiveInt = 256
+    """The prefix index's block: prompts are compared a block of this many bytes at a time."""
+    max_imbalance: NonNegInt = 4
+    """How many more requests in flight the node holding the prefix may have than the least busy."""
+    min_prefix_match: Fraction = 0.5
+    """The share of a prompt's blocks a node must hold to be preferred for it; below, the
+    prompt counts as new (a shared system prompt alone does not pull every conversation)."""
+    prefix_index_blocks: PositiveInt = 65536
+    """The most prefix blocks the index remembers (least recently used go first)."""
+
+
 class NeuronEntry(_Config):
     name: str
     endpoint: str
@@ -126,6 +142,7 @@ class CortexConfig(_Config):
     gateway: GatewaySection = field(default_factory=GatewaySection)
     eviction: EvictionSection = field(default_factory=EvictionSection)
     scheduling: SchedulingSection = field(default_factory=SchedulingSection)
+    routing: RoutingSection = field(default_factory=RoutingSection)
     neurons: list[NeuronEntry] = field(default_factory=list)
 
 

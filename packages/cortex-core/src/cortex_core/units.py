@@ -8,6 +8,7 @@ from msgspec import Meta
 
 __all__ = [
     "GIB",
+    "Fraction",
     "NonNegInt",
     "NonNegSeconds",
     "Port",
@@ -25,3 +26,4 @@ NonNegInt = Annotated[int, Meta(ge=0)]
 PositiveSeconds = Annotated[float, Meta(gt=0)]
 NonNegSeconds = Annotated[float, Meta(ge=0)]
 PositiveGiB = Annotated[float, Meta(gt=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]

@@ -14,10 +14,12 @@ import msgspec
 from cortex_core.openai import StreamOptions
 from cortex_core.wire import WireError, encode
 
-__all__ = ["RequestView", "relayable_message", "rewrite_model"]
+__all__ = ["MessagesView", "RequestView", "relayable_message", "rewrite_model"]
 
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 MAX_RELAYED_MESSAGE = 500
+_NONE = msgspec.Raw(b"")
+"""A field the body did not have (the JSON ``null`` arrives as ``b"null"``)."""
 
 
 class RequestView(msgspec.Struct):
@@ -26,11 +28,30 @@ class RequestView(msgspec.Struct):
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
+    messages: msgspec.Raw = _NONE
+    prompt: msgspec.Raw = _NONE
+
+    @property
+    def rendered(self) -> bytes:
+        """The prompt as prefix-aware routing compares it: the raw JSON of messages or prompt."""
+        return bytes(self.messages) or bytes(self.prompt)
 
     @property
     def wants_usage(self) -> bool:
         """Whether the client asked for the usage chunk at the end of its stream."""
         return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class MessagesView(msgspec.Struct):
+    """An Anthropic Messages body as prefix-aware routing compares it: system, then messages."""
+
+    messages: msgspec.Raw = _NONE
+    system: msgspec.Raw = _NONE
+
+    @property
+    def rendered(self) -> bytes:
+        """The raw JSON of the system prompt, then of the messages."""
+        return bytes(self.system) + bytes(self.messages)
 
 
 def rewrite_model(body: bytes, model: str, *, include_usage: bool = False) -> bytes:

@@ -19,13 +19,15 @@ __all__ = ["Lease", "Leases"]
 class Lease:
     """One request's hold on ``(node, model)``, counted in flight until released."""
 
-    __slots__ = ("_aborts", "_book", "aborted", "model", "node", "url")
+    __slots__ = ("_aborts", "_book", "aborted", "matched", "model", "node", "url")
 
     def __init__(self, book: Leases, node: str, model: str) -> None:
         self.node = node
         self.model = model
         self.url = ""
         """The model's OpenAI base URL on the node, once known."""
+        self.matched = 0
+        """Leading prompt blocks the node was recently sent (prefix-aware routing)."""
         self.aborted: str | None = None
         """Why the lease was taken back (the node went down, the gateway stops), if it was."""
         self._book: Leases | None = book

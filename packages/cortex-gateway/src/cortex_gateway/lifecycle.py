@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +29,7 @@ from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.leases import Lease, Leases
 from cortex_gateway.neurons import NeuronApi, NeuronCallError, Neurons
+from cortex_gateway.prefix import PrefixIndex, prefix_hashes
 from cortex_gateway.router import (
     ColdLoad,
     Decision,
@@ -105,6 +106,9 @@ class Lifecycle:
         }
         self.fleet = Fleet.configured((n.name, n.endpoint) for n in config.cortex.neurons)
         self.leases = Leases(on_release=self._released)
+        self.routing = config.cortex.routing
+        self.prefixes = PrefixIndex(self.routing.prefix_index_blocks)
+        """Which node was recently sent which prompt prefix (``[routing] policy = "prefix"``)."""
         self._clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._endpoints: dict[tuple[str, str], str] = {}
@@ -170,6 +174,12 @@ class Lifecycle:
             log.warning("neuron restarted", extra={"node": node.name})
             for key in [k for k in self._endpoints if k[0] == node.name]:
                 del self._endpoints[key]
+            self.prefixes.forget(node.name)
+        elif node.up:
+            # A model no longer ready there took its engine's prefix cache with it.
+            was = {m.id for m in old.models if m.state == "ready"}
+            for model in was - {m.id for m in node.models if m.state == "ready"}:
+                self.prefixes.forget(node.name, model)
         if (old.up and not node.up) or restarted:
             aborted = self.leases.abort_node(node.name, NODE_DOWN)
             if aborted:
@@ -325,7 +335,13 @@ class Lifecycle:
         )
         return closed | frozenset(self._evicting) if self._evicting else closed
 
-    def _route(self, model_id: str, exclude: frozenset[str]) -> Decision:
+    def _route(
+        self, model_id: str, exclude: frozenset[str], prefix: Sequence[int] = ()
+    ) -> Decision:
+        affinity = held = None
+        if prefix:
+            affinity = self.prefixes.match(model_id, prefix, self.fleet.locations(model_id))
+            held = self.prefixes.holding()
         return route(
             model_id,
             self.catalogue,
@@ -334,18 +350,46 @@ class Lifecycle:
             exclude=exclude,
             avoid=self.broken(),
             gated=self.gates() if self._blocked or self._evicting else frozenset(),
+            blocks=len(prefix),
+            affinity=affinity,
+            held=held,
+            max_imbalance=self.routing.max_imbalance,
+            min_match=self.routing.min_prefix_match,
         )
+
+    def prefix_of(self, model_id: str, rendered: bytes) -> list[int]:
+        """The prefix hashes of a prompt rendered for routing (none unless policy is prefix)."""
+        if self.routing.policy != "prefix":
+            return []
+        return prefix_hashes(model_id, rendered, self.routing.prefix_block_chars)
 
     def serving(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str | None:
         """The node to serve ``model_id`` on right now, if it is ready somewhere."""
         decision = self._route(model_id, exclude)
         return decision.node if isinstance(decision, Serve) else None
 
+    def lease_ready(
+        self, model_id: str, exclude: frozenset[str] = frozenset(), prefix: Sequence[int] = ()
+    ) -> Lease | None:
+        """A lease where ``model_id`` is ready now (weighing ``prefix``), or None."""
+        decision = self._route(model_id, exclude, prefix)
+        if not isinstance(decision, Serve):
+            return None
+        return self._take(decision.node, model_id, prefix, decision.matched)
+
+    def _take(self, node: str, model_id: str, prefix: Sequence[int], matched: int) -> Lease:
+        if prefix:
+            self.prefixes.record(model_id, prefix, node)
+        lease = self.leases.take(node, model_id)
+        lease.matched = matched
+        return lease
+
     async def acquire(
         self,
         model_id: str,
         exclude: frozenset[str] = frozenset(),
         arrived: float | None = None,
+        prefix: Sequence[int] = (),
     ) -> Lease:
         """A lease on the node that will serve ``model_id`` now, loading it first if need be.
 
@@ -355,9 +399,9 @@ class Lifecycle:
         and by ``load_timeout_s``; ``arrived`` (monotonic) is when the request
         came, for the swap policy.
         """
-        node = self.serving(model_id, exclude)
-        if node is not None:
-            return self.leases.take(node, model_id)
+        ready = self.lease_ready(model_id, exclude, prefix)
+        if ready is not None:
+            return ready
         if self._waiting[model_id] >= self.settings.max_waiting:
             raise GatewayError(
                 429,
@@ -370,8 +414,8 @@ class Lifecycle:
         arrivals = self._arrivals.setdefault(model_id, [])
         arrivals.append(arrival)
         try:
-            node = await self._resolve(model_id, exclude)
-            return self.leases.take(node, model_id)
+            node, matched = await self._resolve(model_id, exclude, prefix)
+            return self._take(node, model_id, prefix, matched)
         finally:
             self._waiting[model_id] -= 1
             if self._waiting[model_id] <= 0:
@@ -384,21 +428,23 @@ class Lifecycle:
         """When the oldest request waiting for ``model_id`` arrived (now, if none does)."""
         return min(self._arrivals.get(model_id, ()), default=time.monotonic())
 
-    async def _resolve(self, model_id: str, exclude: frozenset[str]) -> str:
+    async def _resolve(
+        self, model_id: str, exclude: frozenset[str], prefix: Sequence[int]
+    ) -> tuple[str, int]:
         deadline = time.monotonic() + self.settings.load_timeout_s
         while True:
             if self._stopping.is_set():
                 raise GatewayError(503, ErrorKind.UNAVAILABLE, SHUTTING_DOWN)
-            match self._route(model_id, exclude):
-                case Serve(node):
-                    return node
+            match self._route(model_id, exclude, prefix):
+                case Serve(node, matched):
+                    return node, matched
                 case Hold(_):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         raise _late(model_id)
                     await self._wait_change(min(remaining, 1.0))
                 case ColdLoad(profile):
-                    return await self.ensure_loaded(profile, deadline - time.monotonic())
+                    return await self.ensure_loaded(profile, deadline - time.monotonic()), 0
                 case WaitForLoad(node):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:

@@ -170,6 +170,13 @@ class GatewayMetrics:
             registry=r,
         )
         self._children: dict[tuple[Labels, int], tuple[Any, ...]] = {}
+        self.prefix_routing = Counter(
+            "cortex_prefix_routing",
+            "Requests routed with a prompt prefix: hit (sent where the prefix was sent"
+            " before) or miss",
+            ["model", "outcome"],
+            registry=r,
+        )
         lifecycle.on_load = self._load
         lifecycle.on_eviction = self._unloaded
 
@@ -243,6 +250,10 @@ class GatewayMetrics:
         )
         self._children[(labels, status)] = children
         return children
+
+    def observe_prefix(self, model: str, *, hit: bool) -> None:
+        """Count a prefix-aware routing decision."""
+        self.prefix_routing.labels(self.model_label(model), "hit" if hit else "miss").inc()
 
     def _load(self, node: str, model: str, outcome: str, seconds: float) -> None:
         labels = (self.model_label(model), self.node_label(node), outcome)

@@ -88,6 +88,8 @@ class Call:
     node: str | None = None
     url: str | None = None
     routed: float | None = None
+    prefix: list[int] | None = None
+    """The prompt's prefix hashes, for prefix-aware routing (None: not scored)."""
 
     @property
     def route(self) -> str:
@@ -271,17 +273,23 @@ class Pipeline:
         (:class:`ClientGone`) and its request never goes on.
         """
         assert call.model is not None, "name the model first"
-        node = self.life.serving(call.model, exclude)
-        if node is not None:
-            lease = self.life.leases.take(node, call.model)
-        else:
+        prefix = call.prefix or ()
+        lease = self.life.lease_ready(call.model, exclude, prefix)
+        if lease is None:
             acquiring = asyncio.ensure_future(
-                self.life.acquire(call.model, exclude, arrived=call.started)
+                self.life.acquire(call.model, exclude, arrived=call.started, prefix=prefix)
             )
             lease = await (acquiring if request is None else _unless_gone(acquiring, request))
         call.node = lease.node
         call.routed = time.monotonic()
+        if prefix:
+            self.metrics.observe_prefix(call.model, hit=lease.matched > 0)
         return lease
+
+    def score(self, call: Call, rendered: bytes | None) -> None:
+        """Give the call its prompt's prefix hashes (``rendered``: the prompt as routed on)."""
+        if rendered and call.model is not None:
+            call.prefix = self.life.prefix_of(call.model, rendered) or None
 
     async def connect(
         self, call: Call, path: str, body: bytes, *, request: Request | None = None

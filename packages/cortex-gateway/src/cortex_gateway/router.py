@@ -55,9 +55,14 @@ Strategy = Literal["lru", "priority"]
 
 @dataclass(frozen=True, slots=True)
 class Serve:
-    """The model is ready on ``node``: send the request there."""
+    """The model is ready on ``node``: send the request there.
+
+    ``matched``: when the prompt's prefix chose the node, how many leading
+    blocks of it the node was recently sent; 0 when load chose it.
+    """
 
     node: str
+    matched: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,32 @@ def _in_flight(node: NodeState, model_id: str, in_flight: InFlight) -> int:
     return max(in_flight.get((node.name, model_id), 0), info.in_flight if info else 0)
 
 
+@dataclass(frozen=True, slots=True)
+class _Affinity:
+    matched: Mapping[str, int]
+    blocks: int
+    held: Mapping[str, int]
+    max_imbalance: int
+    min_match: float
+
+
+def _choose(
+    nodes: Sequence[NodeState], model_id: str, in_flight: InFlight, affinity: _Affinity
+) -> Serve:
+    load = {n.name: _in_flight(n, model_id, in_flight) for n in nodes}
+    matched = affinity.matched
+    if matched and affinity.blocks:
+        best = max(nodes, key=lambda n: (matched.get(n.name, 0), -load[n.name]))
+        share = matched.get(best.name, 0) / affinity.blocks
+        least = min(load.values())
+        balanced = load[best.name] - least <= affinity.max_imbalance
+        if share > 0 and share >= affinity.min_match and balanced:
+            return Serve(best.name, matched[best.name])
+    held = affinity.held
+    chosen = min(nodes, key=lambda n: (load[n.name], held.get(n.name, 0)))
+    return Serve(chosen.name)
+
+
 def route(
     model_id: str,
     catalogue: Catalogue,
@@ -115,6 +146,11 @@ def route(
     exclude: frozenset[str] = frozenset(),
     avoid: frozenset[str] = frozenset(),
     gated: frozenset[tuple[str, str]] = frozenset(),
+    blocks: int = 0,
+    affinity: Mapping[str, int] | None = None,
+    held: Mapping[str, int] | None = None,
+    max_imbalance: int = 0,
+    min_match: float = 0.0,
 ) -> Decision:
     """Where a request for the concrete ``model_id`` goes (aliases already resolved).
 
@@ -122,14 +158,21 @@ def route(
     failed recently, used only when no other node has the model ready;
     ``gated``: ``(node, model)`` pairs admitting no new request (a swap away
     from the model is due there).
+
+    Prefix-aware routing (``affinity``: leading blocks of the request's
+    prompt each node was sent, of ``blocks``; ``held``: blocks each node
+    holds in all): among the nodes that may serve, the one with the longest
+    match, if it holds at least ``min_match`` of the prompt and has at most
+    ``max_imbalance`` requests in flight above the least busy; otherwise the
+    least busy, ties to the node holding the least (so new conversations
+    spread even one at a time), then configuration order.
     """
     ready = [fleet.nodes[name] for name in fleet.locations(model_id) if name not in exclude]
     open_ = [n for n in ready if (n.name, model_id) not in gated]
     preferred = [n for n in open_ if n.name not in avoid] or open_
     if preferred:
-        # Fewest requests in flight; configuration order breaks ties.
-        best = min(preferred, key=lambda n: _in_flight(n, model_id, in_flight))
-        return Serve(best.name)
+        weighed = _Affinity(affinity or {}, blocks, held or {}, max_imbalance, min_match)
+        return _choose(preferred, model_id, in_flight, weighed)
     if ready:
         return Hold(ready[0].name)
     loading = [name for name in fleet.loading(model_id) if name not in exclude]

@@ -22,6 +22,7 @@ from cortex_core.anthropic import CountTokensRequest, CountTokensResponse, Messa
 from cortex_core.neuron_api import TokenizeRequest
 from cortex_core.openai import ChatCompletion
 from cortex_core.wire import WireError, decode, encode
+from cortex_gateway.bodies import MessagesView
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface, anthropic_type
 from cortex_gateway.metering import Meter
 from cortex_gateway.neurons import NeuronCallError
@@ -69,8 +70,10 @@ class AnthropicRoutes:
     async def messages(self, request: Request, call: Call) -> Response:
         """``POST /v1/messages``."""
         pipeline = self.gateway.pipeline
-        message = pipeline.decode(await pipeline.read_body(request), MessagesRequest)
+        body = await pipeline.read_body(request)
+        message = pipeline.decode(body, MessagesRequest)
         model = pipeline.name(call, message.model)
+        pipeline.score(call, pipeline.decode(body, MessagesView).rendered)
         forwarded = encode(to_openai(message, model))
         if message.stream:
             return await self._stream(call, message, forwarded)

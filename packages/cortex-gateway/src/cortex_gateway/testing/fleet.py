@@ -603,6 +603,7 @@ class ScriptedFleet:
         gateway: str = "",
         eviction: str = "",
         scheduling: str = "",
+        routing: str = "",
     ) -> GatewayConfig:
         """Write ``cortex.toml`` (its ``[[neurons]]`` are this fleet) and ``models.toml``; load."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -615,7 +616,7 @@ class ScriptedFleet:
         path = folder / "cortex.toml"
         path.write_text(
             f'[gateway]\nlisten = "127.0.0.1:1"\nmetrics_listen = "127.0.0.1:2"\n{gateway}\n'
-            f"[eviction]\n{eviction}\n[scheduling]\n{scheduling}\n{neurons}"
+            f"[eviction]\n{eviction}\n[scheduling]\n{scheduling}\n[routing]\n{routing}\n{neurons}"
         )
         return load_gateway_config(path)
 
