@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from bench.loadgen import percentile
-from bench.proxy import free_port, started
+from bench.proxy import free_port, started, stop_on_sigterm
 from neuron.testing.models import prepare_smollm2
 
 MODEL = "bench/smollm2"
@@ -158,6 +158,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
+    stop_on_sigterm()
     weights = prepare_smollm2(CACHE.resolve() / "smollm2-135m-instruct")
     env = {"VLLM_NO_USAGE_STATS": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     options = {"max_model_len": MAX_MODEL_LEN, "kv_cache_memory_bytes": KV_BYTES}

@@ -10,7 +10,7 @@ new question. Each policy gets conversations the engines have not seen.
 Printed: time to first token p50/p95, the first turns apart from the later
 ones, the whole run's time, and the gateway's affinity hits.
 
-    PYTHONPATH=. .venv/bin/python bench/prefix.py [--conversations 6] [--turns 6] [--concurrency 3]
+    PYTHONPATH=. .venv/bin/python bench/prefix.py [--conversations 4] [--turns 5] [--concurrency 2]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import statistics
 import sys
@@ -29,11 +30,16 @@ from typing import Any
 
 import httpx
 
+from bench.engine import wait_http
 from bench.loadgen import percentile
-from bench.proxy import free_port, started
+from bench.proxy import free_port, started, stop_on_sigterm
 from neuron.testing.models import prepare_smollm2
 
 MODEL = "bench/smollm2"
+ENGINE = {"max_model_len": 4096, "kv_cache_memory_bytes": 1 << 30, "enable_prefix_caching": True}
+"""The engine options of both replicas: room for every conversation's prefix, cache on."""
+TOKENS = 4
+"""Tokens per answer: the trace is about time to first token, and CPU decoding is slow."""
 CACHE = Path(".cache/bench")
 WORDS = [
     "router",
@@ -80,21 +86,25 @@ def context(rng: random.Random, words: int) -> str:
 
 
 async def conversation(
-    client: httpx.AsyncClient, rng: random.Random, turns: int, samples: list[tuple[int, float]]
+    client: httpx.AsyncClient,
+    rng: random.Random,
+    turns: int,
+    words: int,
+    samples: list[tuple[int, float]],
 ) -> None:
     """One conversation, turn after turn; each turn's time to first token goes to ``samples``."""
     messages: list[dict[str, str]] = [
         {"role": "system", "content": SYSTEM},
         {
             "role": "user",
-            "content": "Here is the code:\n" + context(rng, 900) + "\nWhat does it do?",
+            "content": "Here is the code:\n" + context(rng, words) + "\nWhat does it do?",
         },
     ]
     for turn in range(turns):
         body = {
             "model": MODEL,
             "messages": messages,
-            "max_tokens": 8,
+            "max_tokens": TOKENS,
             "temperature": 0,
             "stream": True,
         }
@@ -120,7 +130,7 @@ async def conversation(
 
 
 async def replay(
-    url: str, seed: int, conversations: int, turns: int, concurrency: int
+    url: str, seed: int, conversations: int, turns: int, concurrency: int, words: int
 ) -> dict[str, Any]:
     """The trace through one gateway: TTFT per turn and the run's time."""
     samples: list[tuple[int, float]] = []
@@ -130,7 +140,8 @@ async def replay(
         async def worker() -> None:
             while queue:
                 index = queue.pop(0)
-                await conversation(client, random.Random(seed * 1000 + index), turns, samples)
+                rng = random.Random(seed * 1000 + index)
+                await conversation(client, rng, turns, words, samples)
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -160,30 +171,21 @@ def affinity(metrics_url: str) -> str:
     return f"{counts['hit']:.0f} hits, {counts['miss']:.0f} misses"
 
 
-def wait_ready(url: str, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{url} did not answer within {seconds:.0f} s")
-        time.sleep(0.5)
-
-
 def main() -> None:
     """Two neurons, one gateway per policy, the trace through each; the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conversations", type=int, default=6)
-    parser.add_argument("--turns", type=int, default=6)
-    parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--conversations", type=int, default=4)
+    parser.add_argument("--turns", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--context-words", type=int, default=320, help="each conversation's own")
     args = parser.parse_args()
+    stop_on_sigterm()
     weights = prepare_smollm2(CACHE.resolve() / "smollm2-135m-instruct")
     env = {"VLLM_NO_USAGE_STATS": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: two CPU neurons with "
         f"SmolLM2-135M-Instruct, {args.conversations} conversations of {args.turns} turns, "
-        f"{args.concurrency} at a time, 8 tokens an answer",
+        f"{args.concurrency} at a time, {TOKENS} tokens an answer",
         flush=True,
     )
     with (
@@ -204,14 +206,18 @@ def main() -> None:
                 f'default_source = "local"\n\n[sources.local]\npath = "{work / "models"}"\n'
             )
             command = [sys.executable, "-m", "neuron", "serve", "--config", str(config)]
-            stack.enter_context(started(command, None, work / f"neuron{i}.log", env))
+            # A core each where there are enough: two CPU engines sharing cores both slow
+            # down many times over (their OpenMP threads fight), which no policy measures.
+            core = sorted(os.sched_getaffinity(0))[i % len(os.sched_getaffinity(0))]
+            pinned = {**env, "VLLM_CPU_OMP_THREADS_BIND": str(core)}
+            stack.enter_context(started(command, {core}, work / f"neuron{i}.log", pinned))
             neurons.append((f"cpu{i}", f"http://{host}:{port}"))
         for _, url in neurons:
-            wait_ready(f"{url}/health", 120)
+            wait_http(f"{url}/health", 120, f"{url}/health")
         (work / "models.toml").write_text(
             f'[[models]]\nid = "{MODEL}"\nmemory_gb = 2.5\n'
             "engine = { max_model_len = 4096, kv_cache_memory_bytes = 1073741824,"
-            " enable_prefix_caching = true }\n"
+            " enable_prefix_caching = true }\n"  # as ENGINE: the gateway would load it so
         )
         gateways = {}
         for policy in ("least_loaded", "prefix"):
@@ -225,17 +231,18 @@ def main() -> None:
             command = [sys.executable, "-m", "cortex_gateway", "serve", "--config", str(config)]
             stack.enter_context(started(command, None, work / f"gateway-{policy}.log"))
             gateways[policy] = (f"http://127.0.0.1:{api}", f"http://127.0.0.1:{metrics}")
-            wait_ready(f"http://127.0.0.1:{api}/health", 60)
-        url = gateways["prefix"][0]
+            wait_http(f"http://127.0.0.1:{api}/health", 60, f"http://127.0.0.1:{api}/health")
         began = time.monotonic()
-        asyncio.run(_load_both(url, [n for n, _ in neurons]))  # both replicas, in parallel
+        asyncio.run(_load_both(neurons))
         print(f"both replicas ready in {time.monotonic() - began:.0f} s", flush=True)
         results = {}
         for seed, policy in enumerate(("least_loaded", "prefix"), 1):
             base, scrape = gateways[policy]
-            wait_ready(f"{base}/v1/models/{MODEL}", 30)
+            wait_http(f"{base}/v1/models/{MODEL}", 30, f"{base}/v1/models/{MODEL}")
             results[policy] = asyncio.run(
-                replay(base, seed, args.conversations, args.turns, args.concurrency)
+                replay(
+                    base, seed, args.conversations, args.turns, args.concurrency, args.context_words
+                )
             )
             results[policy]["affinity"] = affinity(scrape)
             print(f"{policy}: {results[policy]}", flush=True)
@@ -254,14 +261,26 @@ def main() -> None:
     print(f"| affinity | {ll['affinity']} | {px['affinity']} | |")
 
 
-async def _load_both(url: str, nodes: list[str]) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=900) as client:
+async def _load_both(neurons: list[tuple[str, str]]) -> None:
+    """Load the model on every neuron at once, through their own API, then warm each up.
+
+    (The gateway would join the second load to the first: one load per model. A
+    CPU engine's first requests are slow while it warms its kernels up: not the
+    trace's business.)
+    """
+    load = {"model": MODEL, "options": ENGINE}
+    warm = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    async with httpx.AsyncClient(timeout=900) as client:
         answers = await asyncio.gather(
-            *(client.post("/admin/models/load", json={"model": MODEL, "node": n}) for n in nodes)
+            *(client.post(f"{url}/models/load", json=load) for _, url in neurons)
         )
-    for answer in answers:
-        if answer.status_code != 200:
-            raise SystemExit(f"load failed: {answer.status_code} {answer.text}")
+        for answer in answers:
+            if answer.status_code != 200:
+                raise SystemExit(f"load failed: {answer.status_code} {answer.text}")
+        for _, url in neurons:
+            endpoint = (await client.get(f"{url}/models/{MODEL}/endpoint")).json()["url"]
+            for _ in range(2):
+                (await client.post(f"{endpoint}/chat/completions", json=warm)).raise_for_status()
 
 
 if __name__ == "__main__":

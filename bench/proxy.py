@@ -218,6 +218,11 @@ class Target:
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the run as Ctrl-C does: every process it started is stopped on the way out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @contextlib.contextmanager
 def started(
     command: list[str], cpus: set[int] | None, log: Path, env: dict[str, str] | None = None
@@ -451,6 +456,7 @@ def main() -> None:
         help="py-spy each cortex under each workload; collapsed stacks and a summary go here",
     )
     args = parser.parse_args()
+    stop_on_sigterm()
     proxy_cpus, load_cpus = cores()
     soak_total = args.soak or (20_000 if args.quick else 100_000)
     counts = [int(n) for n in args.workers.split(",")]
