@@ -20,12 +20,12 @@ import argparse
 import asyncio
 import contextlib
 import time
-from collections.abc import Coroutine
-from typing import Any, cast
+from typing import cast
 
 import msgspec
 
 from bench.http11 import Head, parse_head
+from cortex_core.loops import run as run_loop
 from cortex_core.neuron_api import (
     Device,
     DevicesResponse,
@@ -291,16 +291,6 @@ def main() -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         run_loop(run())
-
-
-def run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop if it is installed, else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-    else:
-        uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,14 @@ class Fleet:
             for line in neuron.log().splitlines()
             if "starting engine" in line and needle in line.split()
         )
+
+
+def until(condition: Callable[[], object], within_s: float = 30.0) -> None:
+    """Poll ``condition()`` until it holds, failing after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
 
 
 StartFleet = Callable[..., Fleet]

@@ -14,7 +14,6 @@ import signal
 import socket
 import socketserver
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +24,7 @@ import psutil
 import pytest
 
 from cortex_core.testing import free_port
-from tests.support import Fleet, NeuronSpec, StartFleet, fake_model
+from tests.support import Fleet, NeuronSpec, StartFleet, fake_model, until
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +39,6 @@ def models_root(tmp_path: Path) -> Path:
     root = tmp_path / "models"
     fake_model(root, "fake/small", 3)
     return root
-
-
-def until(condition: Any, within_s: float = 30.0) -> None:
-    """Poll ``condition()`` until it holds."""
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def gateway_process(fleet: Fleet) -> psutil.Process:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Fleet, NeuronSpec, StartFleet, fake_model
+from tests.support import Fleet, NeuronSpec, StartFleet, fake_model, until
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +35,6 @@ def workers_of(supervisor: int) -> list[int]:
             if int(stat[stat.rindex(")") + 2 :].split()[1]) == supervisor:
                 found.append(int(entry.name))
     return sorted(found)
-
-
-def until(check: Callable[[], bool], seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def requests_total(fleet: Fleet) -> tuple[float, float]:

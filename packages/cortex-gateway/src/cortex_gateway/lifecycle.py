@@ -341,7 +341,7 @@ class Lifecycle:
         affinity = held = None
         if prefix:
             affinity = self.prefixes.match(model_id, prefix, self.fleet.locations(model_id))
-            held = self.prefixes.holding()
+            held = self.prefixes.holding
         return route(
             model_id,
             self.catalogue,
@@ -358,9 +358,7 @@ class Lifecycle:
         )
 
     def prefix_of(self, model_id: str, rendered: bytes) -> list[int]:
-        """The prefix hashes of a prompt rendered for routing (none unless policy is prefix)."""
-        if self.routing.policy != "prefix":
-            return []
+        """The prefix hashes of a prompt rendered for routing."""
         return prefix_hashes(model_id, rendered, self.routing.prefix_block_chars)
 
     def serving(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str | None:

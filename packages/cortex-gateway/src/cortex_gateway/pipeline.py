@@ -286,10 +286,13 @@ class Pipeline:
             self.metrics.observe_prefix(call.model, hit=lease.matched > 0)
         return lease
 
-    def score(self, call: Call, rendered: bytes | None) -> None:
-        """Give the call its prompt's prefix hashes (``rendered``: the prompt as routed on)."""
-        if rendered and call.model is not None:
-            call.prefix = self.life.prefix_of(call.model, rendered) or None
+    def score(self, call: Call, render: Callable[[], bytes]) -> None:
+        """Give the call its prompt's prefix hashes (with prefix-aware routing on).
+
+        ``render`` gives the prompt as routing compares it; it runs only then.
+        """
+        if call.model is not None and self.life.routing.policy == "prefix":
+            call.prefix = self.life.prefix_of(call.model, render()) or None
 
     async def connect(
         self, call: Call, path: str, body: bytes, *, request: Request | None = None

@@ -111,9 +111,10 @@ class PrefixIndex:
             self._held[node] = max(self._held.get(node, 0) - dropped, 0)
         return dropped
 
+    @property
     def holding(self) -> Mapping[str, int]:
-        """Blocks credited per node (for ``/admin/fleet``)."""
-        return dict(self._held)
+        """Blocks credited per node (read by the router on every request: not copied)."""
+        return self._held
 
     def _interned(self, holders: frozenset[str]) -> frozenset[str]:
         return self._sets.setdefault(holders, holders)

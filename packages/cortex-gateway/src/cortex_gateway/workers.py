@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -110,8 +110,6 @@ class _Worker:
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     pause_s: float = 1.0
-    restarts: int = 0
-    stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _private_socket() -> tuple[int, int]:
@@ -181,7 +179,6 @@ class Supervisor:
                 break
             lived = time.monotonic() - worker.started
             worker.pause_s = min(worker.pause_s * 2, MAX_PAUSE_S) if lived < YOUNG_S else 1.0
-            worker.restarts += 1
             log.error(
                 "worker exited; starting it again",
                 extra={
@@ -197,7 +194,6 @@ class Supervisor:
                     await self._stop.wait()
             if self._stop.is_set():
                 break
-        worker.stopped.set()
 
     def signal_all(self, sig: signal.Signals) -> None:
         """Send ``sig`` to every worker alive."""

@@ -73,7 +73,7 @@ class AnthropicRoutes:
         body = await pipeline.read_body(request)
         message = pipeline.decode(body, MessagesRequest)
         model = pipeline.name(call, message.model)
-        pipeline.score(call, pipeline.decode(body, MessagesView).rendered)
+        pipeline.score(call, lambda: pipeline.decode(body, MessagesView).rendered)
         forwarded = encode(to_openai(message, model))
         if message.stream:
             return await self._stream(call, message, forwarded)

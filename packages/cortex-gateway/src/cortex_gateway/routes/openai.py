@@ -82,7 +82,7 @@ class OpenAIRoutes:
         body = await pipeline.read_body(request)
         view = pipeline.decode(body, RequestView)
         model = pipeline.name(call, view.model)
-        pipeline.score(call, view.rendered)
+        pipeline.score(call, lambda: view.rendered)
         # Ask for usage on streams, to count tokens; the extra chunk goes again on the way back.
         strip_usage = view.stream and not view.wants_usage
         try:
