@@ -40,6 +40,10 @@ CASES = [
     ([b"data: [DONE]\r\n\r\n"], ["[DONE]"]),
     ([b"data: a\n\ndata: unfinished\n"], ["a"]),
     (["data: a\u2028b\n\n".encode()], ["a\u2028b"]),
+    ([b"\n"], []),
+    ([b"\xef\xbb", b"\xbf\n", b"data: a\n\n"], ["a"]),
+    ([b"data: a\n\n", b"\n", b"data: b\n\n"], ["a", "b"]),
+    ([b"data: a\n\n", b"\xef\xbb\xbf\r\n\r\n"], ["a"]),
 ]
 
 

@@ -47,13 +47,14 @@ class SseParser:
     raises :class:`EventTooLarge`: memory stays bounded whatever comes.
     """
 
-    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES, *, at_start: bool = True) -> None:
+        """``at_start=False`` takes up a stream part-way (no byte order mark may lead)."""
         self.max_event_bytes = max_event_bytes
         self._buffer = bytearray()
         self._scanned = 0
         """Bytes of the buffer already split into lines (the current event's)."""
         self._data: list[bytes] = []
-        self._first_line = True
+        self._first_line = at_start
         self._skip_lf = False
 
     def feed(self, chunk: bytes) -> list[SseEvent]:
@@ -134,17 +135,19 @@ class EventFramer:
     :class:`EventTooLarge`.
     """
 
-    __slots__ = ("_parser", "_pending", "max_event_bytes")
+    __slots__ = ("_parser", "_pending", "_started", "max_event_bytes")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self.max_event_bytes = max_event_bytes
         self._pending = b""
         self._parser: SseParser | None = None
+        self._started = False
+        """Whether any bytes went out: until then a byte order mark may lead."""
 
     def feed(self, chunk: bytes) -> bytes:
         """The whole events that ``chunk`` completes (``b""`` if none), as they came."""
         if self._parser is None and b"\r" in chunk:
-            self._parser = SseParser(self.max_event_bytes)
+            self._parser = SseParser(self.max_event_bytes, at_start=not self._started)
             chunk, self._pending = self._pending + chunk, b""
         if self._parser is not None:
             return b"".join(event.raw for event in self._parser.feed(chunk))
@@ -152,12 +155,23 @@ class EventFramer:
         end = data.rfind(b"\n\n") + 2
         if end == 1:  # no boundary yet
             end = 0
+        if end == 0 and (not self._pending or not self._started):
+            end = self._blank_lead(data)
+        if end:
+            self._started = True
         self._pending = data[end:] if end < len(data) else b""
         if len(self._pending) > self.max_event_bytes:
             size = len(self._pending)
             self._pending = b""
             raise EventTooLarge(f"an event passed {self.max_event_bytes} bytes ({size} buffered)")
         return data if end == len(data) else data[:end]
+
+    def _blank_lead(self, data: bytes) -> int:
+        """The blank lines that open ``data`` at an event boundary: stray events of their own."""
+        start = 0 if self._started or not data.startswith(_BOM) else len(_BOM)
+        return (
+            len(data) - len(data[start:].lstrip(b"\n")) if data[start : start + 1] == b"\n" else 0
+        )
 
     def rest(self) -> bytes:
         """Whatever is left when the stream ends: an event without its blank line."""
