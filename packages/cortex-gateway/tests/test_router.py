@@ -183,7 +183,100 @@ def test_route_breaks_ties_by_configuration_order() -> None:
     assert route(SMALL, CATALOGUE, second, NO_IN_FLIGHT) == Serve("benjy")
 
 
-def test_route_waits_for_a_load_in_progress() -> None:
+def test_route_prefix_match_wins_at_equal_load() -> None:
+    """The node that was sent most of the prompt serves it, all else equal."""
+    snapshot = fleet(beast(loaded(SMALL)), benjy(loaded(SMALL)))
+    chosen = route(
+        SMALL, CATALOGUE, snapshot, NO_IN_FLIGHT, blocks=10, affinity={"benjy": 8}, min_match=0.5
+    )
+    assert chosen == Serve("benjy", 8)
+
+
+def test_route_prefix_match_below_min_match_spreads_by_what_nodes_hold() -> None:
+    """A short shared prefix is no affinity: the least busy node holding less takes it."""
+    snapshot = fleet(beast(loaded(SMALL)), benjy(loaded(SMALL)))
+    chosen = route(
+        SMALL,
+        CATALOGUE,
+        snapshot,
+        NO_IN_FLIGHT,
+        blocks=10,
+        affinity={"beast": 2},
+        held={"beast": 40, "benjy": 12},
+        min_match=0.5,
+    )
+    assert chosen == Serve("benjy")
+
+
+def test_route_prefix_match_loses_to_the_prompt_work_queued_there() -> None:
+    """A match saves its blocks; prompt blocks not yet computed on that node cost as many."""
+    snapshot = fleet(beast(loaded(SMALL)), benjy(loaded(SMALL)))
+    counts = {("beast", SMALL): 1}
+
+    def chosen(queued: int) -> object:
+        return route(
+            SMALL,
+            CATALOGUE,
+            snapshot,
+            counts,
+            blocks=10,
+            affinity={"beast": 6},
+            prefill={("beast", SMALL): queued},
+            max_imbalance=4,
+            min_match=0.5,
+        )
+
+    assert chosen(5) == Serve("beast", 6)  # 5 queued + 4 of its own, against 10 on benjy
+    assert chosen(6) == Serve("benjy")  # as soon either way: the one with less in flight
+    assert chosen(30) == Serve("benjy")
+
+
+def test_route_prefix_match_loses_past_max_imbalance() -> None:
+    """However long the match, a node that many requests busier than the least is passed over."""
+    snapshot = fleet(beast(loaded(SMALL)), benjy(loaded(SMALL)))
+    for busy, expected in ((2, Serve("beast", 10)), (3, Serve("benjy"))):
+        chosen = route(
+            SMALL,
+            CATALOGUE,
+            snapshot,
+            {("beast", SMALL): busy},
+            blocks=10,
+            affinity={"beast": 10},
+            max_imbalance=2,
+            min_match=0.5,
+        )
+        assert chosen == expected
+
+
+def test_route_a_burst_sharing_a_system_prompt_spreads() -> None:
+    """New prompts that share half their blocks, routed while none has its first token."""
+    snapshot = fleet(beast(loaded(SMALL)), benjy(loaded(SMALL)))
+    counts: dict[tuple[str, str], int] = {}
+    prefill: dict[tuple[str, str], int] = {}
+    held: dict[str, int] = {}
+    homes = []
+    for _ in range(6):
+        affinity = dict.fromkeys(held, 5)  # everyone who was sent one holds the system
+        chosen = route(
+            SMALL,
+            CATALOGUE,
+            snapshot,
+            counts,
+            blocks=10,
+            affinity=affinity,
+            held=held,
+            prefill=prefill,
+            max_imbalance=4,
+            min_match=0.5,
+        )
+        assert isinstance(chosen, Serve)
+        key = (chosen.node, SMALL)
+        counts[key] = counts.get(key, 0) + 1
+        prefill[key] = prefill.get(key, 0) + 10 - chosen.matched
+        held[chosen.node] = held.get(chosen.node, 0) + 10
+        homes.append(chosen.node)
+    assert homes.count("beast") == homes.count("benjy") == 3, homes
+
     """A model loading somewhere (and ready nowhere) is waited for there."""
     snapshot = fleet(beast(), benjy(loaded(SMALL, state="loading")))
     assert route(SMALL, CATALOGUE, snapshot, NO_IN_FLIGHT) == WaitForLoad("benjy")

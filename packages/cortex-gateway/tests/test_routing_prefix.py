@@ -68,6 +68,58 @@ async def test_each_conversation_stays_on_one_node_and_conversations_spread(
         assert await gw.metric("cortex_prefix_routing_total", outcome="miss") == 6
 
 
+async def test_a_burst_of_conversations_sharing_a_long_system_prompt_spreads(
+    tmp_path: Path,
+) -> None:
+    """Six first turns at once, each more than half shared system prompt: three on each node.
+
+    The first one records the system prompt on its node; the next ones match
+    it there, but that node has prompt work queued (no first token yet), so
+    the idle node is sooner. Later turns, one at a time, stay where they began.
+    """
+    system = SYSTEM * 6  # ~2.4 kB against ~0.3 kB of each conversation's own
+    conversations = [
+        [{"role": "system", "content": system}, {"role": "user", "content": f"task {i} " * 40}]
+        for i in range(6)
+    ]
+    async with serve(
+        tmp_path, two_nodes(answer_delay_s=0.3), CATALOGUE, models=MODELS, routing=ROUTING
+    ) as gw:
+        await until(lambda: len(gw.state.lifecycle.fleet.locations("fake/small")) == 2)
+        first = await asyncio.gather(*(turn(gw, messages) for messages in conversations))
+        assert first.count("a") == first.count("b") == 3, first
+        later = [await turn(gw, messages) for messages in conversations]
+        assert later == first
+        assert gw.state.lifecycle.leases.prefill == {}
+
+
+async def test_a_streamed_prompt_stops_counting_as_queued_work_at_its_first_chunk(
+    tmp_path: Path,
+) -> None:
+    """While a stream goes on, its node has its prompt computed: only the request is in flight."""
+    async with serve(
+        tmp_path, two_nodes(chunk_delay_s=0.05), CATALOGUE, models=MODELS, routing=ROUTING
+    ) as gw:
+        life = gw.state.lifecycle
+        await until(lambda: len(life.fleet.locations("fake/small")) == 2)
+        body = {"model": "fake/small", "messages": opening(0), "stream": True}
+        seen: set[tuple[int, int]] = set()  # (requests in flight, prompt blocks queued)
+
+        async def watch() -> None:
+            while True:
+                leases = life.leases
+                seen.add((sum(leases.counts.values()), sum(leases.prefill.values())))
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.ensure_future(watch())
+        answer = await gw.http.post("/v1/chat/completions", json=body)
+        watcher.cancel()
+        assert answer.status_code == 200
+        queued = {blocks for requests, blocks in seen if requests == 1}
+        assert 0 in queued, seen  # streaming: in flight, its prompt no longer queued
+        assert life.leases.prefill == {}
+
+
 async def test_least_loaded_ignores_the_prefix(tmp_path: Path) -> None:
     """With policy least_loaded, one request at a time always goes to the first node."""
     routing = {**ROUTING, "policy": "least_loaded"}

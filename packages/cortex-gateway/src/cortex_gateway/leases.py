@@ -19,7 +19,7 @@ __all__ = ["Lease", "Leases"]
 class Lease:
     """One request's hold on ``(node, model)``, counted in flight until released."""
 
-    __slots__ = ("_aborts", "_book", "aborted", "matched", "model", "node", "url")
+    __slots__ = ("_aborts", "_book", "aborted", "matched", "model", "node", "prefill", "url")
 
     def __init__(self, book: Leases, node: str, model: str) -> None:
         self.node = node
@@ -28,6 +28,8 @@ class Lease:
         """The model's OpenAI base URL on the node, once known."""
         self.matched = 0
         """Leading prompt blocks the node was recently sent (prefix-aware routing)."""
+        self.prefill = 0
+        """Prompt blocks the node has still to compute, until the first token (or the end)."""
         self.aborted: str | None = None
         """Why the lease was taken back (the node went down, the gateway stops), if it was."""
         self._book: Leases | None = book
@@ -54,11 +56,20 @@ class Lease:
         for callback in callbacks:
             callback()
 
+    def prefilled(self) -> None:
+        """The node has computed the prompt (its first token came): stop counting that work."""
+        if self.prefill and self._book is not None:
+            self._book.prefilled(self)
+        self.prefill = 0
+
     def release(self) -> None:
         """Stop counting the request in flight (once, however often it is called)."""
         book, self._book = self._book, None
         self._aborts = []
         if book is not None:
+            if self.prefill:
+                book.prefilled(self)
+                self.prefill = 0
             book.released(self)
 
 
@@ -67,6 +78,7 @@ class Leases:
 
     def __init__(self, on_release: Callable[[], object] = lambda: None) -> None:
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._prefill: Counter[tuple[str, str]] = Counter()
         self._held: dict[str, set[Lease]] = {}
         self._on_release = on_release
 
@@ -75,15 +87,30 @@ class Leases:
         """Requests in flight by ``(node, model)``."""
         return self._counts
 
+    @property
+    def prefill(self) -> Mapping[tuple[str, str], int]:
+        """Prompt blocks sent by ``(node, model)`` and not yet computed (no first token yet)."""
+        return self._prefill
+
     def __len__(self) -> int:
         return sum(len(held) for held in self._held.values())
 
-    def take(self, node: str, model: str) -> Lease:
-        """A new lease, counted at once."""
+    def take(self, node: str, model: str, prefill: int = 0) -> Lease:
+        """A new lease, counted at once (with ``prefill`` prompt blocks still to compute)."""
         lease = Lease(self, node, model)
         self._counts[(node, model)] += 1
+        if prefill > 0:
+            lease.prefill = prefill
+            self._prefill[(node, model)] += prefill
         self._held.setdefault(node, set()).add(lease)
         return lease
+
+    def prefilled(self, lease: Lease) -> None:
+        """Stop counting a lease's prompt blocks (called by :class:`Lease`)."""
+        key = (lease.node, lease.model)
+        self._prefill[key] -= lease.prefill
+        if self._prefill[key] <= 0:
+            del self._prefill[key]
 
     def released(self, lease: Lease) -> None:
         """Forget a released lease (called by :meth:`Lease.release`)."""

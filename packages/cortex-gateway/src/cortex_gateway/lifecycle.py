@@ -353,6 +353,7 @@ class Lifecycle:
             blocks=len(prefix),
             affinity=affinity,
             held=held,
+            prefill=self.leases.prefill,
             max_imbalance=self.routing.max_imbalance,
             min_match=self.routing.min_prefix_match,
         )
@@ -378,7 +379,7 @@ class Lifecycle:
     def _take(self, node: str, model_id: str, prefix: Sequence[int], matched: int) -> Lease:
         if prefix:
             self.prefixes.record(model_id, prefix, node)
-        lease = self.leases.take(node, model_id)
+        lease = self.leases.take(node, model_id, len(prefix) - matched)
         lease.matched = matched
         return lease
 

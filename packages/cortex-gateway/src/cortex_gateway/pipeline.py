@@ -413,6 +413,8 @@ class Pipeline:
                     chunk = await anext(source)
                 except StopAsyncIteration:
                     break
+                if conn.lease.prefill:  # the first chunk: the node has computed the prompt
+                    conn.lease.prefilled()
                 # No deadline while the client takes the chunk: only the neuron is timed.
                 watch.waiting_for = None
                 yield chunk

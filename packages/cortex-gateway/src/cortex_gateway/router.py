@@ -116,6 +116,7 @@ class _Affinity:
     matched: Mapping[str, int]
     blocks: int
     held: Mapping[str, int]
+    prefill: Mapping[tuple[str, str], int]
     max_imbalance: int
     min_match: float
 
@@ -124,15 +125,27 @@ def _choose(
     nodes: Sequence[NodeState], model_id: str, in_flight: InFlight, affinity: _Affinity
 ) -> Serve:
     load = {n.name: _in_flight(n, model_id, in_flight) for n in nodes}
-    matched = affinity.matched
-    if matched and affinity.blocks:
-        best = max(nodes, key=lambda n: (matched.get(n.name, 0), -load[n.name]))
-        share = matched.get(best.name, 0) / affinity.blocks
-        least = min(load.values())
-        balanced = load[best.name] - least <= affinity.max_imbalance
-        if share > 0 and share >= affinity.min_match and balanced:
-            return Serve(best.name, matched[best.name])
     held = affinity.held
+    matched, blocks = affinity.matched, affinity.blocks
+    if matched and blocks:
+        least = min(load.values())
+        floor = max(1, affinity.min_match * blocks)
+        useful = {name: m for name, m in matched.items() if m >= floor}
+        if useful:
+            prefill = affinity.prefill
+
+            def cost(node: NodeState) -> tuple[int, int, int]:
+                # The prompt work queued there (sent, no first token yet), then this
+                # prompt's own beyond what the node holds: a match wins while it saves
+                # more prefill than waiting behind the node's queue costs.
+                queued = prefill.get((node.name, model_id), 0)
+                own = blocks - useful.get(node.name, 0)
+                return queued + own, load[node.name], held.get(node.name, 0)
+
+            within = [n for n in nodes if load[n.name] - least <= affinity.max_imbalance]
+            best = min(within, key=cost)
+            if best.name in useful:
+                return Serve(best.name, useful[best.name])
     chosen = min(nodes, key=lambda n: (load[n.name], held.get(n.name, 0)))
     return Serve(chosen.name)
 
@@ -149,6 +162,7 @@ def route(
     blocks: int = 0,
     affinity: Mapping[str, int] | None = None,
     held: Mapping[str, int] | None = None,
+    prefill: Mapping[tuple[str, str], int] | None = None,
     max_imbalance: int = 0,
     min_match: float = 0.0,
 ) -> Decision:
@@ -161,17 +175,23 @@ def route(
 
     Prefix-aware routing (``affinity``: leading blocks of the request's
     prompt each node was sent, of ``blocks``; ``held``: blocks each node
-    holds in all): among the nodes that may serve, the one with the longest
-    match, if it holds at least ``min_match`` of the prompt and has at most
-    ``max_imbalance`` requests in flight above the least busy; otherwise the
-    least busy, ties to the node holding the least (so new conversations
-    spread even one at a time), then configuration order.
+    holds in all; ``prefill``: prompt blocks sent by ``(node, model)`` and
+    not yet computed): a match counts if it covers at least ``min_match`` of
+    the prompt. Among the nodes with at most ``max_imbalance`` requests in
+    flight above the least busy, the one where the prompt's first token
+    comes soonest by that count: the blocks queued there plus this prompt's
+    blocks beyond its match (ties to the fewer in flight, then the node
+    holding less). If that node holds no match, or none matches, the least
+    busy node serves, ties to the node holding the least (so new
+    conversations spread even one at a time), then configuration order.
     """
     ready = [fleet.nodes[name] for name in fleet.locations(model_id) if name not in exclude]
     open_ = [n for n in ready if (n.name, model_id) not in gated]
     preferred = [n for n in open_ if n.name not in avoid] or open_
     if preferred:
-        weighed = _Affinity(affinity or {}, blocks, held or {}, max_imbalance, min_match)
+        weighed = _Affinity(
+            affinity or {}, blocks, held or {}, prefill or {}, max_imbalance, min_match
+        )
         return _choose(preferred, model_id, in_flight, weighed)
     if ready:
         return Hold(ready[0].name)
