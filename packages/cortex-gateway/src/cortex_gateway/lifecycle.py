@@ -25,6 +25,7 @@ from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.config import GatewayConfig
 from cortex_core.neuron_api import LoadRequest
 from cortex_core.text import printable
+from cortex_gateway.activity import Timeline
 from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.leases import Lease, Leases
@@ -109,6 +110,10 @@ class Lifecycle:
         self.routing = config.cortex.routing
         self.prefixes = PrefixIndex(self.routing.prefix_index_blocks)
         """Which node was recently sent which prompt prefix (``[routing] policy = "prefix"``)."""
+        self.timeline = Timeline(clock=clock)
+        """Loads, unloads, evictions, nodes up and down: the dashboard's timeline."""
+        self.since: dict[str, float] = {}
+        """When each node last went up or down (Unix seconds), as this gateway saw it."""
         self._clock = clock
         self._loads: dict[str, asyncio.Task[str]] = {}
         self._endpoints: dict[tuple[str, str], str] = {}
@@ -172,6 +177,8 @@ class Lifecycle:
         if restarted:
             # What the old process held is gone with it, whatever the poll missed.
             log.warning("neuron restarted", extra={"node": node.name})
+            self.timeline.add("node_restarted", node.name)
+            self.since[node.name] = self._clock()
             for key in [k for k in self._endpoints if k[0] == node.name]:
                 del self._endpoints[key]
             self.prefixes.forget(node.name)
@@ -233,10 +240,15 @@ class Lifecycle:
             log.info(
                 "neuron up", extra={"node": name, "url": client.base_url, "version": node.version}
             )
+            self.timeline.add("node_up", name)
+            self.since[name] = self._clock()
         elif not node.up and (old.up or old.last_seen is None) and old.error != node.error:
             log.warning(
                 "neuron down", extra={"node": name, "url": client.base_url, "error": node.error}
             )
+            if old.up or name not in self.since:
+                self.timeline.add("node_down", name, reason=node.error)
+                self.since[name] = self._clock()
         self._apply(node)
         return node
 
@@ -685,6 +697,7 @@ class Lifecycle:
         log.info(
             "loading model", extra={"model": profile.id, "node": node, "source": profile.source}
         )
+        self.timeline.add("load_started", node, profile.id)
         try:
             await client.load(request, self.settings.load_timeout_s)
         except NeuronCallError as exc:
@@ -701,6 +714,9 @@ class Lifecycle:
                     "error": str(exc),
                 },
             )
+            self.timeline.add(
+                "load_failed", node, profile.id, reason=printable(str(exc), 300), seconds=seconds
+            )
             if exc.upstream_status is None:
                 await self.refresh(node)
             details = exc.error.error.details if exc.error else {}
@@ -712,6 +728,7 @@ class Lifecycle:
         log.info(
             "model loaded", extra={"model": profile.id, "node": node, "seconds": round(seconds, 1)}
         )
+        self.timeline.add("loaded", node, profile.id, seconds=seconds)
         await self.refresh(node)
         return None
 
@@ -740,6 +757,8 @@ class Lifecycle:
                 message = f"unloading {model_id!r} from {node!r} failed"
                 raise GatewayError(502, ErrorKind.UPSTREAM, message) from exc
         self.on_eviction(node, model_id, reason)
+        kind = "unloaded" if reason == "admin" else "evicted"
+        self.timeline.add(kind, node, model_id, reason=reason)
         await self.refresh(node)
 
     async def defragment(self) -> None:

@@ -29,6 +29,7 @@ from starlette.responses import Response
 from cortex_core.config import GatewaySection
 from cortex_core.text import printable
 from cortex_core.wire import WireError, decode
+from cortex_gateway.activity import ALL, Series
 from cortex_gateway.bodies import relayable_message
 from cortex_gateway.errors import (
     ErrorKind,
@@ -158,6 +159,8 @@ class Pipeline:
         self.neurons = neurons
         self.metrics = metrics
         self.settings = settings
+        self.series = Series()
+        """The last minutes of inference requests, per model: the dashboard's charts."""
 
     # --- the request -----------------------------------------------------------------
 
@@ -493,6 +496,8 @@ class Pipeline:
         """Record a failed request: its metrics and its one log line."""
         labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
         self.metrics.observe_failure(labels, error.status, error.kind)
+        if labels.route != "other" and labels.route != "count_tokens":
+            self.series.record(_series_key(labels.model), ok=False)
         fields: dict[str, Any] = {
             "request_id": call.request_id,
             "handler": call.handler,
@@ -526,6 +531,9 @@ class Pipeline:
         waited = (call.routed or call.started) - call.started
         self.metrics.observe_success(labels, status, meter, latency, waited)
         usage = meter.usage
+        if labels.route != "other" and labels.route != "count_tokens":
+            tokens = usage.completion_tokens if usage else 0
+            self.series.record(_series_key(labels.model), ok=True, tokens=tokens, ttft=meter.ttft)
         log.info(
             "request",
             extra={
@@ -539,6 +547,10 @@ class Pipeline:
                 "latency_s": round(latency, 3),
             },
         )
+
+
+def _series_key(label: str) -> str:
+    return ALL if label == "none" else label
 
 
 _ID_PREFIX = uuid.uuid4().hex[:16]

@@ -1,0 +1,233 @@
+"""What the dashboard (``/ui``) shows, as plain data: one snapshot of the fleet, pure.
+
+:func:`snapshot` turns the lifecycle's view (nodes, devices, models, loads,
+requests in flight, backoffs) into the JSON the page renders: one card per
+neuron with a memory bar per device, one row per catalogue model and alias.
+Texts that came from the fleet (model ids, errors) stay texts: the page
+never inserts them as HTML; here they are only made printable and bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from msgspec import Struct, field
+
+from cortex_core.catalogue import Catalogue
+from cortex_core.neuron_api import ModelInfo
+from cortex_core.text import printable
+from cortex_gateway.activity import Event
+from cortex_gateway.catalogue_view import list_models
+from cortex_gateway.fleet import Fleet, NodeState
+from cortex_gateway.scheduling import Backoff
+
+__all__ = ["DeviceBar", "ModelRow", "NodeCard", "Placement", "Segment", "Snapshot", "snapshot"]
+
+ERROR_CHARS = 300
+"""The longest error text shown (the rest is cut)."""
+
+
+class Segment(Struct, kw_only=True):
+    """A part of a device's memory.
+
+    A model's (``ready``/``unloading``), a load's reservation (``loading``), or
+    memory in use by nothing the neuron reports (``other``).
+    """
+
+    kind: str
+    bytes: int
+    model: str | None = None
+
+
+class DeviceBar(Struct, kw_only=True):
+    """One GPU: its memory, in the order the bar draws it (free is what is left)."""
+
+    index: int
+    name: str
+    total: int
+    used: int
+    segments: list[Segment] = field(default_factory=list)
+    utilization: float = 0.0
+
+
+class NodeCard(Struct, kw_only=True):
+    """One neuron as the fleet card shows it."""
+
+    name: str
+    up: bool
+    since: float | None = None
+    """When it last went up or down (Unix seconds), as this gateway saw it."""
+    version: str = ""
+    endpoint: str | None = None
+    """Admin keys only: where the neuron is."""
+    error: str | None = None
+    cpu_only: bool = False
+    devices: list[DeviceBar] = field(default_factory=list)
+    host_models: list[Segment] = field(default_factory=list)
+    """On a CPU-only node: the models it holds, in host memory."""
+
+
+class Placement(Struct, kw_only=True):
+    """A model on one node."""
+
+    node: str
+    state: str
+    phase: str | None = None
+    since: float | None = None
+    """Ready: when it was loaded; loading: when the gateway asked (if it did)."""
+    error: str | None = None
+    in_flight: int = 0
+    last_used: float | None = None
+    memory_bytes: int = 0
+
+
+class ModelRow(Struct, kw_only=True):
+    """A catalogue model, a model loaded outside the catalogue, or an alias."""
+
+    id: str
+    alias_of: str | None = None
+    catalogued: bool = False
+    pinned: bool = False
+    priority: int | None = None
+    memory_bytes: int | None = None
+    feasible_on: list[str] = field(default_factory=list)
+    placements: list[Placement] = field(default_factory=list)
+    in_flight: int = 0
+    waiting: int = 0
+    last_used: float | None = None
+    backoff: list[str] = field(default_factory=list)
+    """Nodes where its loads failed recently, paused."""
+
+
+class Snapshot(Struct, kw_only=True):
+    """The whole page's data at ``time``."""
+
+    time: float
+    version: str
+    admin: bool
+    nodes: list[NodeCard]
+    models: list[ModelRow]
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else printable(value, ERROR_CHARS)
+
+
+def _bar(node: NodeState) -> list[DeviceBar]:
+    bars = {
+        d.index: DeviceBar(
+            index=d.index,
+            name=printable(d.name, 80),
+            total=d.memory_total,
+            used=d.memory_used,
+            utilization=d.utilization,
+        )
+        for d in node.devices
+    }
+    for info in node.models:
+        if info.state not in ("ready", "loading", "unloading") or not info.devices:
+            continue
+        share = info.memory_bytes // len(info.devices)
+        kind = "loading" if info.state == "loading" else info.state
+        for index in info.devices:
+            if (bar := bars.get(index)) is not None and share:
+                bar.segments.append(Segment(kind=kind, bytes=share, model=printable(info.id)))
+    for bar in bars.values():
+        # What a load reserves may already be in use (an engine allocating as it starts).
+        known = sum(s.bytes for s in bar.segments)
+        if (other := bar.used - known) > 0:
+            bar.segments.append(Segment(kind="other", bytes=other))
+    return list(bars.values())
+
+
+def _card(node: NodeState, since: float | None, admin: bool) -> NodeCard:
+    cpu_only = not node.devices
+    return NodeCard(
+        name=node.name,
+        up=node.up,
+        since=since,
+        version=printable(node.version, 64),
+        endpoint=node.endpoint if admin else None,
+        error=None if node.up else _text(node.error),
+        cpu_only=cpu_only,
+        devices=_bar(node),
+        host_models=[
+            Segment(kind=m.state, bytes=m.memory_bytes, model=printable(m.id))
+            for m in node.models
+            if cpu_only and m.state in ("ready", "loading", "unloading")
+        ],
+    )
+
+
+def _placement(node: str, info: ModelInfo, started: float | None) -> Placement:
+    since = info.loaded_at if info.state == "ready" else started
+    return Placement(
+        node=node,
+        state=printable(info.state, 32),
+        phase=_text(info.phase),
+        since=since,
+        error=_text(info.error) if info.state == "failed" else None,
+        in_flight=info.in_flight,
+        last_used=info.last_used,
+        memory_bytes=info.memory_bytes,
+    )
+
+
+def snapshot(
+    catalogue: Catalogue,
+    fleet: Fleet,
+    *,
+    since: Mapping[str, float],
+    in_flight: Mapping[tuple[str, str], int],
+    waiting: Mapping[str, int],
+    backoffs: Mapping[tuple[str, str], Backoff],
+    events: list[Event],
+    admin: bool,
+    version: str,
+    now: float | None = None,
+) -> Snapshot:
+    """The dashboard's data: every node's card, every model's and alias's row.
+
+    ``events`` (the timeline) gives when each load under way was asked for.
+    """
+    now = time.time() if now is None else now
+    started: dict[tuple[str, str], float] = {}
+    for event in events:
+        if event.kind == "load_started" and event.model is not None:
+            started[(event.node, event.model)] = event.time
+    rows: list[ModelRow] = []
+    listing = list_models(catalogue, fleet, backoffs, now)
+    for entry in listing.data:
+        concrete = entry.alias_of or entry.id
+        profile = catalogue.profile(concrete)
+        placements = [
+            _placement(node.name, info, started.get((node.name, concrete)))
+            for node in fleet.nodes.values()
+            if (info := node.model(concrete)) is not None
+        ]
+        gateway_count = sum(c for (_, m), c in in_flight.items() if m == concrete)
+        used = [p.last_used for p in placements if p.last_used is not None]
+        rows.append(
+            ModelRow(
+                id=printable(entry.id),
+                alias_of=entry.alias_of,
+                catalogued=profile is not None,
+                pinned=entry.pinned,
+                priority=profile.priority if profile is not None else None,
+                memory_bytes=profile.memory_bytes if profile is not None else None,
+                feasible_on=entry.feasible_on,
+                placements=placements,
+                in_flight=max(gateway_count, sum(p.in_flight for p in placements)),
+                waiting=waiting.get(concrete, 0),
+                last_used=max(used, default=None),
+                backoff=[b.node for b in entry.backoff],
+            )
+        )
+    return Snapshot(
+        time=now,
+        version=version,
+        admin=admin,
+        nodes=[_card(node, since.get(node.name), admin) for node in fleet.nodes.values()],
+        models=rows,
+    )

@@ -1,0 +1,194 @@
+"""``/ui``: the fleet dashboard, its assets, and the live stream that feeds it.
+
+The page and its assets are open (they hold no data, and without a key the
+page shows only its key prompt); the data routes take an API key like every
+inference route, and the page's actions go through ``/admin/models/*`` with
+their own checks. Every answer here carries a strict Content-Security-Policy:
+scripts and styles from this origin only, nothing inline, no frames.
+
+``GET /ui/events`` is one server-sent-event stream: ``snapshot`` (the whole
+fleet, :mod:`cortex_gateway.dashboard`) when it changes and at least every
+``HEARTBEAT_S``; ``timeline`` (fleet events not yet sent); ``activity`` (the
+all-models series and the models that have one) every bucket. The page
+reads it with ``fetch`` (so the key goes in a header, never in a URL) and
+reconnects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from cortex_core.wire import encode
+from cortex_gateway import __version__
+from cortex_gateway.activity import ALL, Event
+from cortex_gateway.dashboard import Snapshot, snapshot
+from cortex_gateway.errors import ErrorKind, GatewayError, Surface
+from cortex_gateway.pipeline import Call
+from cortex_gateway.responses import ClosingStream, json_response
+from cortex_gateway.routes.endpoint import endpoint
+from cortex_gateway.state import Gateway
+
+__all__ = ["SECURITY_HEADERS", "UiRoutes"]
+
+SECURITY_HEADERS = {
+    "content-security-policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-cache",
+}
+ASSETS = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+PAGE = "index.html"
+TICK_S = 0.25
+"""How often the stream looks for a change to send (it sends only what changed)."""
+HEARTBEAT_S = 15.0
+"""The longest the stream stays silent: a snapshot goes out at least this often."""
+RETRY_MS = 2000
+
+
+def _asset(name: str) -> bytes:
+    return resources.files("cortex_gateway").joinpath("ui", name).read_bytes()
+
+
+def _sse(event: str, data: bytes) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
+
+
+class UiRoutes:
+    """The dashboard over a :class:`~cortex_gateway.state.Gateway`."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._files = {name: _asset(name) for name in (PAGE, *ASSETS)}
+
+    def routes(self) -> list[Route]:
+        """The page and assets (open), the snapshot, activity and event stream (keyed)."""
+
+        def r(path: str, handler: str, work: object, *, public: bool = False) -> Route:
+            wrapped = endpoint(self.gateway, handler, Surface.OPENAI, work, public=public)  # type: ignore[arg-type]
+            return Route(path, wrapped, methods=["GET"])
+
+        return [
+            r("/ui", "ui", self.page, public=True),
+            r("/ui/", "ui", self.page, public=True),
+            *(r(f"/ui/{name}", "ui", self.asset, public=True) for name in ASSETS),
+            r("/ui/snapshot", "ui_snapshot", self.snapshot),
+            r("/ui/activity", "ui_activity", self.activity),
+            r("/ui/events", "ui_events", self.events),
+        ]
+
+    async def page(self, request: Request, call: Call) -> Response:
+        """``GET /ui``: the page (no data in it)."""
+        return Response(
+            self._files[PAGE], media_type="text/html; charset=utf-8", headers=SECURITY_HEADERS
+        )
+
+    async def asset(self, request: Request, call: Call) -> Response:
+        """``GET /ui/app.js`` and the other assets, from the installed package."""
+        name = request.url.path.rsplit("/", 1)[1]
+        return Response(self._files[name], media_type=ASSETS[name], headers=SECURITY_HEADERS)
+
+    def _admin(self, request: Request) -> bool:
+        try:
+            self.gateway.pipeline.authorize(request, admin=True)
+        except GatewayError:
+            return False
+        return True
+
+    def _snapshot(self, admin: bool) -> Snapshot:
+        life = self.gateway.lifecycle
+        return snapshot(
+            life.catalogue,
+            life.fleet,
+            since=life.since,
+            in_flight=life.in_flight,
+            waiting=life.waiting,
+            backoffs=life.backoffs,
+            events=life.timeline.since(0),
+            admin=admin,
+            version=__version__,
+        )
+
+    async def snapshot(self, request: Request, call: Call) -> Response:
+        """``GET /ui/snapshot``: what the page shows, once (``/ui/events`` streams it)."""
+        return json_response(self._snapshot(self._admin(request)), headers=SECURITY_HEADERS)
+
+    async def activity(self, request: Request, call: Call) -> Response:
+        """``GET /ui/activity?model=ID``: one model's last minutes (all models without one)."""
+        model = request.query_params.get("model", ALL)
+        series = self.gateway.pipeline.series
+        known = (
+            model == ALL or model in series.models() or model in self.gateway.lifecycle.catalogue
+        )
+        if not known:
+            raise GatewayError(404, ErrorKind.NOT_FOUND, "no activity for that model")
+        return json_response(series.view(model), headers=SECURITY_HEADERS)
+
+    async def events(self, request: Request, call: Call) -> Response:
+        """``GET /ui/events``: the live stream (see the module's docstring)."""
+        admin = self._admin(request)
+        after = int(request.query_params.get("after", "0") or 0)
+
+        async def done() -> None:
+            return None
+
+        return ClosingStream(self.stream(admin, after), SECURITY_HEADERS, done)
+
+    async def stream(self, admin: bool, after: int = 0) -> AsyncIterator[bytes]:
+        """The events of ``GET /ui/events`` until the gateway drains or stops.
+
+        Timeline events after ``after`` first; a change wakes the stream at once.
+        """
+        gateway, life = self.gateway, self.gateway.lifecycle
+        series = gateway.pipeline.series
+        woken = asyncio.Event()
+
+        def wake(event: Event) -> None:
+            woken.set()
+
+        life.timeline.listeners.append(wake)
+        try:
+            yield f"retry: {RETRY_MS}\n\n".encode()
+            sent_snapshot = b""
+            sent_at = 0.0
+            bucket = -1
+            seq = after
+            while not (life.stopping or gateway.draining):
+                now = time.monotonic()
+                fleet = self._snapshot(admin)
+                stamp, fleet.time = fleet.time, 0.0
+                data = encode(fleet)  # compared without its time: sent when something changed
+                if data != sent_snapshot or now - sent_at >= HEARTBEAT_S:
+                    fleet.time = stamp
+                    yield _sse("snapshot", encode(fleet))
+                    sent_snapshot, sent_at = data, now
+                fresh = life.timeline.since(seq)
+                if fresh:
+                    seq = fresh[-1].seq
+                    yield _sse("timeline", encode(fresh))
+                current = int(time.time() // series.bucket_s)
+                if current != bucket:
+                    bucket = current
+                    models = [m for m in series.models() if m != ALL]
+                    payload = {"all": series.view(ALL), "models": models}
+                    yield _sse("activity", encode(payload))
+                woken.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), TICK_S)
+        finally:
+            life.timeline.listeners.remove(wake)
