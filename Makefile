@@ -53,6 +53,15 @@ test-fast: ## Run the quick tests (no vLLM engines, no processes) and print the 
 test: install engine lint typecheck ## Install, check, and run every test (real vLLM included)
 	$(UV) run --no-sync pytest $(PYTEST_ARGS)
 
+.PHONY: test-browser
+test-browser: ## Run the dashboard's browser tests (Debian's chromium: apt-get install chromium)
+	$(UV) run --no-sync pytest -m slow tests/test_dashboard_browser.py $(PYTEST_ARGS)
+
+.PHONY: screenshot
+screenshot: ## Take docs/img/dashboard.png again, from the browser test that makes it
+	CORTEX_UPDATE_SCREENSHOT=1 $(UV) run --no-sync pytest -m slow \
+		tests/test_dashboard_browser.py -k screenshot $(PYTEST_ARGS)
+
 .PHONY: demo
 demo: engine ## Run the demo: a neuron and the gateway on loopback, with SmolLM2 (see README)
 	UV="$(UV)" ./scripts/demo.sh

@@ -190,6 +190,13 @@ def test_gateway_installs_without_vllm_or_torch(dists: Dists, tmp_path: Path) ->
         assert health["status"] == "ok"
         listing = httpx.get(f"http://127.0.0.1:{api}/v1/models", timeout=10).json()
         assert listing["data"] == []  # the packaged catalogue is empty: nothing to warn about
+        # The dashboard's page and assets come from the installed wheel.
+        page = httpx.get(f"http://127.0.0.1:{api}/ui", timeout=10)
+        assert page.status_code == 200
+        assert "/ui/app.js" in page.text
+        script = httpx.get(f"http://127.0.0.1:{api}/ui/app.js", timeout=10)
+        assert script.status_code == 200
+        assert "renderSnapshot" in script.text
         time.sleep(2)  # a few polls of the example's neurons, which are not there
     text = log.read_text()
     assert "Traceback" not in text
