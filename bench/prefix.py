@@ -10,7 +10,7 @@ new question. Each policy gets conversations the engines have not seen.
 Printed: time to first token p50/p95, the first turns apart from the later
 ones, the whole run's time, and the gateway's affinity hits.
 
-    PYTHONPATH=. .venv/bin/python bench/prefix.py [--conversations 4] [--turns 5] [--concurrency 2]
+    PYTHONPATH=. .venv/bin/python bench/prefix.py [--conversations 4] [--turns 5] [--concurrency 4]
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conversations", type=int, default=4)
     parser.add_argument("--turns", type=int, default=5)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--context-words", type=int, default=320, help="each conversation's own")
     args = parser.parse_args()
     stop_on_sigterm()
