@@ -197,6 +197,23 @@ def test_a_stopped_neuron_turns_its_card_down_within_two_poll_intervals(
         page.wait_for_selector('[data-node="b"][data-up="true"]', timeout=2 * poll * 1000)
 
 
+def test_the_page_reconnects_by_itself_when_the_gateway_restarts(
+    tmp_path: Path, open_page: Any
+) -> None:
+    """Gateway gone: the page says so; a new gateway on the same port: live again, new data."""
+    first = LiveGateway(tmp_path / "first", two_nodes(), CATALOGUE, models=MODELS)
+    with first:
+        page = open_page(first.url + "/ui")
+        page.wait_for_selector('#status[data-state="live"]')
+        page.wait_for_selector('[data-node="b"]')
+    page.wait_for_selector('#status[data-state="reconnecting"]')
+    again = [ScriptedNode("a", (48,)), ScriptedNode("c", (48,))]
+    with LiveGateway(tmp_path / "again", again, CATALOGUE, models=MODELS, port=first.port):
+        page.wait_for_selector('[data-node="c"]', timeout=15_000)
+        page.wait_for_selector('#status[data-state="live"]')
+        assert page.locator('[data-node="b"]').count() == 0
+
+
 def test_the_playground_streams_an_answer_through_the_gateway(
     tmp_path: Path, open_page: Any
 ) -> None:

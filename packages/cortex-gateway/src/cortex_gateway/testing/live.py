@@ -56,15 +56,17 @@ class LiveGateway:
         models: Sequence[ScriptedModel] = (),
         eviction: dict[str, object] | None = None,
         host: str = "127.0.0.1",
+        port: int | None = None,
         **gateway: object,
     ) -> None:
+        """``port``: a given one (to start again where the last one was), else a free one."""
         self.fleet = ScriptedFleet(nodes, models)
         settings = {"poll_interval_s": 0.5, **gateway}
         self.config = self.fleet.config(
             folder, models_toml, gateway=_keys(settings), eviction=_keys(eviction or {})
         )
         self.host = host
-        self.port = _free_port(host)
+        self.port = port or _free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.state: Gateway | None = None
         self._loop = asyncio.new_event_loop()

@@ -565,10 +565,12 @@ function chart(canvas, lines, format) {
     if (!n) return;
     ctx.strokeStyle = colours[index % colours.length];
     ctx.lineWidth = 1.5;
+    ctx.fillStyle = colours[index % colours.length];
     ctx.beginPath();
     let drawing = false;
+    const missing = (v) => v === null || v === undefined;
     line.forEach((v, i) => {
-      if (v === null || v === undefined) {
+      if (missing(v)) {
         drawing = false;
         return;
       }
@@ -577,6 +579,7 @@ function chart(canvas, lines, format) {
       if (drawing) ctx.lineTo(x, y);
       else ctx.moveTo(x, y);
       drawing = true;
+      if (missing(line[i - 1]) && missing(line[i + 1])) ctx.fillRect(x - 2, y - 2, 4, 4); // alone: a dot
     });
     ctx.stroke();
   });
