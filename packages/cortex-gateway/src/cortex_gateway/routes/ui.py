@@ -33,7 +33,7 @@ from cortex_gateway.dashboard import Snapshot, snapshot
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
 from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import ClosingStream, json_response
-from cortex_gateway.routes.endpoint import endpoint
+from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
 
 __all__ = ["SECURITY_HEADERS", "UiRoutes"]
@@ -79,8 +79,8 @@ class UiRoutes:
     def routes(self) -> list[Route]:
         """The page and assets (open), the snapshot, activity and event stream (keyed)."""
 
-        def r(path: str, handler: str, work: object, *, public: bool = False) -> Route:
-            wrapped = endpoint(self.gateway, handler, Surface.OPENAI, work, public=public)  # type: ignore[arg-type]
+        def r(path: str, handler: str, work: Handler, *, public: bool = False) -> Route:
+            wrapped = endpoint(self.gateway, handler, Surface.OPENAI, work, public=public)
             return Route(path, wrapped, methods=["GET"])
 
         return [
