@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from gateway_harness import serve, until
 
+from cortex_gateway.dashboard import stamped
 from cortex_gateway.routes.ui import UiRoutes
 from cortex_gateway.testing import ScriptedModel, ScriptedNode
 
@@ -208,3 +209,20 @@ async def test_the_stream_sends_snapshot_timeline_and_activity_then_changes_only
         rest = [chunk async for chunk in stream]
         assert len(rest) <= 3  # what was due; then the stream ends
         gw.state.draining = False
+
+
+async def test_one_snapshot_is_shared_until_something_changes(tmp_path: Path) -> None:
+    """Built once per change for every open page; stamped with the time at each sending."""
+    async with serve(tmp_path, fleet(), CATALOGUE, models=MODELS, poll_interval_s=60) as gw:
+        ui = UiRoutes(gw.state)
+        first = ui._snapshot(admin=True)
+        assert ui._snapshot(admin=True) is first
+        assert ui._snapshot(admin=False) is not first  # no endpoints for other keys
+        lease = gw.state.lifecycle.leases.take("a", "fake/small")
+        changed = ui._snapshot(admin=True)
+        assert changed is not first
+        assert json.loads(changed)["models"][0]["in_flight"] == 1
+        lease.release()
+        sent = json.loads(stamped(ui._snapshot(admin=True), 1234.5))
+        assert sent["time"] == 1234.5
+        assert sent["models"][0]["in_flight"] == 0

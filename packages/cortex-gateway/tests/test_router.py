@@ -1029,3 +1029,30 @@ def test_after_failed_load(
         CATALOGUE.models[0], failure, snapshot, catalogue, NO_IN_FLIGHT, "lru", needed_bytes=planned
     )
     assert decision == expected
+
+
+@pytest.mark.parametrize(
+    ("gpus", "needed", "tp", "holds"),
+    [
+        ((24,), 24, 1, True),
+        ((24,), 25, 1, False),
+        ((12, 24), 20, 1, True),
+        ((12, 24), 30, 2, False),  # 15 each: the 12 GiB GPU cannot take its half
+        ((16, 24, 16), 30, 2, True),
+        ((24,), 10, 2, False),  # two ranks, one GPU
+        ((), 1, 1, False),
+    ],
+)
+def test_could_hold_is_tensor_parallel_fit_on_empty_gpus(
+    gpus: tuple[float, ...], needed: float, tp: int, holds: bool
+) -> None:
+    """A node holds a model if ``tp`` of its GPUs each take an even share of it."""
+    assert node("n", gpus).could_hold(int(needed * GIB), tp) is holds
+
+
+def test_a_node_finds_its_models_by_id_first_entry_winning() -> None:
+    """``model`` answers from an index built once per snapshot, as the scan did."""
+    first, second = loaded(SMALL, 1), ModelInfo(id=SMALL, state="failed")
+    polled = node("n", (24,), [first, second])
+    assert polled.model(SMALL) is first
+    assert polled.model(MEDIUM) is None

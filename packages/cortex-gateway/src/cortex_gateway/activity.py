@@ -187,6 +187,8 @@ class Timeline:
     def __init__(self, size: int = 500, clock: Callable[[], float] = time.time) -> None:
         self._events: deque[Event] = deque(maxlen=size)
         self._seq = itertools.count(1)
+        self.last = 0
+        """The newest event's number (0: none yet)."""
         self.clock = clock
         self.listeners: list[Callable[[Event], object]] = []
         """Called with each event as it is added (the dashboard's streams)."""
@@ -211,6 +213,7 @@ class Timeline:
             seconds=None if seconds is None else round(seconds, 2),
         )
         self._events.append(event)
+        self.last = event.seq
         for listener in list(self.listeners):
             listener(event)
         return event

@@ -22,7 +22,16 @@ from cortex_gateway.catalogue_view import list_models
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.scheduling import Backoff
 
-__all__ = ["DeviceBar", "ModelRow", "NodeCard", "Placement", "Segment", "Snapshot", "snapshot"]
+__all__ = [
+    "DeviceBar",
+    "ModelRow",
+    "NodeCard",
+    "Placement",
+    "Segment",
+    "Snapshot",
+    "snapshot",
+    "stamped",
+]
 
 ERROR_CHARS = 300
 """The longest error text shown (the rest is cut)."""
@@ -101,9 +110,8 @@ class ModelRow(Struct, kw_only=True):
 
 
 class Snapshot(Struct, kw_only=True):
-    """The whole page's data at ``time``."""
+    """The whole page's data (sent with the time it was taken: :func:`stamped`)."""
 
-    time: float
     version: str
     admin: bool
     nodes: list[NodeCard]
@@ -225,9 +233,17 @@ def snapshot(
             )
         )
     return Snapshot(
-        time=now,
         version=version,
         admin=admin,
         nodes=[_card(node, since.get(node.name), admin) for node in fleet.nodes.values()],
         models=rows,
     )
+
+
+def stamped(encoded: bytes, now: float) -> bytes:
+    """An encoded :class:`Snapshot` with ``"time"`` (Unix seconds) put first.
+
+    The snapshot is encoded once per change and shared by every open page;
+    only the time differs from one sending to the next.
+    """
+    return b'{"time":' + repr(round(now, 3)).encode() + b"," + encoded[1:]

@@ -30,10 +30,23 @@ class NodeState:
     """Why the last poll failed, while the node is down."""
     started_at: float | None = None
     """When the neuron's process started, as it says: a new value means it restarted."""
+    _by_id: Mapping[str, ModelInfo] = field(init=False, repr=False, compare=False)
+    _largest: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Looked up for every request routed and every model listed: by id, not by scan.
+        object.__setattr__(self, "_by_id", {m.id: m for m in reversed(self.models)})
+        largest = sorted((d.memory_total for d in self.devices), reverse=True)
+        object.__setattr__(self, "_largest", tuple(largest))
 
     def model(self, model_id: str) -> ModelInfo | None:
         """The node's entry for ``model_id`` in any state."""
-        return next((m for m in self.models if m.id == model_id), None)
+        return self._by_id.get(model_id)
+
+    def could_hold(self, needed: int, tp: int = 1) -> bool:
+        """Whether ``tp`` of its GPUs, empty, hold ``needed`` bytes split evenly among them."""
+        largest = self._largest
+        return len(largest) >= tp and largest[tp - 1] >= -(-needed // tp)
 
     def ready(self, model_id: str) -> bool:
         """Whether the node is up and serving ``model_id``."""

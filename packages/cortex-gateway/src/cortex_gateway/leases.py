@@ -79,6 +79,8 @@ class Leases:
     def __init__(self, on_release: Callable[[], object] = lambda: None) -> None:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._prefill: Counter[tuple[str, str]] = Counter()
+        self.version = 0
+        """Counts every lease taken and released: a change to look at."""
         self._held: dict[str, set[Lease]] = {}
         self._on_release = on_release
 
@@ -98,6 +100,7 @@ class Leases:
     def take(self, node: str, model: str, prefill: int = 0) -> Lease:
         """A new lease, counted at once (with ``prefill`` prompt blocks still to compute)."""
         lease = Lease(self, node, model)
+        self.version += 1
         self._counts[(node, model)] += 1
         if prefill > 0:
             lease.prefill = prefill
@@ -115,6 +118,7 @@ class Leases:
     def released(self, lease: Lease) -> None:
         """Forget a released lease (called by :meth:`Lease.release`)."""
         key = (lease.node, lease.model)
+        self.version += 1
         self._counts[key] -= 1
         if self._counts[key] <= 0:
             del self._counts[key]

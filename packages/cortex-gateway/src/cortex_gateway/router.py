@@ -330,7 +330,7 @@ def place(
         if needed is None or not node.devices:
             options.append((0, 0, -node.memory_free, Placement(node.name)))
             continue
-        if not _fits([d.memory_total for d in node.devices], needed, tp):
+        if not node.could_hold(needed, tp):
             continue
         idle = eviction_order(
             evictable(node, catalogue, in_flight, keep=profile.id), catalogue, strategy
@@ -467,6 +467,8 @@ def feasible_on(profile: ModelProfile | None, model_id: str, fleet: Fleet) -> li
     judge), an allowed up node counts as feasible.
     """
     names = []
+    needed = profile.memory_bytes if profile is not None else None
+    tp = _tp(profile) if profile is not None else 1
     for node in fleet.nodes.values():
         if not node.up:
             continue
@@ -475,12 +477,7 @@ def feasible_on(profile: ModelProfile | None, model_id: str, fleet: Fleet) -> li
             continue
         if profile is None or not profile.allowed_on(node.name):
             continue
-        needed = profile.memory_bytes
-        if (
-            needed is None
-            or not node.devices
-            or _fits([d.memory_total for d in node.devices], needed, _tp(profile))
-        ):
+        if needed is None or not node.devices or node.could_hold(needed, tp):
             names.append(node.name)
     return names
 
@@ -521,7 +518,7 @@ def defrag_candidates(
             and p.memory_bytes is not None
             and _tp(p) == 1
             and not node.model(p.id)
-            and _fits([d.memory_total for d in node.devices], p.memory_bytes, 1)
+            and node.could_hold(p.memory_bytes)
             and p.memory_bytes <= sum(free)
             and not _fits(free, p.memory_bytes, 1)
         ]

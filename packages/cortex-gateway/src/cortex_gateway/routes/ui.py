@@ -29,10 +29,10 @@ from starlette.routing import Route
 from cortex_core.wire import encode
 from cortex_gateway import __version__
 from cortex_gateway.activity import ALL, Event
-from cortex_gateway.dashboard import Snapshot, snapshot
+from cortex_gateway.dashboard import snapshot, stamped
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
 from cortex_gateway.pipeline import Call
-from cortex_gateway.responses import ClosingStream, json_response
+from cortex_gateway.responses import JSON, ClosingStream, json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
 
@@ -75,6 +75,8 @@ class UiRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._files = {name: _asset(name) for name in (PAGE, *ASSETS)}
+        self._shared: dict[bool, tuple[tuple[object, ...], bytes]] = {}
+        """The encoded snapshot per admin flag, and what it was taken from."""
 
     def routes(self) -> list[Route]:
         """The page and assets (open), the snapshot, activity and event stream (keyed)."""
@@ -110,23 +112,43 @@ class UiRoutes:
             return False
         return True
 
-    def _snapshot(self, admin: bool) -> Snapshot:
+    def _snapshot(self, admin: bool) -> bytes:
+        """The encoded snapshot, built again only when what it shows may have changed.
+
+        Shared by every open page: a fleet of 200 models takes milliseconds to
+        snapshot, and the event loop carries every request's tokens.
+        """
         life = self.gateway.lifecycle
-        return snapshot(
-            life.catalogue,
-            life.fleet,
-            since=life.since,
-            in_flight=life.in_flight,
-            waiting=life.waiting,
-            backoffs=life.backoffs,
-            events=life.timeline.since(0),
-            admin=admin,
-            version=__version__,
+        source = (
+            id(life.fleet),
+            id(life.catalogue),
+            life.leases.version,
+            life.timeline.last,
+            sum(life.waiting.values()),
         )
+        shared = self._shared.get(admin)
+        if shared is not None and shared[0] == source:
+            return shared[1]
+        encoded = encode(
+            snapshot(
+                life.catalogue,
+                life.fleet,
+                since=life.since,
+                in_flight=life.in_flight,
+                waiting=life.waiting,
+                backoffs=life.backoffs,
+                events=life.timeline.since(0),
+                admin=admin,
+                version=__version__,
+            )
+        )
+        self._shared[admin] = (source, encoded)
+        return encoded
 
     async def snapshot(self, request: Request, call: Call) -> Response:
         """``GET /ui/snapshot``: what the page shows, once (``/ui/events`` streams it)."""
-        return json_response(self._snapshot(self._admin(request)), headers=SECURITY_HEADERS)
+        body = stamped(self._snapshot(self._admin(request)), time.time())
+        return Response(body, media_type=JSON, headers=SECURITY_HEADERS)
 
     async def activity(self, request: Request, call: Call) -> Response:
         """``GET /ui/activity?model=ID``: one model's last minutes (all models without one)."""
@@ -170,12 +192,9 @@ class UiRoutes:
             seq = after
             while not (life.stopping or gateway.draining):
                 now = time.monotonic()
-                fleet = self._snapshot(admin)
-                stamp, fleet.time = fleet.time, 0.0
-                data = encode(fleet)  # compared without its time: sent when something changed
+                data = self._snapshot(admin)
                 if data != sent_snapshot or now - sent_at >= HEARTBEAT_S:
-                    fleet.time = stamp
-                    yield _sse("snapshot", encode(fleet))
+                    yield _sse("snapshot", stamped(data, time.time()))
                     sent_snapshot, sent_at = data, now
                 fresh = life.timeline.since(seq)
                 if fresh:
