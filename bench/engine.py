@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 
 from bench.loadgen import percentile
-from bench.proxy import free_port, started, stop_on_sigterm
+from bench.proxy import started, stop_on_sigterm
+from cortex_core.testing import free_port
 from neuron.testing.models import prepare_smollm2
 
 MODEL = "bench/smollm2"

@@ -32,7 +32,8 @@ import httpx
 
 from bench.engine import wait_http
 from bench.loadgen import percentile
-from bench.proxy import free_port, started, stop_on_sigterm
+from bench.proxy import started, stop_on_sigterm
+from cortex_core.testing import free_port
 from neuron.testing.models import prepare_smollm2
 
 MODEL = "bench/smollm2"

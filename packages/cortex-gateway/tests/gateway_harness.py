@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from starlette.types import Message
 from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway
 from cortex_gateway.testing import ScriptedFleet, ScriptedModel, ScriptedNode
+from cortex_gateway.testing.live import config_keys
 
 __all__ = ["Harness", "disconnecting", "serve", "until", "value"]
 
@@ -90,10 +90,6 @@ async def until(condition: Callable[[], bool], within_s: float = 5.0) -> None:
     raise AssertionError("the condition did not hold in time")
 
 
-def _config_keys(options: dict[str, object]) -> str:
-    return "".join(f"{key} = {json.dumps(v)}\n" for key, v in options.items())
-
-
 @contextlib.asynccontextmanager
 async def serve(
     folder: Path,
@@ -117,10 +113,10 @@ async def serve(
     config = fleet.config(
         folder,
         models_toml,
-        gateway=_config_keys(settings),
-        eviction=_config_keys(eviction or {}),
-        scheduling=_config_keys(scheduling or {}),
-        routing=_config_keys(routing or {}),
+        gateway=config_keys(settings),
+        eviction=config_keys(eviction or {}),
+        scheduling=config_keys(scheduling or {}),
+        routing=config_keys(routing or {}),
     )
     environ = fleet.environ() if environ is None else environ
     api, metrics, state = create_apps(config, neurons=fleet, environ=environ)

@@ -17,15 +17,15 @@ process saw (with ``[gateway] workers`` > 1, the worker that answers).
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from msgspec import Struct
 
-__all__ = ["ALL", "Event", "Series", "SeriesView", "Timeline"]
+__all__ = ["ALL", "Event", "EventKind", "Series", "SeriesView", "Timeline"]
 
 ALL = ""
 """The key of every model's requests together."""
@@ -154,13 +154,25 @@ class Series:
         )
 
 
+EventKind = Literal[
+    "load_started",
+    "loaded",
+    "load_failed",
+    "unloaded",
+    "evicted",
+    "node_up",
+    "node_down",
+    "node_restarted",
+]
+
+
 class Event(Struct, kw_only=True):
-    """Something that happened to the fleet; ``kind`` one of :data:`Timeline.KINDS`."""
+    """Something that happened to the fleet."""
 
     seq: int
     time: float
     """Unix seconds."""
-    kind: str
+    kind: EventKind
     node: str
     model: str | None = None
     reason: str | None = None
@@ -173,20 +185,8 @@ class Event(Struct, kw_only=True):
 class Timeline:
     """The newest ``size`` fleet events, numbered from 1."""
 
-    KINDS = (
-        "load_started",
-        "loaded",
-        "load_failed",
-        "unloaded",
-        "evicted",
-        "node_up",
-        "node_down",
-        "node_restarted",
-    )
-
     def __init__(self, size: int = 500, clock: Callable[[], float] = time.time) -> None:
         self._events: deque[Event] = deque(maxlen=size)
-        self._seq = itertools.count(1)
         self.last = 0
         """The newest event's number (0: none yet)."""
         self.clock = clock
@@ -195,7 +195,7 @@ class Timeline:
 
     def add(
         self,
-        kind: str,
+        kind: EventKind,
         node: str,
         model: str | None = None,
         *,
@@ -203,8 +203,9 @@ class Timeline:
         seconds: float | None = None,
     ) -> Event:
         """Record an event and tell the listeners."""
+        self.last += 1
         event = Event(
-            seq=next(self._seq),
+            seq=self.last,
             time=self.clock(),
             kind=kind,
             node=node,
@@ -213,7 +214,6 @@ class Timeline:
             seconds=None if seconds is None else round(seconds, 2),
         )
         self._events.append(event)
-        self.last = event.seq
         for listener in list(self.listeners):
             listener(event)
         return event

@@ -10,6 +10,7 @@ never inserts them as HTML; here they are only made printable and bounded.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from msgspec import Struct, field
@@ -35,6 +36,8 @@ __all__ = [
 
 ERROR_CHARS = 300
 """The longest error text shown (the rest is cut)."""
+HOLDING = ("ready", "loading", "unloading")
+"""The states in which a model holds (or is taking) memory."""
 
 
 class Segment(Struct, kw_only=True):
@@ -134,13 +137,13 @@ def _bar(node: NodeState) -> list[DeviceBar]:
         for d in node.devices
     }
     for info in node.models:
-        if info.state not in ("ready", "loading", "unloading") or not info.devices:
+        if info.state not in HOLDING or not info.devices:
             continue
         share = info.memory_bytes // len(info.devices)
-        kind = "loading" if info.state == "loading" else info.state
         for index in info.devices:
             if (bar := bars.get(index)) is not None and share:
-                bar.segments.append(Segment(kind=kind, bytes=share, model=printable(info.id)))
+                segment = Segment(kind=info.state, bytes=share, model=printable(info.id))
+                bar.segments.append(segment)
     for bar in bars.values():
         # What a load reserves may already be in use (an engine allocating as it starts).
         known = sum(s.bytes for s in bar.segments)
@@ -163,7 +166,7 @@ def _card(node: NodeState, since: float | None, admin: bool) -> NodeCard:
         host_models=[
             Segment(kind=m.state, bytes=m.memory_bytes, model=printable(m.id))
             for m in node.models
-            if cpu_only and m.state in ("ready", "loading", "unloading")
+            if cpu_only and m.state in HOLDING
         ],
     )
 
@@ -204,6 +207,9 @@ def snapshot(
     for event in events:
         if event.kind == "load_started" and event.model is not None:
             started[(event.node, event.model)] = event.time
+    gateway_counts: Counter[str] = Counter()
+    for (_, model_id), count in in_flight.items():
+        gateway_counts[model_id] += count
     rows: list[ModelRow] = []
     listing = list_models(catalogue, fleet, backoffs, now)
     for entry in listing.data:
@@ -214,7 +220,6 @@ def snapshot(
             for node in fleet.nodes.values()
             if (info := node.model(concrete)) is not None
         ]
-        gateway_count = sum(c for (_, m), c in in_flight.items() if m == concrete)
         used = [p.last_used for p in placements if p.last_used is not None]
         rows.append(
             ModelRow(
@@ -226,7 +231,7 @@ def snapshot(
                 memory_bytes=profile.memory_bytes if profile is not None else None,
                 feasible_on=entry.feasible_on,
                 placements=placements,
-                in_flight=max(gateway_count, sum(p.in_flight for p in placements)),
+                in_flight=max(gateway_counts[concrete], sum(p.in_flight for p in placements)),
                 waiting=waiting.get(concrete, 0),
                 last_used=max(used, default=None),
                 backoff=[b.node for b in entry.backoff],

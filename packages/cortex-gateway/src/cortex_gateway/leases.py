@@ -64,12 +64,10 @@ class Lease:
 
     def release(self) -> None:
         """Stop counting the request in flight (once, however often it is called)."""
+        self.prefilled()
         book, self._book = self._book, None
         self._aborts = []
         if book is not None:
-            if self.prefill:
-                book.prefilled(self)
-                self.prefill = 0
             book.released(self)
 
 

@@ -25,7 +25,7 @@ from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.config import GatewayConfig
 from cortex_core.neuron_api import LoadRequest
 from cortex_core.text import printable
-from cortex_gateway.activity import Timeline
+from cortex_gateway.activity import EventKind, Timeline
 from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.leases import Lease, Leases
@@ -757,7 +757,7 @@ class Lifecycle:
                 message = f"unloading {model_id!r} from {node!r} failed"
                 raise GatewayError(502, ErrorKind.UPSTREAM, message) from exc
         self.on_eviction(node, model_id, reason)
-        kind = "unloaded" if reason == "admin" else "evicted"
+        kind: EventKind = "unloaded" if reason == "admin" else "evicted"
         self.timeline.add(kind, node, model_id, reason=reason)
         await self.refresh(node)
 

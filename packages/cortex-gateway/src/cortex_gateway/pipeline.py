@@ -67,6 +67,8 @@ T = TypeVar("T")
 
 INFERENCE_ROUTES = frozenset({"chat_completions", "completions", "messages", "count_tokens"})
 """Handlers whose name is their metrics ``route`` label; every other route is ``other``."""
+CHARTED_ROUTES = INFERENCE_ROUTES - {"count_tokens"}
+"""Routes the dashboard's activity counts: those that run a model."""
 UNREACHABLE = "the model server could not be reached"
 BROKEN_STREAM = "the model server stopped answering"
 NO_ANSWER = "the model server did not answer in time"
@@ -496,7 +498,7 @@ class Pipeline:
         """Record a failed request: its metrics and its one log line."""
         labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
         self.metrics.observe_failure(labels, error.status, error.kind)
-        if labels.route != "other" and labels.route != "count_tokens":
+        if labels.route in CHARTED_ROUTES:
             self.series.record(_series_key(labels.model), ok=False)
         fields: dict[str, Any] = {
             "request_id": call.request_id,
@@ -531,7 +533,7 @@ class Pipeline:
         waited = (call.routed or call.started) - call.started
         self.metrics.observe_success(labels, status, meter, latency, waited)
         usage = meter.usage
-        if labels.route != "other" and labels.route != "count_tokens":
+        if labels.route in CHARTED_ROUTES:
             tokens = usage.completion_tokens if usage else 0
             self.series.record(_series_key(labels.model), ok=True, tokens=tokens, ttft=meter.ttft)
         log.info(

@@ -65,6 +65,10 @@ def _asset(name: str) -> bytes:
     return resources.files("cortex_gateway").joinpath("ui", name).read_bytes()
 
 
+async def _nothing() -> None:
+    """A stream of the dashboard holds nothing to give back when it ends."""
+
+
 def _sse(event: str, data: bytes) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
@@ -163,18 +167,12 @@ class UiRoutes:
 
     async def events(self, request: Request, call: Call) -> Response:
         """``GET /ui/events``: the live stream (see the module's docstring)."""
-        admin = self._admin(request)
-        after = int(request.query_params.get("after", "0") or 0)
+        return ClosingStream(self.stream(self._admin(request)), SECURITY_HEADERS, _nothing)
 
-        async def done() -> None:
-            return None
-
-        return ClosingStream(self.stream(admin, after), SECURITY_HEADERS, done)
-
-    async def stream(self, admin: bool, after: int = 0) -> AsyncIterator[bytes]:
+    async def stream(self, admin: bool) -> AsyncIterator[bytes]:
         """The events of ``GET /ui/events`` until the gateway drains or stops.
 
-        Timeline events after ``after`` first; a change wakes the stream at once.
+        Every timeline event kept comes first; a new one wakes the stream at once.
         """
         gateway, life = self.gateway, self.gateway.lifecycle
         series = gateway.pipeline.series
@@ -189,7 +187,7 @@ class UiRoutes:
             sent_snapshot = b""
             sent_at = 0.0
             bucket = -1
-            seq = after
+            seq = 0
             while not (life.stopping or gateway.draining):
                 now = time.monotonic()
                 data = self._snapshot(admin)

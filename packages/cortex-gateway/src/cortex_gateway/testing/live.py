@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -25,23 +24,19 @@ from typing import Any, TypeVar
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
+from cortex_core.testing import free_port
 from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway
 from cortex_gateway.testing.fleet import ScriptedFleet, ScriptedModel, ScriptedNode
 
-__all__ = ["LiveGateway"]
+__all__ = ["LiveGateway", "config_keys"]
 
 T = TypeVar("T")
 
 
-def _keys(options: dict[str, object]) -> str:
+def config_keys(options: dict[str, object]) -> str:
+    """``key = value`` lines of a ``cortex.toml`` section (values as JSON, which TOML reads)."""
     return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 class LiveGateway:
@@ -63,10 +58,13 @@ class LiveGateway:
         self.fleet = ScriptedFleet(nodes, models)
         settings = {"poll_interval_s": 0.5, **gateway}
         self.config = self.fleet.config(
-            folder, models_toml, gateway=_keys(settings), eviction=_keys(eviction or {})
+            folder,
+            models_toml,
+            gateway=config_keys(settings),
+            eviction=config_keys(eviction or {}),
         )
         self.host = host
-        self.port = port or _free_port(host)
+        self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         self.state: Gateway | None = None
         self._loop = asyncio.new_event_loop()

@@ -14,7 +14,7 @@ const state = {
   snapshot: null,
   activityAll: null,
   activityModel: null,
-  rows: new Map(), // model id -> {tr, keys: one per cell}
+  rows: new Map(), // model id -> {el: its tr, keys: one per cell}
   cards: new Map(), // node name -> {el, json}
   pending: new Map(), // "load|model" or "unload|model|node" -> true while an action runs
   chosen: new Map(), // model id -> node chosen in its load select
@@ -152,25 +152,31 @@ async function connect() {
   showDashboard();
   setStatus("live", "live");
   pet(controller);
-  const reader = response.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
   try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      pet(controller);
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        dispatch(buffer.slice(0, cut));
-        buffer = buffer.slice(cut + 2);
-      }
-    }
+    for await (const block of sseBlocks(response, () => pet(controller))) dispatch(block);
   } catch (error) {
     // the link broke or the watchdog cut it: reconnect below
   }
   if (state.controller === controller) retry();
+}
+
+// The events of a server-sent-event response, as text blocks, as they arrive (the
+// dashboard's own stream and the chat's); onRead runs on every read.
+async function* sseBlocks(response, onRead) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    if (onRead) onRead();
+    buffer += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffer.indexOf("\n\n")) >= 0) {
+      yield buffer.slice(0, cut);
+      buffer = buffer.slice(cut + 2);
+    }
+  }
 }
 
 function dispatch(block) {
@@ -207,29 +213,36 @@ function renderSnapshot(snapshot) {
   if (stats.history.length > 100) stats.history.shift();
 }
 
+// Keep box's children the elements of items, in order: entries (key -> {el, ...}) holds
+// what is on the page; update(item, entry) returns the entry to show (the same, mended,
+// or new); what is no longer among items goes.
+function reconcile(box, entries, items, keyOf, update) {
+  const seen = new Set();
+  items.forEach((item, index) => {
+    const key = keyOf(item);
+    seen.add(key);
+    const entry = update(item, entries.get(key));
+    entries.set(key, entry);
+    if (box.children[index] !== entry.el) box.insertBefore(entry.el, box.children[index] || null);
+  });
+  for (const [key, entry] of entries) {
+    if (!seen.has(key)) {
+      entry.el.remove();
+      entries.delete(key);
+    }
+  }
+}
+
 function renderNodes(nodes) {
   const up = nodes.filter((n) => n.up).length;
   $("fleet-summary").textContent = up + " of " + nodes.length + " up";
-  const box = $("nodes");
-  const seen = new Set();
-  nodes.forEach((node, index) => {
-    seen.add(node.name);
+  reconcile($("nodes"), state.cards, nodes, (node) => node.name, (node, card) => {
     const json = JSON.stringify(node);
-    let card = state.cards.get(node.name);
-    if (!card || card.json !== json) {
-      const fresh = nodeCard(node);
-      if (card) card.el.replaceWith(fresh);
-      card = { el: fresh, json };
-      state.cards.set(node.name, card);
-    }
-    if (box.children[index] !== card.el) box.insertBefore(card.el, box.children[index] || null);
+    if (card && card.json === json) return card;
+    const fresh = nodeCard(node);
+    if (card) card.el.replaceWith(fresh);
+    return { el: fresh, json };
   });
-  for (const [name, card] of state.cards) {
-    if (!seen.has(name)) {
-      card.el.remove();
-      state.cards.delete(name);
-    }
-  }
 }
 
 function nodeCard(node) {
@@ -292,16 +305,9 @@ function renderModels(models, nodes) {
   const loaded = models.filter((m) => !m.alias_of && m.placements.some((p) => p.state === "ready")).length;
   const concrete = models.filter((m) => !m.alias_of).length;
   $("models-summary").textContent = loaded + " of " + concrete + " loaded, " + (models.length - concrete) + " aliases";
-  const body = $("models").tBodies[0];
   const names = nodes.map((n) => n.name);
-  const seen = new Set();
-  models.forEach((model, index) => {
-    seen.add(model.id);
-    let row = state.rows.get(model.id);
-    if (!row) {
-      row = { tr: el("tr", { "data-model": model.id }), keys: [] };
-      state.rows.set(model.id, row);
-    }
+  reconcile($("models").tBodies[0], state.rows, models, (model) => model.id, (model, row) => {
+    row = row || { el: el("tr", { "data-model": model.id }), keys: [] };
     // Only the cells whose data changed are rebuilt (a node going down changes
     // every row's "fits on", and nothing else of it).
     CELLS.forEach((cell, i) => {
@@ -309,18 +315,12 @@ function renderModels(models, nodes) {
       if (row.keys[i] === key) return;
       row.keys[i] = key;
       const fresh = cell.build(model, names);
-      const old = row.tr.children[i];
+      const old = row.el.children[i];
       if (old) old.replaceWith(fresh);
-      else row.tr.append(fresh);
+      else row.el.append(fresh);
     });
-    if (body.children[index] !== row.tr) body.insertBefore(row.tr, body.children[index] || null);
+    return row;
   });
-  for (const [id, row] of state.rows) {
-    if (!seen.has(id)) {
-      row.tr.remove();
-      state.rows.delete(id);
-    }
-  }
 }
 
 function nameCell(model) {
@@ -626,34 +626,23 @@ async function tryIt(event) {
       stats.textContent = "failed: " + (answer && answer.error ? answer.error.message : "HTTP " + response.status);
       return;
     }
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of block.split("\n")) {
-          if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
-          const chunk = JSON.parse(line.slice(6));
-          if (chunk.error) {
-            stats.textContent = "failed: " + chunk.error.message;
-            return;
-          }
-          if (chunk.usage) usage = chunk.usage;
-          for (const choice of chunk.choices || []) {
-            const text = choice.delta && choice.delta.content;
-            if (!text) continue;
-            const now = performance.now();
-            if (first === null) first = now;
-            lastAt = now;
-            chunks += 1;
-            output.textContent += text;
-          }
+    for await (const block of sseBlocks(response)) {
+      for (const line of block.split("\n")) {
+        if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
+        const chunk = JSON.parse(line.slice(6));
+        if (chunk.error) {
+          stats.textContent = "failed: " + chunk.error.message;
+          return;
+        }
+        if (chunk.usage) usage = chunk.usage;
+        for (const choice of chunk.choices || []) {
+          const text = choice.delta && choice.delta.content;
+          if (!text) continue;
+          const now = performance.now();
+          if (first === null) first = now;
+          lastAt = now;
+          chunks += 1;
+          output.textContent += text;
         }
       }
     }
