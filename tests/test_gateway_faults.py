@@ -46,15 +46,19 @@ def gateway_process(fleet: Fleet) -> psutil.Process:
     return psutil.Process(fleet.gateway.pid)
 
 
-def client_connections(fleet: Fleet) -> int:
-    """Connections clients hold open to the gateway's API port."""
-    port = int(fleet.url.rsplit(":", 1)[1])
-    process = gateway_process(fleet)
+def connections_to(process: psutil.Process, url: str) -> int:
+    """Connections ``process`` holds open on the port of ``url`` (it listens there)."""
+    port = int(url.rsplit(":", 1)[1])
     return sum(
         1
         for c in process.net_connections("tcp")
         if c.status != psutil.CONN_LISTEN and c.laddr.port == port
     )
+
+
+def client_connections(fleet: Fleet) -> int:
+    """Connections clients hold open to the gateway's API port."""
+    return connections_to(gateway_process(fleet), fleet.url)
 
 
 def upstream_connections(fleet: Fleet) -> int:
@@ -306,13 +310,16 @@ def test_short_and_slow_bodies_are_answered_408_and_let_go(
 
 async def _stream(client: httpx.AsyncClient, leave: bool) -> str:
     body = {"model": "fake/small", "messages": QUESTION, "stream": True}
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        text = ""
-        async for chunk in response.aiter_text():
-            text += chunk
-            if leave:
-                return "left"
-        return text
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            text = "" if response.status_code == 200 else f"HTTP {response.status_code}: "
+            async for chunk in response.aiter_text():
+                text += chunk
+                if leave:
+                    return "left"
+            return text
+    except httpx.HTTPError as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def test_five_hundred_streams_with_a_third_leaving_leak_nothing(
@@ -344,8 +351,9 @@ def test_five_hundred_streams_with_a_third_leaving_leak_nothing(
 
     outcomes = asyncio.run(burst())
     assert outcomes.count("left") == 167
-    finished = [o for o in outcomes if o != "left"]
-    assert all(o.endswith("data: [DONE]\n\n") for o in finished)
+    unfinished = [o[-300:] for o in outcomes if o != "left" and not o.endswith("data: [DONE]\n\n")]
+    problems = [line for line in fleet.gateway.log().splitlines() if "WARNING" in line]
+    assert not unfinished, (unfinished[:3], problems[:5])
     until(lambda: not fleet.fleet_state()["in_flight"], within_s=30)
     until(lambda: client_connections(fleet) == 0, within_s=30)
     # Connections to the neuron stay pooled until aiohttp's keep-alive (15 s) lets them go.
@@ -354,6 +362,55 @@ def test_five_hundred_streams_with_a_third_leaving_leak_nothing(
     until(lambda: gauge(fleet, "cortex_event_loop_tasks") <= tasks_before, within_s=30)
     neuron_models = httpx.get(f"{fleet.neurons['beast'].url}/models").json()["models"]
     assert sum(m["in_flight"] for m in neuron_models) == 0
+
+
+def _get_twice(url: str, pause_s: float) -> list[bytes]:
+    """Two GET /health on one connection, ``pause_s`` apart: the status lines."""
+    host, port = url.removeprefix("http://").split(":")
+    request = f"GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n".encode()
+    lines = []
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        for wait in (0.0, pause_s):
+            threading.Event().wait(wait)
+            sock.sendall(request)
+            lines.append(reader.readline().strip())
+            length = 0
+            while (header := reader.readline().strip()) != b"":
+                name, _, value = header.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            reader.read(length)
+    return lines
+
+
+def test_idle_connections_outlive_the_clients_pools(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """A connection idle for longer than httpx's pools keep one (5 s) still serves.
+
+    With hypercorn's default (5 s) a request sent as the server gave up on the
+    connection was cut, even mid-answer; the gateway's pool to the neurons
+    (15 s) is under the neuron's keep-alive for the same reason.
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])], CATALOGUE, models_root=models_root
+    )
+    urls = [fleet.url, fleet.neurons["beast"].url]
+    results: dict[str, list[bytes]] = {}
+    threads = [
+        threading.Thread(target=lambda u=url: results.update({u: _get_twice(u, 6.0)}))
+        for url in urls
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {url: [b"HTTP/1.1 200"] * 2 for url in urls}
+    # Closed by the client, a connection is let go at once, not at the end of its idle timer.
+    neuron = psutil.Process(fleet.neurons["beast"].pid)
+    until(lambda: client_connections(fleet) == 0, within_s=3)
+    until(lambda: connections_to(neuron, urls[1]) == 0, within_s=3)
 
 
 def test_sighup_reloads_and_sigterm_drains(start_fleet: StartFleet, models_root: Path) -> None:

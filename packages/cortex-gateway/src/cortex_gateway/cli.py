@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import signal
 import sys
@@ -126,8 +125,8 @@ async def _serve(
     config: GatewayConfig, api_bind: str, metrics_bind: str, *, worker: int | None = None
 ) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
 
+    from cortex_core.serving import server_config
     from cortex_gateway.app import create_apps
 
     api, metrics, gateway = create_apps(config)
@@ -153,22 +152,15 @@ async def _serve(
         supervisor = os.getppid()
         gateway.on_reloaded = lambda: os.kill(supervisor, signal.SIGHUP)
 
-    def hyper(bind: str) -> Config:
-        settings = Config()
-        settings.bind = [bind]
-        settings.accesslog = None
-        # Through our own handler and format, not hypercorn's second one.
-        settings.errorlog = logging.getLogger("hypercorn.error")
-        # The drain has already given requests shutdown_grace_s; this only flushes.
-        settings.graceful_timeout = 5.0
-        return settings
-
     # Starlette's ASGI types and hypercorn's differ only in how they spell them.
     api_app: Any = api
     metrics_app: Any = metrics
+    # The drain has already given requests shutdown_grace_s; hypercorn's grace only flushes.
+    api_settings = server_config(api_bind, graceful_timeout_s=5.0)
+    metrics_settings = server_config(metrics_bind, graceful_timeout_s=5.0)
     await asyncio.gather(
-        hypercorn_serve(api_app, hyper(api_bind), shutdown_trigger=stop.wait),
-        hypercorn_serve(metrics_app, hyper(metrics_bind), shutdown_trigger=stop.wait),
+        hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
+        hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
     )
 
 

@@ -27,6 +27,7 @@ from cortex_core.neuron_api import (
     UnloadRequest,
     UnloadResponse,
 )
+from cortex_core.serving import UPSTREAM_KEEP_ALIVE_S
 from cortex_core.wire import WireError, decode, encode
 from cortex_gateway.neurons import NeuronCallError, UpstreamError
 
@@ -168,7 +169,9 @@ class HttpNeurons:
 
     def __init__(self, connect_timeout_s: float = 5.0) -> None:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60)
+            connector=aiohttp.TCPConnector(
+                limit=0, ttl_dns_cache=60, keepalive_timeout=UPSTREAM_KEEP_ALIVE_S
+            )
         )
         self.management = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, force_close=True)

@@ -244,7 +244,8 @@ class Supervisor:
     async def run(self) -> None:
         """Start every worker and serve the merged metrics until the workers are all gone."""
         from hypercorn.asyncio import serve as hypercorn_serve
-        from hypercorn.config import Config
+
+        from cortex_core.serving import server_config
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -254,11 +255,7 @@ class Supervisor:
             connector=aiohttp.TCPConnector(limit=0, force_close=True)
         )
         app = Starlette(routes=[Route("/metrics", self.scrape, methods=["GET"])])
-        settings = Config()
-        settings.bind = [self.metrics_bind]
-        settings.accesslog = None
-        settings.errorlog = logging.getLogger("hypercorn.error")
-        settings.graceful_timeout = 1.0
+        settings = server_config(self.metrics_bind, graceful_timeout_s=1.0)
         metrics_app: object = app
         log.info("supervising workers", extra={"workers": len(self.workers)})
         try:

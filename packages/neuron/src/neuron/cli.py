@@ -119,8 +119,8 @@ def _enter_engine(config: NeuronConfig, argv: list[str]) -> None:
 
 async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
-    from hypercorn.config import Config
 
+    from cortex_core.serving import server_config
     from neuron.app import create_app
     from neuron.vllm_engine import VllmEngineFactory
 
@@ -139,11 +139,7 @@ async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
             " a private address only",
             extra={"listen": config.neuron.listen},
         )
-    hyper = Config()
-    hyper.bind = [bind]
-    hyper.accesslog = None
-    hyper.errorlog = logging.getLogger("hypercorn.error")  # our handler and format
-    hyper.graceful_timeout = 30.0
+    hyper = server_config(bind, graceful_timeout_s=30.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hypercorn.asyncio import serve
-from hypercorn.config import Config
 
+from cortex_core.serving import server_config
 from cortex_core.testing import free_port
 from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway
@@ -86,10 +86,7 @@ class LiveGateway:
         api, _, state = create_apps(self.config, neurons=self.fleet, environ=self.fleet.environ())
         self.state = state
         self._stop = asyncio.Event()
-        config = Config()
-        config.bind = [f"{self.host}:{self.port}"]
-        config.accesslog = None
-        config.graceful_timeout = 1.0
+        config = server_config(f"{self.host}:{self.port}", graceful_timeout_s=1.0)
         serving = asyncio.ensure_future(
             serve(api, config, shutdown_trigger=self._stop.wait)  # type: ignore[arg-type]
         )
