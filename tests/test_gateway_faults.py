@@ -14,7 +14,9 @@ import signal
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -372,7 +374,7 @@ def _get_twice(url: str, pause_s: float) -> list[bytes]:
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         reader = sock.makefile("rb")
         for wait in (0.0, pause_s):
-            threading.Event().wait(wait)
+            time.sleep(wait)
             sock.sendall(request)
             lines.append(reader.readline().strip())
             length = 0
@@ -397,15 +399,8 @@ def test_idle_connections_outlive_the_clients_pools(
         [NeuronSpec("beast", "127.0.0.2", [24])], CATALOGUE, models_root=models_root
     )
     urls = [fleet.url, fleet.neurons["beast"].url]
-    results: dict[str, list[bytes]] = {}
-    threads = [
-        threading.Thread(target=lambda u=url: results.update({u: _get_twice(u, 6.0)}))
-        for url in urls
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(len(urls)) as pool:
+        results = dict(zip(urls, pool.map(lambda url: _get_twice(url, 6.0), urls), strict=True))
     assert results == {url: [b"HTTP/1.1 200"] * 2 for url in urls}
     # Closed by the client, a connection is let go at once, not at the end of its idle timer.
     neuron = psutil.Process(fleet.neurons["beast"].pid)

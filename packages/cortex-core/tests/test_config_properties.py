@@ -52,7 +52,9 @@ def _without_none(value: Any) -> Any:
     return value
 
 
-PROPERTIES = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# The profile's checks (conftest.py: untimed), and tmp_path shared by a test's examples.
+_CHECKS = [*settings().suppress_health_check, HealthCheck.function_scoped_fixture]
+PROPERTIES = settings(suppress_health_check=_CHECKS)
 
 
 @PROPERTIES

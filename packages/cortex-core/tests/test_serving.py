@@ -48,6 +48,8 @@ async def test_a_connection_the_client_ends_while_idle_is_closed_at_once() -> No
                 break
             except OSError:
                 await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the server never listened")
         writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")

@@ -54,7 +54,7 @@ pytestmark = pytest.mark.slow  # a thousand generated requests: about a minute
 
 
 @schema.parametrize()
-@settings(deadline=None, suppress_health_check=list(HealthCheck))
+@settings(suppress_health_check=list(HealthCheck))
 def test_the_gateway_keeps_its_openapi_promises(case: schemathesis.Case[Any]) -> None:
     """No 5xx; every status, content type and body is one the document names."""
     case.call_and_validate(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from translate_support import PROPERTIES, RECORDED, payloads, recorded_lines, sse_bytes
+from translate_support import RECORDED, payloads, recorded_lines, sse_bytes
 
 from cortex_core import anthropic as an
 from cortex_gateway.sse import EventFramer, EventTooLarge, SseParser
@@ -100,7 +100,6 @@ def test_recorded_stream_cut_anywhere_delicate(name: str) -> None:
         assert payloads(parser, data[:cut]) + payloads(parser, data[cut:]) == expected, cut
 
 
-@PROPERTIES
 @given(
     name=st.sampled_from(sorted(RECORDED)),
     style=st.sampled_from(["vllm", "crlf", "multiline"]),

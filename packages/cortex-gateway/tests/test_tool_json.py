@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 from jiter import from_json
 from translate_support import (
     JSON_OBJECTS,
-    PROPERTIES,
     Script,
     check_grammar,
     chunk,
@@ -29,7 +28,6 @@ from cortex_gateway.translate.anthropic import (
 )
 
 
-@PROPERTIES
 @given(
     script=chunk_scripts(
         arguments=st.text(alphabet='{}[]":,. \\\nabu0123456789-eEtrnl', max_size=30)
@@ -52,7 +50,6 @@ def cut_at_drawn_places(text: str, data: st.DataObject) -> list[str]:
     return [text[a:b] for a, b in itertools.pairwise(bounds) if text[a:b]]
 
 
-@PROPERTIES
 @given(data=st.data(), value=JSON_OBJECTS, spaced=st.booleans(), ascii_only=st.booleans())
 def test_argument_pieces_rebuild_the_object(
     data: st.DataObject, value: dict[str, Any], spaced: bool, ascii_only: bool

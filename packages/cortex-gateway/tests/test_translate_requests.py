@@ -13,7 +13,6 @@ from translate_support import (
     JSON_OBJECTS,
     MODEL,
     NAMES,
-    PROPERTIES,
     fixture_json,
     openai_body,
 )
@@ -590,7 +589,6 @@ def blocks_in(request: an.MessagesRequest, kind: type[Any]) -> list[Any]:
     ]
 
 
-@PROPERTIES
 @given(built=messages_requests())
 def test_every_valid_request_translates(built: an.MessagesRequest) -> None:
     """Any valid request translates to an OpenAI request that survives its own decoder."""

@@ -10,7 +10,6 @@ from anthropic.types import ToolUseBlock
 from hypothesis import given
 from hypothesis import strategies as st
 from translate_support import (
-    PROPERTIES,
     RECORDED,
     Script,
     blocks_of,
@@ -46,7 +45,6 @@ def test_recorded_streams_translate(name: str) -> None:
     check_recorded(run_stream([sse_bytes(recorded_lines(name), "vllm")], RECORDED[name]), name)
 
 
-@PROPERTIES
 @given(
     name=st.sampled_from(sorted(RECORDED)),
     style=st.sampled_from(["vllm", "crlf", "multiline"]),
@@ -396,7 +394,6 @@ def test_feed_payload_handles_done_and_upstream_errors() -> None:
     ]
 
 
-@PROPERTIES
 @given(script=chunk_scripts())
 def test_any_chunk_sequence_translates_to_what_it_says(script: Script) -> None:
     """Generated streams pass the grammar and the SDK, and keep every text, tool and count."""

@@ -18,7 +18,6 @@ import httpx2
 from anthropic.lib.streaming._messages import accumulate_event
 from anthropic.types import RawMessageStreamEvent, TextBlock, ThinkingBlock, ToolUseBlock
 from anthropic.types.parsed_message import ParsedMessage
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
@@ -36,7 +35,6 @@ HERE = Path(__file__).parent
 GATEWAY_FIXTURES = HERE / "fixtures"
 CORE_FIXTURES = HERE.parents[1] / "cortex-core" / "tests" / "fixtures"
 SDK_EVENT: TypeAdapter[RawMessageStreamEvent] = TypeAdapter(RawMessageStreamEvent)
-PROPERTIES = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def messages_request(body: dict[str, Any]) -> an.MessagesRequest:

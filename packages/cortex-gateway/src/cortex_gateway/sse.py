@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_EVENT_BYTES", "EventFramer", "EventTooLarge", "SseEvent", "SseParser"]
+__all__ = [
+    "MAX_EVENT_BYTES",
+    "EventFramer",
+    "EventTooLarge",
+    "SseEvent",
+    "SseParser",
+    "named_event",
+]
 
 MAX_EVENT_BYTES = 4 << 20
 """An event larger than this is no model server's: the stream is refused, not buffered."""
@@ -20,6 +27,11 @@ MAX_EVENT_BYTES = 4 << 20
 
 class EventTooLarge(ValueError):
     """A stream whose current event grew past the parser's limit without ending."""
+
+
+def named_event(event: str, data: bytes) -> bytes:
+    """One message to send: ``event: <event>``, ``data: <data>`` (one line of it), a blank line."""
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
 _BOM = b"\xef\xbb\xbf"
@@ -169,9 +181,9 @@ class EventFramer:
     def _blank_lead(self, data: bytes) -> int:
         """The blank lines that open ``data`` at an event boundary: stray events of their own."""
         start = 0 if self._started or not data.startswith(_BOM) else len(_BOM)
-        return (
-            len(data) - len(data[start:].lstrip(b"\n")) if data[start : start + 1] == b"\n" else 0
-        )
+        if data[start : start + 1] != b"\n":
+            return 0
+        return len(data) - len(data[start:].lstrip(b"\n"))
 
     def rest(self) -> bytes:
         """Whatever is left when the stream ends: an event without its blank line."""

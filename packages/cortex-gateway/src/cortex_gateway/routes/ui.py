@@ -34,6 +34,7 @@ from cortex_gateway.errors import ErrorKind, GatewayError, Surface
 from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import JSON, ClosingStream, json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
+from cortex_gateway.sse import named_event
 from cortex_gateway.state import Gateway
 
 __all__ = ["SECURITY_HEADERS", "UiRoutes"]
@@ -67,10 +68,6 @@ def _asset(name: str) -> bytes:
 
 async def _nothing() -> None:
     """A stream of the dashboard holds nothing to give back when it ends."""
-
-
-def _sse(event: str, data: bytes) -> bytes:
-    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"
 
 
 class UiRoutes:
@@ -192,18 +189,18 @@ class UiRoutes:
                 now = time.monotonic()
                 data = self._snapshot(admin)
                 if data != sent_snapshot or now - sent_at >= HEARTBEAT_S:
-                    yield _sse("snapshot", stamped(data, time.time()))
+                    yield named_event("snapshot", stamped(data, time.time()))
                     sent_snapshot, sent_at = data, now
                 fresh = life.timeline.since(seq)
                 if fresh:
                     seq = fresh[-1].seq
-                    yield _sse("timeline", encode(fresh))
+                    yield named_event("timeline", encode(fresh))
                 current = int(time.time() // series.bucket_s)
                 if current != bucket:
                     bucket = current
                     models = [m for m in series.models() if m != ALL]
                     payload = {"all": series.view(ALL), "models": models}
-                    yield _sse("activity", encode(payload))
+                    yield named_event("activity", encode(payload))
                 woken.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), TICK_S)

@@ -17,6 +17,7 @@ from cortex_core import anthropic as an
 from cortex_core import openai as oa
 from cortex_core.wire import WireError, decode, encode
 from cortex_gateway.errors import anthropic_type
+from cortex_gateway.sse import named_event
 from cortex_gateway.translate.anthropic.responses import (
     map_stop,
     new_message_id,
@@ -268,5 +269,4 @@ def _stream_error(payload: str) -> tuple[str, an.ErrorType]:
 
 def sse_event(event: an.StreamEvent) -> bytes:
     """``event`` as one SSE message: ``event: <type>``, ``data: <json>`` and a blank line."""
-    tag = event.__struct_config__.tag
-    return b"event: " + str(tag).encode() + b"\ndata: " + encode(event) + b"\n\n"
+    return named_event(str(event.__struct_config__.tag), encode(event))
