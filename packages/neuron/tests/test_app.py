@@ -363,7 +363,12 @@ def test_unload(neuron: Neuron) -> None:
     neuron.load()
     response = neuron.client.post("/models/unload", json={"model": "test/tiny"})
     assert response.status_code == 200
-    assert response.json() == {"id": "test/tiny", "state": "unloaded", "freed_bytes": 0}
+    assert response.json() == {
+        "id": "test/tiny",
+        "state": "unloaded",
+        "freed_bytes": 0,
+        "host_memory_bytes": 0,
+    }
     assert neuron.factory.started[0].stopped
     assert neuron.client.get("/models").json() == {"models": []}
     again = neuron.client.post("/models/unload", json={"model": "test/tiny"})
