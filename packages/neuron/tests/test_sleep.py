@@ -411,3 +411,5 @@ def test_neuron_serve_refuses_sleep_on_a_cpu_host_in_one_line(
     result = CliRunner().invoke(main, ["serve", "--config", str(path)])
     assert result.exit_code == 2
     assert result.stderr == f"neuron: {path}: neuron.sleep_memory_gb: {CPU_HOST_REFUSAL}\n"
+    checked = CliRunner().invoke(main, ["check", "--config", str(path)])
+    assert f"sleep: refused, `neuron serve` will not start: {CPU_HOST_REFUSAL}" in checked.stdout

@@ -253,6 +253,15 @@ def check(config_path: str | None) -> None:
         engine = f"none: {exc}"
     click.echo(f"engine: {engine}")
     click.echo(f"devices: {_devices_line()}")
+    if (gb := config.neuron.sleep_memory_gb) is not None:
+        from neuron.vllm_engine import sleep_support
+
+        reason = refusal(gb, len(read_devices()), sleep_support())
+        click.echo(
+            f"sleep: up to {gb:g} GiB of host memory for sleeping models"
+            if reason is None
+            else f"sleep: refused, `neuron serve` will not start: {reason}"
+        )
 
 
 def _devices_line() -> str:

@@ -139,10 +139,11 @@ class Registry:
         self._unloads: dict[str, asyncio.Task[UnloadResponse]] = {}
         self._listeners: list[Callable[[LoadEvent], None]] = []
         sleep_gb = config.neuron.sleep_memory_gb
-        reason = refusal(sleep_gb, len(devices()), factory.sleep_support())
-        if reason is not None:
-            raise ValueError(f"neuron.sleep_memory_gb: {reason}")
         self._sleep_budget = int(sleep_gb * GIB) if sleep_gb is not None else None
+        if sleep_gb is not None:
+            reason = refusal(sleep_gb, len(devices()), factory.sleep_support())
+            if reason is not None:
+                raise ValueError(f"neuron.sleep_memory_gb: {reason}")
 
     def subscribe(self, listener: Callable[[LoadEvent], None]) -> None:
         """Tell ``listener`` of every load and wake that ends, ready or failed."""
