@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from neuron.errors import NeuronError
 from neuron.preflight import CPU_OVERHEAD_BYTES, GPU_OVERHEAD_BYTES, MIN_KV_BYTES
 from neuron.registry import LoadEvent, Registry
 from neuron.sources import Sources
+from neuron.testing.models import write_fake_model
 from neuron.testing.scripted import ScriptedEngine, ScriptedFactory
 
 WEIGHTS_BYTES = 4096
@@ -27,25 +27,10 @@ NEEDED_CPU = WEIGHTS_BYTES + MIN_KV_BYTES + CPU_OVERHEAD_BYTES
 """What preflight plans for one test model on the CPU: weights, the minimum KV cache, overhead."""
 NEEDED_GPU = WEIGHTS_BYTES + MIN_KV_BYTES + GPU_OVERHEAD_BYTES
 
-MODEL_CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "hidden_size": 64,
-    "max_position_embeddings": 2048,
-    "torch_dtype": "bfloat16",
-}
-
 
 def write_model(root: Path, concrete: str, **overrides: Any) -> Path:
     """Write a model folder (config.json and fake weights) under a path source's root."""
-    folder = root / concrete
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({**MODEL_CONFIG, **overrides}))
-    (folder / "model.safetensors").write_bytes(bytes(WEIGHTS_BYTES))
-    return folder
+    return write_fake_model(root, concrete, WEIGHTS_BYTES, **overrides)
 
 
 @dataclass

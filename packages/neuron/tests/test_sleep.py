@@ -9,7 +9,6 @@ first out; a CPU host refuses the setting.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from neuron.cli import main
 from neuron.registry import Registry
 from neuron.sleep import CPU_HOST_REFUSAL, Sleeper, SleepPlan, plan_sleep, refusal
 from neuron.testing.fakegpu import FakeGpus
+from neuron.testing.models import write_fake_model
 from neuron.testing.scripted import ScriptedEngine, ScriptedFactory
 
 WEIGHTS_BYTES = 1 << 20
@@ -35,22 +35,9 @@ MODELS = ("test/a", "test/b", "test/c")
 CHAT: dict[str, Any] = {"messages": [{"role": "user", "content": "hi"}]}
 
 
-def write_model(root: Path, concrete: str) -> None:
-    """A model folder of ``WEIGHTS_BYTES`` of weights (what it holds in host memory asleep)."""
-    folder = root / concrete
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {
-        "architectures": ["Qwen3ForCausalLM"],
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 32,
-        "hidden_size": 64,
-        "max_position_embeddings": 2048,
-        "torch_dtype": "bfloat16",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "model.safetensors").write_bytes(bytes(WEIGHTS_BYTES))
+def write_model(root: Path, concrete: str, weights_bytes: int = WEIGHTS_BYTES) -> None:
+    """A model folder whose weights (what it holds in host memory asleep) are this size."""
+    write_fake_model(root, concrete, weights_bytes)
 
 
 def neuron_config(tmp_path: Path, sleep_memory_gb: float | None) -> NeuronConfig:
@@ -306,8 +293,7 @@ def test_sleepers_share_sleep_memory_gb_least_recently_used_out_first(tmp_path: 
 
 def write_big_model(tmp_path: Path) -> None:
     """test/big: twice the weights of the others."""
-    write_model(tmp_path / "models", "test/big")
-    (tmp_path / "models" / "test/big" / "model.safetensors").write_bytes(bytes(2 * WEIGHTS_BYTES))
+    write_model(tmp_path / "models", "test/big", 2 * WEIGHTS_BYTES)
 
 
 def test_a_model_larger_than_sleep_memory_gb_is_unloaded(tmp_path: Path) -> None:

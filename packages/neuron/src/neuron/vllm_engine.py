@@ -235,20 +235,20 @@ def _engine_processes() -> set[psutil.Process]:
 @contextlib.contextmanager
 def _environ(values: Mapping[str, str | None]) -> Iterator[None]:
     """Set (or, for ``None``, remove) environment variables, and put them back after."""
+
+    def put(changes: Mapping[str, str | None]) -> None:
+        for key, value in changes.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
     saved = {key: os.environ.get(key) for key in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        put(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        put(saved)
 
 
 def _cache_files(folder: Path) -> tuple[int, int]:
