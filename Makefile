@@ -102,6 +102,10 @@ bench-neuron: ## The neuron against vLLM's own OpenAI server on SmolLM2 (CPU eng
 bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded against prefix (several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/prefix.py $(BENCH_ARGS)
 
+.PHONY: bench-swap
+bench-swap: ## Model swaps on a real CPU neuron: vLLM's process model against forked engines, and vllm's server cold (several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/swap.py $(BENCH_ARGS)
+
 .PHONY: bench-switching
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
 	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)
