@@ -556,12 +556,10 @@ class Registry:
         started = entry.phase_began
         try:
             async with self._placement:
-                while not self._fits(plan):
+                while not await asyncio.to_thread(self._fits, plan):
                     if not await self._drop_a_sleeper():
-                        free = [
-                            {"index": d.index, "free_bytes": d.memory_free}
-                            for d in self._available()
-                        ]
+                        devices = await asyncio.to_thread(self._available)
+                        free = [{"index": d.index, "free_bytes": d.memory_free} for d in devices]
                         raise NeuronError(
                             "insufficient_memory",
                             f"waking {entry.id} needs {plan.needed_bytes / GIB:.1f} GiB on"

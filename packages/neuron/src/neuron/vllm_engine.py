@@ -67,6 +67,7 @@ _NEURON_OPTIONS = frozenset({"gguf_file", ENGINE_PROCESS})
 """Options the neuron itself reads: ``gguf_file`` picks the GGUF file of a repository;
 ``engine_process`` the process model."""
 _PROCESS_MODELS = ("forked", "vllm")
+_PARALLEL_OPTIONS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
 # What a forked engine process imports from the host instead of at its start.
 _HOST_PRELOAD = (
     "torch",
@@ -79,16 +80,6 @@ _LAUNCH: contextvars.ContextVar[HostLaunch | None] = contextvars.ContextVar(
     "neuron_engine_launch", default=None
 )
 """Set while an engine is being made in the forked process model: where its processes come from."""
-# Per engine, in its processes' environment.
-_ENGINE_ENV = (
-    "CUDA_VISIBLE_DEVICES",
-    "CUDA_DEVICE_ORDER",
-    "VLLM_RPC_BASE_PATH",
-    "TMPDIR",
-    "VLLM_CACHE_ROOT",
-    "TORCHINDUCTOR_CACHE_DIR",
-    "TRITON_CACHE_DIR",
-)
 GGUF_PLUGIN = "vllm-gguf-plugin"
 """Where vLLM's GGUF support lives since 0.24 (CUDA and ROCm kernels, Triton fallbacks)."""
 # Parsers for model families whose chat templates call tools or think in known
@@ -249,6 +240,33 @@ def _environ(values: Mapping[str, str | None]) -> Iterator[None]:
         yield
     finally:
         put(saved)
+
+
+def _environments(
+    spec: EngineSpec, rpc_dir: Path, cache: Path
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """An engine start's environment: the neuron's while it starts the engine, and its processes'.
+
+    The engine's processes take the environment at their start, so it is set per engine.
+    """
+    # vLLM's processes leave files in TMPDIR when they fail; keep them in our folder.
+    env: dict[str, str | None] = {"VLLM_RPC_BASE_PATH": str(rpc_dir), "TMPDIR": str(rpc_dir)}
+    if spec.devices:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.devices))
+    # Only the engine's processes use the model's own caches: the neuron's keeps vLLM's
+    # notes on each architecture (``modelinfos``), worth an interpreter start each.
+    caches = {
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+    }
+    if not spec.devices and "VLLM_USE_AOT_COMPILE" not in os.environ:
+        # vLLM 0.32's CPU build cannot load the AOT artifacts it saves ("'function'
+        # object has no attribute 'finalize_loading'") and compiles again; its
+        # ordinary compile cache loads: a compiled model's next start reuses it.
+        caches["VLLM_USE_AOT_COMPILE"] = "0"
+    return env, caches
 
 
 def _cache_files(folder: Path) -> tuple[int, int]:
@@ -418,24 +436,7 @@ class VllmEngineFactory:
         cache = self._engine_cache(spec)
         cache.mkdir(parents=True, exist_ok=True)
         cached = await asyncio.to_thread(_cache_files, cache)
-        # The engine's processes take the environment at their start: set it per engine.
-        # vLLM's processes leave files in TMPDIR when they fail; keep them in our folder.
-        env: dict[str, str | None] = {"VLLM_RPC_BASE_PATH": str(rpc_dir), "TMPDIR": str(rpc_dir)}
-        # Only the engine's processes use the model's own caches: the neuron's keeps vLLM's
-        # notes on each architecture (``modelinfos``), worth an interpreter start each.
-        caches = {
-            "VLLM_CACHE_ROOT": str(cache / "vllm"),
-            "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
-            "TRITON_CACHE_DIR": str(cache / "triton"),
-        }
-        if not spec.devices and "VLLM_USE_AOT_COMPILE" not in os.environ:
-            # vLLM 0.32's CPU build cannot load the AOT artifacts it saves ("'function'
-            # object has no attribute 'finalize_loading'") and compiles again; its
-            # ordinary compile cache loads: a compiled model's next start reuses it.
-            caches["VLLM_USE_AOT_COMPILE"] = "0"
-        if spec.devices:
-            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.devices))
+        env, caches = _environments(spec, rpc_dir, cache)
         started_at = time.monotonic()
         async with self._start_lock:
             with _environ(env):
@@ -505,9 +506,6 @@ class VllmEngineFactory:
         """The model's own compilation and kernel caches (per source, as the weights are)."""
         source = spec.source or "default"
         return self._cache_dir / "engines" / source / spec.model_id.replace("/", "--")
-
-
-_PARALLEL_OPTIONS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
 
 
 def sleep_support() -> str | None:

@@ -41,6 +41,7 @@ ENGINE_OPTIONS = frozenset(
         "tool_call_parser",
         "reasoning_parser",
         "gguf_file",
+        "engine_process",
     }
 )
 
