@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from neuron import runtime
 from neuron.cli import main
+from neuron.cpu import read_cpu
 from neuron.runtime import NO_ENGINE_EXIT, NoEngine, install_plan
 
 
@@ -132,13 +133,14 @@ def test_check_reports_config_engine_and_devices(tmp_path: Path) -> None:
     path = config(tmp_path, engine_env=str(tmp_path / "engine"))
     code, out, _ = neuron("check", "--config", str(path))
     assert code == 0
-    ok, engine, devices = out.splitlines()
+    ok, engine, devices, cpu = out.splitlines()
     assert ok.startswith(f"{path}: ok: neuron ")
     assert engine == (
         f"engine: none: engine_env {tmp_path / 'engine'} holds no Python environment:"
         " create it with `neuron engine install`"
     )
     assert devices.startswith("devices: ")
+    assert cpu == f"cpu: {read_cpu().line()}"
 
 
 def test_engine_check_without_an_engine_exits_3(tmp_path: Path) -> None:

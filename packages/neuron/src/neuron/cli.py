@@ -31,6 +31,7 @@ from cortex_core.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_core.wire import to_builtins
 from neuron import __version__, runtime
+from neuron.cpu import read_cpu
 from neuron.devices import read_devices
 from neuron.runtime import NO_ENGINE_EXIT, EngineKind, NoEngine
 
@@ -133,6 +134,16 @@ async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
     host, _ = parse_hostport(config.neuron.listen)
     log = logging.getLogger(__name__)
     log.info("engine", extra={"engine": _engine_here(), "prefix": sys.prefix})
+    cpu = read_cpu()
+    log.info(
+        "cpu",
+        extra={
+            "cpu": cpu.model,
+            "vector": ",".join(cpu.vector),
+            "matrix": ",".join(cpu.matrix),
+            "kernels": cpu.kernels,
+        },
+    )
     if token is None and not _loopback(host):
         log.warning(
             "the management API is open to the network: set [neuron] token_env, or listen on"
@@ -238,6 +249,7 @@ def check(config_path: str | None) -> None:
         engine = f"none: {exc}"
     click.echo(f"engine: {engine}")
     click.echo(f"devices: {_devices_line()}")
+    click.echo(f"cpu: {read_cpu().line()}")
 
 
 def _devices_line() -> str:
