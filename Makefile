@@ -98,6 +98,10 @@ bench-quick: ## The same, a fifth of the requests and a 10k soak (under a minute
 bench-neuron: ## The neuron against vLLM's own OpenAI server on SmolLM2 (CPU engine; several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/engine.py $(BENCH_ARGS)
 
+.PHONY: bench-cpu-engine
+bench-cpu-engine: ## CPU engine settings side by side: bfloat16, float32, tcmalloc and Intel's OpenMP preloaded (several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/preload.py $(BENCH_ARGS)
+
 .PHONY: bench-prefix
 bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded against prefix (several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/prefix.py $(BENCH_ARGS)
