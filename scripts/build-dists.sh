@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the wheel and the sdist of each distribution (cortex-core,
-# cortex-gateway, helexa-neuron) into OUT_DIR (default: dist/).
+# helexa-cortex, helexa-neuron) into OUT_DIR (default: dist/).
 #
 #   scripts/build-dists.sh [OUT_DIR]
 #
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 
 UV="${UV:-uv}"
 OUT_DIR="${1:-dist}"
-PACKAGES=(cortex-core cortex-gateway helexa-neuron)
+PACKAGES=(cortex-core helexa-cortex helexa-neuron)
 
 mkdir -p "$OUT_DIR"
 for package in "${PACKAGES[@]}"; do
