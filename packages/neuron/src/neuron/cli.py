@@ -302,10 +302,7 @@ def engine_install(
         click.echo(f"engine: {kind} (NVML sees {'a GPU' if kind == 'cuda' else 'no GPU'})")
     plan = runtime.install_plan(target, kind, separate=separate, uv=runtime.uv_path())
     if dry_run:
-        for command in plan.commands:
-            click.echo(" ".join(command))
-        if plan.host_paths:
-            click.echo(f"# then {runtime.HOST_PTH}: {', '.join(plan.host_paths)}")
+        click.echo(runtime.plan_script(plan), nl=False)
         return
     click.echo(f"engine: installing vLLM {runtime.VLLM_VERSION} ({kind}) into {target}")
     try:
