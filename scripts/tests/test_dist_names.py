@@ -52,13 +52,7 @@ def test_normalize_is_pep_503() -> None:
 
 def test_the_check_exits_1_naming_the_file(tmp_path: Path) -> None:
     root = _workspace(tmp_path, gateway_name="cortex-gateway")
-    done = subprocess.run(
-        [sys.executable, ROOT / "scripts" / "dist_names.py", root],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 1
+    done = _refused(sys.executable, ROOT / "scripts" / "dist_names.py", root)
     assert done.stderr.startswith("names: packages/cortex-gateway/pyproject.toml: project.name: ")
     assert done.stdout == ""
 
@@ -66,14 +60,7 @@ def test_the_check_exits_1_naming_the_file(tmp_path: Path) -> None:
 def test_build_dists_refuses_a_taken_name_and_builds_nothing(tmp_path: Path) -> None:
     """scripts/build-dists.sh (make dist, COPR's make_srpm) stops before building anything."""
     root = _workspace(tmp_path, gateway_name="cortex-gateway", scripts=True)
-    done = subprocess.run(
-        [root / "scripts" / "build-dists.sh", root / "dist"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=NO_BUILD,
-    )
-    assert done.returncode == 1
+    done = _refused(root / "scripts" / "build-dists.sh", root / "dist")
     assert "'cortex-gateway' is taken on PyPI" in done.stderr
     assert "dist: nothing built" in done.stderr
     assert not (root / "dist").exists()
@@ -87,17 +74,17 @@ def test_release_srpms_refuses_a_tag_with_a_taken_name(tmp_path: Path) -> None:
     for args in (["init", "--quiet"], ["add", "."], ["commit", "--quiet", "-m", "x"]):
         subprocess.run([*git, *args], check=True, capture_output=True)
     subprocess.run([*git, "tag", "v9.9.9"], check=True)
-    done = subprocess.run(
-        [root / "scripts" / "release-srpms.sh", "v9.9.9", root / "out"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=NO_BUILD,
-    )
-    assert done.returncode == 1
+    done = _refused(root / "scripts" / "release-srpms.sh", "v9.9.9", root / "out")
     assert "'neuron' is taken on PyPI" in done.stderr
     assert "release: v9.9.9 not built" in done.stderr
     assert not (root / "out").exists()
+
+
+def _refused(*command: str | Path) -> subprocess.CompletedProcess[str]:
+    """Run a check or a script that must refuse (exit 1): what it said."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=NO_BUILD)
+    assert done.returncode == 1, done.stdout + done.stderr
+    return done
 
 
 def _workspace(tmp_path: Path, *, gateway_name: str, scripts: bool = False) -> Path:
