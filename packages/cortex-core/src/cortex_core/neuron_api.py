@@ -1,4 +1,4 @@
-"""The neuron's management API on the wire, exactly as SPEC.md shows it.
+"""The neuron's management API on the wire, as docs/neuron.md ("HTTP API") shows it.
 
 Both the neuron (which encodes these) and the gateway (which decodes them)
 use these types. Every field past the identifying ones has a default and

