@@ -130,7 +130,7 @@ async def test_the_timeline_records_loads_unloads_evictions_and_nodes(tmp_path: 
     """Each with what an operator asks: how long a load took, why a model went."""
     nodes = fleet()
     async with serve(tmp_path, nodes, CATALOGUE, models=MODELS) as gw:
-        life = gw.state.lifecycle
+        timeline = gw.state.timeline
         assert (
             await gw.http.post("/admin/models/load", json={"model": "fake/big"})
         ).status_code == 200
@@ -139,16 +139,16 @@ async def test_the_timeline_records_loads_unloads_evictions_and_nodes(tmp_path: 
         )
         assert unloaded.status_code == 200
         nodes[1].stop()
-        await until(lambda: any(e.kind == "node_down" for e in life.timeline.since()))
-        events = [(e.kind, e.node, e.model, e.reason) for e in life.timeline.since()]
+        await until(lambda: any(e.kind == "node_down" for e in timeline.since()))
+        events = [(e.kind, e.node, e.model, e.reason) for e in timeline.since()]
         assert ("evicted", "a", "fake/small", "lru") in events
         assert ("load_started", "a", "fake/big", None) in events
         assert ("unloaded", "a", "fake/big", "admin") in events
-        (down,) = [e for e in life.timeline.since() if e.kind == "node_down"]
+        (down,) = [e for e in timeline.since() if e.kind == "node_down"]
         assert down.node == "cpu"
         assert down.reason
         assert "cannot connect" in down.reason
-        loaded = [e for e in life.timeline.since() if e.kind == "loaded"]
+        loaded = [e for e in timeline.since() if e.kind == "loaded"]
         assert loaded
         assert loaded[0].seconds is not None
 

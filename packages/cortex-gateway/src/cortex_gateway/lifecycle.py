@@ -25,8 +25,8 @@ from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.config import GatewayConfig
 from cortex_core.neuron_api import LoadRequest
 from cortex_core.text import printable
-from cortex_gateway.activity import EventKind, Timeline
 from cortex_gateway.errors import ErrorKind, GatewayError
+from cortex_gateway.events import EventKind, Events, FleetEvent
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.leases import Lease, Leases
 from cortex_gateway.neurons import NeuronApi, NeuronCallError, Neurons
@@ -93,6 +93,7 @@ class Lifecycle:
         self,
         config: GatewayConfig,
         neurons: Neurons,
+        events: Events | None = None,
         *,
         tokens: Mapping[str, str | None] | None = None,
         clock: Callable[[], float] = time.time,
@@ -110,8 +111,8 @@ class Lifecycle:
         self.routing = config.cortex.routing
         self.prefixes = PrefixIndex(self.routing.prefix_index_blocks)
         """Which node was recently sent which prompt prefix (``[routing] policy = "prefix"``)."""
-        self.timeline = Timeline(clock=clock)
-        """Loads, unloads, evictions, nodes up and down: the dashboard's timeline."""
+        self.events = Events() if events is None else events
+        """Loads, unloads, evictions, nodes up and down, as they happen."""
         self.since: dict[str, float] = {}
         """When each node last went up or down (Unix seconds), as this gateway saw it."""
         self._clock = clock
@@ -136,10 +137,6 @@ class Lifecycle:
         """Who waits on each cold load (requests, admin loads, pinned models)."""
         self.backoffs: dict[tuple[str, str], Backoff] = {}
         """Failed loads by ``(node, model)``: not tried there again until ``until``."""
-        self.on_eviction: Callable[[str, str, str], None] = lambda node, model, reason: None
-        """Called for every unload the gateway decides on, with its reason."""
-        self.on_load: Callable[[str, str, str, float], None] = lambda node, model, outcome, s: None
-        """Called after every load the gateway asks for: node, model, outcome, seconds."""
 
     @property
     def in_flight(self) -> Mapping[tuple[str, str], int]:
@@ -176,8 +173,7 @@ class Lifecycle:
         )
         if restarted:
             # What the old process held is gone with it, whatever the poll missed.
-            log.warning("neuron restarted", extra={"node": node.name})
-            self.timeline.add("node_restarted", node.name)
+            self.events.emit(FleetEvent("node_restarted", node.name))
             self.since[node.name] = self._clock()
             for key in [k for k in self._endpoints if k[0] == node.name]:
                 del self._endpoints[key]
@@ -237,18 +233,13 @@ class Lifecycle:
         self._applied[name] = ticket
         old = self.fleet.nodes[name]
         if node.up and not old.up:
-            log.info(
-                "neuron up", extra={"node": name, "url": client.base_url, "version": node.version}
-            )
-            self.timeline.add("node_up", name)
             self.since[name] = self._clock()
+            up = FleetEvent("node_up", name, url=client.base_url, version=node.version)
+            self.events.emit(up)
         elif not node.up and (old.up or old.last_seen is None) and old.error != node.error:
-            log.warning(
-                "neuron down", extra={"node": name, "url": client.base_url, "error": node.error}
-            )
             if old.up or name not in self.since:
-                self.timeline.add("node_down", name, reason=node.error)
                 self.since[name] = self._clock()
+            self.events.emit(FleetEvent("node_down", name, error=node.error, url=client.base_url))
         self._apply(node)
         return node
 
@@ -694,29 +685,21 @@ class Lifecycle:
         client = self.clients[node]
         request = LoadRequest(model=profile.qualified_id, options=dict(profile.engine))
         started = time.monotonic()
-        log.info(
-            "loading model", extra={"model": profile.id, "node": node, "source": profile.source}
-        )
-        self.timeline.add("load_started", node, profile.id)
+        self.events.emit(FleetEvent("load_started", node, profile.id, source=profile.source))
         try:
             await client.load(request, self.settings.load_timeout_s)
         except NeuronCallError as exc:
-            seconds = time.monotonic() - started
-            self.on_load(node, profile.id, "failed", seconds)
-            log.warning(
-                "load failed",
-                extra={
-                    "model": profile.id,
-                    "node": node,
-                    "url": client.base_url,
-                    "status": exc.upstream_status,
-                    "code": exc.code,
-                    "error": str(exc),
-                },
+            failed = FleetEvent(
+                "load_failed",
+                node,
+                profile.id,
+                error=str(exc),
+                seconds=time.monotonic() - started,
+                url=client.base_url,
+                status=exc.upstream_status,
+                code=exc.code,
             )
-            self.timeline.add(
-                "load_failed", node, profile.id, reason=printable(str(exc), 300), seconds=seconds
-            )
+            self.events.emit(failed)
             if exc.upstream_status is None:
                 await self.refresh(node)
             details = exc.error.error.details if exc.error else {}
@@ -724,11 +707,7 @@ class Lifecycle:
             code = printable(exc.code, 64) if exc.code else None
             return LoadFailure(node, code, str(exc), needed if isinstance(needed, int) else None)
         seconds = time.monotonic() - started
-        self.on_load(node, profile.id, "ready", seconds)
-        log.info(
-            "model loaded", extra={"model": profile.id, "node": node, "seconds": round(seconds, 1)}
-        )
-        self.timeline.add("loaded", node, profile.id, seconds=seconds)
+        self.events.emit(FleetEvent("loaded", node, profile.id, seconds=seconds))
         await self.refresh(node)
         return None
 
@@ -738,7 +717,6 @@ class Lifecycle:
         """Unload ``model_id`` from ``node`` and forget its endpoint."""
         client = self.clients[node]
         self._endpoints.pop((node, model_id), None)
-        log.info("unloading model", extra={"model": model_id, "node": node, "reason": reason})
         try:
             await client.unload(model_id)
         except NeuronCallError as exc:
@@ -756,9 +734,8 @@ class Lifecycle:
                 await self.refresh(node)
                 message = f"unloading {model_id!r} from {node!r} failed"
                 raise GatewayError(502, ErrorKind.UPSTREAM, message) from exc
-        self.on_eviction(node, model_id, reason)
         kind: EventKind = "unloaded" if reason == "admin" else "evicted"
-        self.timeline.add(kind, node, model_id, reason=reason)
+        self.events.emit(FleetEvent(kind, node, model_id, reason=reason))
         await self.refresh(node)
 
     async def defragment(self) -> None:

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cortex_gateway.errors import ErrorKind
+from cortex_gateway.events import FleetEvent
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metering import Meter
 
@@ -177,8 +178,6 @@ class GatewayMetrics:
             ["model", "outcome"],
             registry=r,
         )
-        lifecycle.on_load = self._load
-        lifecycle.on_eviction = self._unloaded
 
     def model_label(self, model_id: str | None) -> str:
         """``model_id`` if it is a catalogue id or alias, else ``other`` (bounded cardinality)."""
@@ -255,13 +254,17 @@ class GatewayMetrics:
         """Count a prefix-aware routing decision."""
         self.prefix_routing.labels(self.model_label(model), "hit" if hit else "miss").inc()
 
-    def _load(self, node: str, model: str, outcome: str, seconds: float) -> None:
-        labels = (self.model_label(model), self.node_label(node), outcome)
-        self.loads.labels(*labels).inc()
-        self.load_seconds.labels(*labels).observe(seconds)
-
-    def _unloaded(self, node: str, model: str, reason: str) -> None:
-        labels = (self.model_label(model), self.node_label(node), reason)
-        self.unloads.labels(*labels).inc()
-        if reason != "admin":
-            self.evictions.labels(*labels).inc()
+    def observe_event(self, event: FleetEvent) -> None:
+        """Count the loads and unloads on the fleet's event stream."""
+        match event.kind:
+            case "loaded" | "load_failed":
+                outcome = "ready" if event.kind == "loaded" else "failed"
+                labels = (self.model_label(event.model), self.node_label(event.node), outcome)
+                self.loads.labels(*labels).inc()
+                self.load_seconds.labels(*labels).observe(event.seconds or 0.0)
+            case "unloaded" | "evicted":
+                reason = event.reason or ""
+                labels = (self.model_label(event.model), self.node_label(event.node), reason)
+                self.unloads.labels(*labels).inc()
+                if event.kind == "evicted":
+                    self.evictions.labels(*labels).inc()

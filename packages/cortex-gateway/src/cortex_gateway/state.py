@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from cortex_core.catalogue import load_catalogue
 from cortex_core.config import ConfigError, GatewayConfig, check_catalogue_nodes
 from cortex_gateway import __version__
+from cortex_gateway.activity import Timeline
+from cortex_gateway.events import Events, log_event
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import Neurons
@@ -34,6 +36,8 @@ class Running:
     """The parts that exist while the gateway runs."""
 
     neurons: Neurons
+    events: Events
+    timeline: Timeline
     lifecycle: Lifecycle
     metrics: GatewayMetrics
     pipeline: Pipeline
@@ -80,16 +84,26 @@ class Gateway:
         """The fleet's lifecycle."""
         return self.running.lifecycle
 
+    @property
+    def timeline(self) -> Timeline:
+        """The fleet's recent events, as the dashboard shows them."""
+        return self.running.timeline
+
     async def start(self) -> None:
         """Reach the neurons, poll them once, and keep polling in the background."""
         tokens = self.config.neuron_tokens(self._environ)
         neurons = self._connect(self.config)
-        lifecycle = Lifecycle(self.config, neurons, tokens=tokens)
+        events, timeline = Events(), Timeline()
+        lifecycle = Lifecycle(self.config, neurons, events, tokens=tokens)
         metrics = GatewayMetrics(lifecycle, asyncio.get_running_loop())
+        # Every fleet event is kept for the dashboard, counted and logged: once each.
+        events.on(timeline.record)
+        events.on(metrics.observe_event)
+        events.on(log_event)
         pipeline = Pipeline(lifecycle, neurons, metrics, self.config.cortex.gateway)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
-        self._running = Running(neurons, lifecycle, metrics, pipeline, poller)
+        self._running = Running(neurons, events, timeline, lifecycle, metrics, pipeline, poller)
         log.info(
             "gateway started",
             extra={

@@ -124,7 +124,7 @@ class UiRoutes:
             id(life.fleet),
             id(life.catalogue),
             life.leases.version,
-            life.timeline.last,
+            self.gateway.timeline.last,
             sum(life.waiting.values()),
         )
         shared = self._shared.get(admin)
@@ -138,7 +138,7 @@ class UiRoutes:
                 in_flight=life.in_flight,
                 waiting=life.waiting,
                 backoffs=life.backoffs,
-                events=life.timeline.since(0),
+                events=self.gateway.timeline.since(0),
                 admin=admin,
                 version=__version__,
             )
@@ -178,7 +178,8 @@ class UiRoutes:
         def wake(event: Event) -> None:
             woken.set()
 
-        life.timeline.listeners.append(wake)
+        timeline = gateway.timeline
+        timeline.listeners.append(wake)
         try:
             yield f"retry: {RETRY_MS}\n\n".encode()
             sent_snapshot = b""
@@ -191,7 +192,7 @@ class UiRoutes:
                 if data != sent_snapshot or now - sent_at >= HEARTBEAT_S:
                     yield named_event("snapshot", stamped(data, time.time()))
                     sent_snapshot, sent_at = data, now
-                fresh = life.timeline.since(seq)
+                fresh = timeline.since(seq)
                 if fresh:
                     seq = fresh[-1].seq
                     yield named_event("timeline", encode(fresh))
@@ -205,4 +206,4 @@ class UiRoutes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), TICK_S)
         finally:
-            life.timeline.listeners.remove(wake)
+            timeline.listeners.remove(wake)
