@@ -374,7 +374,7 @@ memory_gb = 1
             assert life is not None
             profile = life.catalogue.profile("mistralai/Mistral-7B-Instruct-v0.3")
             assert profile is not None
-            gw.call(lambda: asyncio.ensure_future(life.ensure_loaded(profile)))
+            gw.call(lambda: asyncio.ensure_future(life.load(profile)))
             page.wait_for_selector('[data-node="beast"] .seg[data-kind="loading"]')
             client.get("/health")
         page.select_option("#try-model", "helexa/fast")

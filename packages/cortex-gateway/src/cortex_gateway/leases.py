@@ -74,13 +74,13 @@ class Lease:
 class Leases:
     """The book of leases: counts by ``(node, model)`` and the leases held on each node."""
 
-    def __init__(self, on_release: Callable[[], object] = lambda: None) -> None:
+    def __init__(self) -> None:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._prefill: Counter[tuple[str, str]] = Counter()
         self.version = 0
         """Counts every lease taken and released: a change to look at."""
         self._held: dict[str, set[Lease]] = {}
-        self._on_release = on_release
+        self._listeners: list[Callable[[], object]] = []
 
     @property
     def counts(self) -> Mapping[tuple[str, str], int]:
@@ -91,6 +91,10 @@ class Leases:
     def prefill(self) -> Mapping[tuple[str, str], int]:
         """Prompt blocks sent by ``(node, model)`` and not yet computed (no first token yet)."""
         return self._prefill
+
+    def on_release(self, listener: Callable[[], object]) -> None:
+        """Call ``listener`` after every release (a cold load waiting for room looks again)."""
+        self._listeners.append(listener)
 
     def __len__(self) -> int:
         return sum(len(held) for held in self._held.values())
@@ -125,7 +129,8 @@ class Leases:
             held.discard(lease)
             if not held:
                 del self._held[lease.node]
-        self._on_release()
+        for listener in self._listeners:
+            listener()
 
     def abort_node(self, node: str, reason: str) -> int:
         """Abort every lease on ``node``; how many there were."""

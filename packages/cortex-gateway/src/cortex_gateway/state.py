@@ -95,7 +95,8 @@ class Gateway:
         neurons = self._connect(self.config)
         events, timeline = Events(), Timeline()
         lifecycle = Lifecycle(self.config, neurons, events, tokens=tokens)
-        metrics = GatewayMetrics(lifecycle, asyncio.get_running_loop())
+        nodes = [n.name for n in self.config.cortex.neurons]
+        metrics = GatewayMetrics(lifecycle, nodes, asyncio.get_running_loop())
         # Every fleet event is kept for the dashboard, counted and logged: once each.
         events.on(timeline.record)
         events.on(metrics.observe_event)

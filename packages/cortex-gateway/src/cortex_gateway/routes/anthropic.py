@@ -165,7 +165,7 @@ class AnthropicRoutes:
         model = pipeline.name(call, counted.model)
         lease = await pipeline.acquire(call, request=request)
         messages, tools = openai_messages_for_tokenize(counted)
-        client = self.gateway.lifecycle.clients[lease.node]
+        client = self.gateway.lifecycle.poller.nodes[lease.node].client
         try:
             answer = await client.tokenize(
                 TokenizeRequest(model=model, messages=messages, tools=tools)

@@ -55,14 +55,16 @@ class OpenAIRoutes:
 
     async def models(self, request: Request, call: Call) -> Response:
         """``GET /v1/models``: the catalogue merged with what the fleet has loaded."""
-        life = self.gateway.lifecycle
-        return json_response(list_models(life.catalogue, life.fleet, life.backoffs, time.time()))
+        status = self.gateway.lifecycle.status()
+        return json_response(
+            list_models(status.catalogue, status.fleet, status.backoffs, time.time())
+        )
 
     async def model(self, request: Request, call: Call) -> Response:
         """``GET /v1/models/{id}``: one entry (ids with a slash arrive %2F-encoded or not)."""
-        life = self.gateway.lifecycle
+        status = self.gateway.lifecycle.status()
         model_id = call.model = request.path_params["model"]
-        entry = find_model(model_id, life.catalogue, life.fleet, life.backoffs, time.time())
+        entry = find_model(model_id, status.catalogue, status.fleet, status.backoffs, time.time())
         if entry is None:
             raise GatewayError(
                 404, ErrorKind.NOT_FOUND, f"model '{printable(model_id)}' does not exist"

@@ -119,26 +119,21 @@ class UiRoutes:
         Shared by every open page: a fleet of 200 models takes milliseconds to
         snapshot, and the event loop carries every request's tokens.
         """
-        life = self.gateway.lifecycle
+        status, timeline = self.gateway.lifecycle.status(), self.gateway.timeline
         source = (
-            id(life.fleet),
-            id(life.catalogue),
-            life.leases.version,
-            self.gateway.timeline.last,
-            sum(life.waiting.values()),
+            id(status.fleet),
+            id(status.catalogue),
+            status.leases_taken,
+            timeline.last,
+            sum(status.waiting.values()),
         )
         shared = self._shared.get(admin)
         if shared is not None and shared[0] == source:
             return shared[1]
         encoded = encode(
             snapshot(
-                life.catalogue,
-                life.fleet,
-                since=life.since,
-                in_flight=life.in_flight,
-                waiting=life.waiting,
-                backoffs=life.backoffs,
-                events=self.gateway.timeline.since(0),
+                status,
+                events=timeline.since(0),
                 admin=admin,
                 version=__version__,
             )
@@ -155,9 +150,7 @@ class UiRoutes:
         """``GET /ui/activity?model=ID``: one model's last minutes (all models without one)."""
         model = request.query_params.get("model", ALL)
         series = self.gateway.pipeline.series
-        known = (
-            model == ALL or model in series.models() or model in self.gateway.lifecycle.catalogue
-        )
+        known = model == ALL or model in series.models() or model in self.gateway.config.catalogue
         if not known:
             raise GatewayError(404, ErrorKind.NOT_FOUND, "no activity for that model")
         return json_response(series.view(model), headers=SECURITY_HEADERS)
