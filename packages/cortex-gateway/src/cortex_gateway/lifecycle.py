@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.config import GatewayConfig
@@ -26,7 +27,7 @@ from cortex_gateway.leases import Lease, Leases
 from cortex_gateway.loads import Loads, late
 from cortex_gateway.neurons import Neurons
 from cortex_gateway.poller import Poller, Transition
-from cortex_gateway.prefix import PrefixIndex, prefix_hashes
+from cortex_gateway.prefix import PrefixIndex
 from cortex_gateway.router import (
     ColdLoad,
     Decision,
@@ -71,28 +72,24 @@ class Lifecycle:
             on_change=self._node_changed,
             clock=clock,
         )
-        self.leases = Leases()
+        self.leases = Leases(self.poller.nodes)
         self.prefixes = PrefixIndex(self.routing.prefix_index_blocks)
         """Which node was recently sent which prompt prefix (``[routing] policy = "prefix"``)."""
         self.loads = Loads(
             config, self.poller, self.leases, self.events, waiting_since=self._oldest, clock=clock
         )
         self.leases.on_release(self.loads.released)
-        self._catalogue = config.catalogue
+        self.catalogue: Catalogue = config.catalogue
+        """The catalogue in force (:meth:`use` replaces it; requests keep what they resolved)."""
         self._waiting: Counter[str] = Counter()
         self._arrivals: dict[str, list[float]] = {}
         """When each request waiting for a model arrived (monotonic), by model."""
 
     # --- what it shows -----------------------------------------------------------------
 
-    @property
-    def catalogue(self) -> Catalogue:
-        """The catalogue in force (a reload replaces it; requests keep what they resolved)."""
-        return self._catalogue
-
-    @catalogue.setter
-    def catalogue(self, catalogue: Catalogue) -> None:
-        self._catalogue = self.loads.catalogue = catalogue
+    def use(self, catalogue: Catalogue) -> None:
+        """Route by ``catalogue`` from now on (``models.toml`` was read again)."""
+        self.catalogue = self.loads.catalogue = catalogue
 
     @property
     def fleet(self) -> Fleet:
@@ -117,7 +114,7 @@ class Lifecycle:
     def status(self) -> FleetStatus:
         """The fleet and the gateway's own counts, now."""
         return FleetStatus(
-            catalogue=self._catalogue,
+            catalogue=self.catalogue,
             fleet=self.poller.fleet,
             in_flight=self.leases.counts,
             waiting=self._waiting,
@@ -190,7 +187,7 @@ class Lifecycle:
             held = self.prefixes.holding
         return route(
             model_id,
-            self._catalogue,
+            self.catalogue,
             fleet,
             self.leases.counts,
             exclude=exclude,
@@ -204,23 +201,39 @@ class Lifecycle:
             min_match=self.routing.min_prefix_match,
         )
 
-    def prefix_of(self, model_id: str, rendered: bytes) -> list[int]:
-        """The prefix hashes of a prompt rendered for routing."""
-        return prefix_hashes(model_id, rendered, self.routing.prefix_block_chars)
+    def lease(
+        self,
+        model_id: str,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        arrived: float | None = None,
+        prefix: Sequence[int] = (),
+    ) -> Lease | asyncio.Task[Lease]:
+        """A lease on the node to serve ``model_id`` now, or the wait for one (a task to await).
 
-    def serving(self, model_id: str, exclude: frozenset[str] = frozenset()) -> str | None:
-        """The node to serve ``model_id`` on right now, if it is ready somewhere."""
-        decision = self._route(model_id, exclude)
-        return decision.node if isinstance(decision, Serve) else None
-
-    def lease_ready(
-        self, model_id: str, exclude: frozenset[str] = frozenset(), prefix: Sequence[int] = ()
-    ) -> Lease | None:
-        """A lease where ``model_id`` is ready now (weighing ``prefix``), or None."""
+        The lease is taken in the same step as the decision, so nothing (an
+        eviction, a burst) comes between them; ``prefix`` (the prompt's block
+        hashes) weighs where it goes and is recorded there. A request that has
+        to wait (for a load, for room, for a node) is bounded by
+        ``max_waiting`` per model (429) and by ``load_timeout_s``; ``arrived``
+        (monotonic) is when it came, for the swap policy.
+        """
         decision = self._route(model_id, exclude, prefix)
-        if not isinstance(decision, Serve):
-            return None
-        return self._take(decision.node, model_id, prefix, decision.matched)
+        if isinstance(decision, Serve):
+            return self._take(decision.node, model_id, prefix, decision.matched)
+        if self._waiting[model_id] >= self.settings.max_waiting:
+            raise GatewayError(
+                429,
+                ErrorKind.OVERLOADED,
+                f"too many requests are waiting for model {model_id!r} to load",
+                headers={"retry-after": str(RETRY_AFTER_S)},
+            )
+        arrival = time.monotonic() if arrived is None else arrived
+        self._waiting[model_id] += 1
+        self._arrivals.setdefault(model_id, []).append(arrival)
+        waiting = asyncio.ensure_future(self._wait_for(model_id, exclude, prefix))
+        waiting.add_done_callback(partial(self._waited, model_id, arrival))
+        return waiting
 
     def _take(self, node: str, model_id: str, prefix: Sequence[int], matched: int) -> Lease:
         if prefix:
@@ -229,45 +242,21 @@ class Lifecycle:
         lease.matched = matched
         return lease
 
-    async def acquire(
-        self,
-        model_id: str,
-        exclude: frozenset[str] = frozenset(),
-        arrived: float | None = None,
-        prefix: Sequence[int] = (),
+    async def _wait_for(
+        self, model_id: str, exclude: frozenset[str], prefix: Sequence[int]
     ) -> Lease:
-        """A lease on the node that will serve ``model_id`` now, loading it first if need be.
+        node, matched = await self._resolve(model_id, exclude, prefix)
+        return self._take(node, model_id, prefix, matched)
 
-        The lease is taken in the same step as the decision, so nothing (an
-        eviction, a burst) comes between them. Requests that have to wait (for
-        a load, for room, for a node) are bounded by ``max_waiting`` per model
-        and by ``load_timeout_s``; ``arrived`` (monotonic) is when the request
-        came, for the swap policy.
-        """
-        ready = self.lease_ready(model_id, exclude, prefix)
-        if ready is not None:
-            return ready
-        if self._waiting[model_id] >= self.settings.max_waiting:
-            raise GatewayError(
-                429,
-                ErrorKind.OVERLOADED,
-                f"too many requests are waiting for model {model_id!r} to load",
-                headers={"retry-after": str(RETRY_AFTER_S)},
-            )
-        self._waiting[model_id] += 1
-        arrival = time.monotonic() if arrived is None else arrived
-        arrivals = self._arrivals.setdefault(model_id, [])
-        arrivals.append(arrival)
-        try:
-            node, matched = await self._resolve(model_id, exclude, prefix)
-            return self._take(node, model_id, prefix, matched)
-        finally:
-            self._waiting[model_id] -= 1
-            if self._waiting[model_id] <= 0:
-                del self._waiting[model_id]
-            arrivals.remove(arrival)
-            if not arrivals:
-                self._arrivals.pop(model_id, None)
+    def _waited(self, model_id: str, arrival: float, _: object) -> None:
+        """A wait ended, however it ended: it no longer counts."""
+        self._waiting[model_id] -= 1
+        if self._waiting[model_id] <= 0:
+            del self._waiting[model_id]
+        arrivals = self._arrivals.get(model_id, [])
+        arrivals.remove(arrival)
+        if not arrivals:
+            self._arrivals.pop(model_id, None)
 
     def _oldest(self, model_id: str) -> float:
         """When the oldest request waiting for ``model_id`` arrived (now, if none does)."""
@@ -301,24 +290,6 @@ class Lifecycle:
                     raise GatewayError(404, ErrorKind.NOT_FOUND, message)
                 case NoNode(message):
                     raise GatewayError(503, ErrorKind.UNAVAILABLE, message)
-
-    # --- the request's node (the pipeline's reports) ----------------------------------
-
-    async def endpoint(self, node: str, model_id: str) -> str:
-        """The OpenAI base URL of ``model_id`` on ``node`` (cached until the model leaves)."""
-        return await self.poller.nodes[node].endpoint(model_id)
-
-    async def invalidate(self, node: str, model_id: str) -> None:
-        """After an endpoint failed a request: forget it and ask the node again."""
-        await self.poller.nodes[node].invalidate(model_id)
-
-    def trip(self, node: str) -> None:
-        """A request could not reach ``node``: prefer other nodes for a while."""
-        self.poller.nodes[node].trip()
-
-    def reset(self, node: str) -> None:
-        """A request reached ``node``."""
-        self.poller.nodes[node].reset()
 
     # --- stopping ------------------------------------------------------------------------
 

@@ -29,9 +29,9 @@ from starlette.routing import Route
 from cortex_core.wire import encode
 from cortex_gateway import __version__
 from cortex_gateway.activity import ALL, Event
+from cortex_gateway.calls import Call
 from cortex_gateway.dashboard import snapshot, stamped
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
-from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import JSON, ClosingStream, json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.sse import named_event
@@ -107,11 +107,7 @@ class UiRoutes:
         return Response(self._files[name], media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
     def _admin(self, request: Request) -> bool:
-        try:
-            self.gateway.pipeline.authorize(request, admin=True)
-        except GatewayError:
-            return False
-        return True
+        return self.gateway.pipeline.keys.admits(request, admin=True)
 
     def _snapshot(self, admin: bool) -> bytes:
         """The encoded snapshot, built again only when what it shows may have changed.
@@ -149,7 +145,7 @@ class UiRoutes:
     async def activity(self, request: Request, call: Call) -> Response:
         """``GET /ui/activity?model=ID``: one model's last minutes (all models without one)."""
         model = request.query_params.get("model", ALL)
-        series = self.gateway.pipeline.series
+        series = self.gateway.series
         known = model == ALL or model in series.models() or model in self.gateway.config.catalogue
         if not known:
             raise GatewayError(404, ErrorKind.NOT_FOUND, "no activity for that model")
@@ -165,7 +161,7 @@ class UiRoutes:
         Every timeline event kept comes first; a new one wakes the stream at once.
         """
         gateway, life = self.gateway, self.gateway.lifecycle
-        series = gateway.pipeline.series
+        series = gateway.series
         woken = asyncio.Event()
 
         def wake(event: Event) -> None:
