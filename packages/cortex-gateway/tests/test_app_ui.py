@@ -126,6 +126,26 @@ async def test_the_snapshot_shows_bars_cpu_hosts_models_aliases_and_failures(
         assert "scripted failure" in broken[0]["error"]
 
 
+async def test_a_down_nodes_models_show_as_unavailable_until_it_is_back(tmp_path: Path) -> None:
+    """What a node said of its models before it went down is not shown as ready."""
+    nodes = fleet()
+    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+
+        async def placement() -> tuple[bool, str]:
+            snap = (await gw.http.get("/ui/snapshot")).json()
+            card = next(n for n in snap["nodes"] if n["name"] == "a")
+            row = next(m for m in snap["models"] if m["id"] == "fake/small")
+            return card["up"], row["placements"][0]["state"]
+
+        assert await placement() == (True, "ready")
+        nodes[0].stop()
+        await gw.state.lifecycle.refresh("a")
+        assert await placement() == (False, "unavailable")
+        nodes[0].start()
+        await gw.state.lifecycle.refresh("a")
+        assert await placement() == (True, "ready")
+
+
 async def test_the_timeline_records_loads_unloads_evictions_and_nodes(tmp_path: Path) -> None:
     """Each with what an operator asks: how long a load took, why a model went."""
     nodes = fleet()

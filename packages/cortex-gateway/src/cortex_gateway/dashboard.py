@@ -36,6 +36,8 @@ ERROR_CHARS = 300
 """The longest error text shown (the rest is cut)."""
 HOLDING = ("ready", "loading", "unloading")
 """The states in which a model holds (or is taking) memory."""
+UNAVAILABLE = "unavailable"
+"""A model's state on a node that is down."""
 
 
 class Segment(Struct, kw_only=True):
@@ -83,6 +85,7 @@ class Placement(Struct, kw_only=True):
 
     node: str
     state: str
+    """What the node said of it, or ``unavailable`` while the node is down."""
     phase: str | None = None
     since: float | None = None
     """Ready: when it was loaded; loading: when the gateway asked (if it did)."""
@@ -169,11 +172,13 @@ def _card(node: NodeState, since: float | None, admin: bool) -> NodeCard:
     )
 
 
-def _placement(node: str, info: ModelInfo, started: float | None) -> Placement:
+def _placement(node: NodeState, info: ModelInfo, started: float | None) -> Placement:
     since = info.loaded_at if info.state == "ready" else started
+    # A down node serves nothing, whatever it said of its models before it went.
+    state = printable(info.state, 32) if node.up else UNAVAILABLE
     return Placement(
-        node=node,
-        state=printable(info.state, 32),
+        node=node.name,
+        state=state,
         phase=_text(info.phase),
         since=since,
         error=_text(info.error) if info.state == "failed" else None,
@@ -210,7 +215,7 @@ def snapshot(
         concrete = entry.alias_of or entry.id
         profile = catalogue.profile(concrete)
         placements = [
-            _placement(node.name, info, started.get((node.name, concrete)))
+            _placement(node, info, started.get((node.name, concrete)))
             for node in fleet.nodes.values()
             if (info := node.model(concrete)) is not None
         ]
