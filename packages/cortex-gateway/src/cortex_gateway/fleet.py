@@ -18,7 +18,10 @@ from cortex_core.catalogue import Catalogue
 from cortex_core.neuron_api import Device, ModelInfo
 from cortex_gateway.scheduling import Backoff
 
-__all__ = ["Fleet", "FleetStatus", "FleetView", "NodeState"]
+__all__ = ["Fleet", "FleetStatus", "FleetView", "InFlight", "NodeState", "in_flight_on"]
+
+InFlight = Mapping[tuple[str, str], int]
+"""Requests the gateway has in flight, by ``(node, model)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,12 @@ class NodeState:
         return replace(self, up=False, error=error)
 
 
+def in_flight_on(node: NodeState, model_id: str, in_flight: InFlight) -> int:
+    """Requests on ``model_id`` at ``node``: the gateway's count, or the neuron's if higher."""
+    info = node.model(model_id)
+    return max(in_flight.get((node.name, model_id), 0), info.in_flight if info else 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Fleet:
     """Every configured neuron, by name, in configuration order."""
@@ -126,7 +135,7 @@ class FleetStatus:
 
     catalogue: Catalogue
     fleet: Fleet
-    in_flight: Mapping[tuple[str, str], int]
+    in_flight: InFlight
     """Requests in flight by ``(node, model)``, as the gateway's leases count them."""
     waiting: Mapping[str, int]
     """Requests waiting for a model that is not ready yet, by model."""

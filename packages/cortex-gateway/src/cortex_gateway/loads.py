@@ -30,8 +30,7 @@ from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.events import EventKind, Events, FleetEvent
 from cortex_gateway.leases import Leases
 from cortex_gateway.neurons import NeuronCallError
-from cortex_gateway.poller import Poller
-from cortex_gateway.router import (
+from cortex_gateway.placement import (
     EvictOne,
     Exclude,
     GiveUp,
@@ -46,6 +45,7 @@ from cortex_gateway.router import (
     idle_models,
     place,
 )
+from cortex_gateway.poller import Poller
 from cortex_gateway.scheduling import Backoff, Blocked, backoff_s, closed_gates, in_backoff
 
 __all__ = ["EvictionReason", "Loads", "late"]
