@@ -124,7 +124,7 @@ class AdminRoutes:
                 " (allow_uncatalogued_loads is off)",
             )
         if body.node is not None:
-            if body.node not in gateway.lifecycle.fleet.nodes:
+            if body.node not in gateway.lifecycle.status().fleet.nodes:
                 raise GatewayError(
                     404, ErrorKind.NOT_FOUND, f"no neuron named '{printable(body.node)}'"
                 )
