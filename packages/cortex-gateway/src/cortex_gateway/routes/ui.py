@@ -70,6 +70,11 @@ async def _nothing() -> None:
     """A stream of the dashboard holds nothing to give back when it ends."""
 
 
+def _same(before: tuple[object, ...], now: tuple[object, ...]) -> bool:
+    """Whether a snapshot's sources are unchanged: fleet and catalogue by identity, the rest."""
+    return before[0] is now[0] and before[1] is now[1] and before[2:] == now[2:]
+
+
 class UiRoutes:
     """The dashboard over a :class:`~cortex_gateway.state.Gateway`."""
 
@@ -77,7 +82,7 @@ class UiRoutes:
         self.gateway = gateway
         self._files = {name: _asset(name) for name in (PAGE, *ASSETS)}
         self._shared: dict[bool, tuple[tuple[object, ...], bytes]] = {}
-        """The encoded snapshot per admin flag, and what it was taken from."""
+        """The encoded snapshot per admin flag, and what it was taken from (kept alive)."""
 
     def routes(self) -> list[Route]:
         """The page and assets (open), the snapshot, activity and event stream (keyed)."""
@@ -116,15 +121,17 @@ class UiRoutes:
         snapshot, and the event loop carries every request's tokens.
         """
         status, timeline = self.gateway.lifecycle.status(), self.gateway.timeline
+        # The fleet and catalogue themselves, compared by identity: an id alone could be
+        # reused by a newer snapshot once the one it named is gone.
         source = (
-            id(status.fleet),
-            id(status.catalogue),
+            status.fleet,
+            status.catalogue,
             status.leases_taken,
             timeline.last,
             sum(status.waiting.values()),
         )
         shared = self._shared.get(admin)
-        if shared is not None and shared[0] == source:
+        if shared is not None and _same(shared[0], source):
             return shared[1]
         encoded = encode(
             snapshot(
