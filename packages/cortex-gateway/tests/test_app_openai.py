@@ -412,10 +412,10 @@ async def test_an_unexpected_failure_is_a_logged_500(
     caplog.set_level(logging.INFO, "cortex_gateway")
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
 
-        async def broken(model_id: str, *args: object, **kwargs: object) -> str:
+        def broken(model_id: str, *args: object, **kwargs: object) -> str:
             raise RuntimeError("a secret bug")
 
-        monkeypatch.setattr(gw.state.lifecycle, "acquire", broken)
+        monkeypatch.setattr(gw.state.lifecycle, "lease", broken)
         response = await gw.chat("fake/small")
         assert response.status_code == 500
         assert error_of(response) == {

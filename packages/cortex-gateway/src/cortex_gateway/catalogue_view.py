@@ -8,7 +8,7 @@ from msgspec import Struct, field
 
 from cortex_core.catalogue import Catalogue
 from cortex_gateway.fleet import Fleet
-from cortex_gateway.router import feasible_on
+from cortex_gateway.placement import feasible_on
 from cortex_gateway.scheduling import Backoff
 
 __all__ = ["BackoffEntry", "FleetModel", "FleetModelList", "find_model", "list_models"]

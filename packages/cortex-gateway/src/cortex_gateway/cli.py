@@ -22,9 +22,9 @@ from cortex_core.config import (
     check_catalogue_nodes,
     load_gateway_config,
 )
-from cortex_core.logs import LogFormat, configure_logging
-from cortex_core.loops import run as run_loop
-from cortex_core.sockets import ListenError, bind_listen
+from cortex_core.runtime.logs import LogFormat, configure_logging
+from cortex_core.runtime.loops import run as run_loop
+from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 
@@ -126,7 +126,7 @@ async def _serve(
 ) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
 
-    from cortex_core.serving import server_config
+    from cortex_core.runtime.serving import server_config
     from cortex_gateway.app import create_apps
 
     api, metrics, gateway = create_apps(config)

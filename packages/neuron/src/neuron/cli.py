@@ -25,9 +25,9 @@ from cortex_core.config import (
     load_neuron_config,
     parse_hostport,
 )
-from cortex_core.logs import LogFormat, configure_logging
-from cortex_core.loops import run as run_loop
-from cortex_core.sockets import ListenError, bind_listen
+from cortex_core.runtime.logs import LogFormat, configure_logging
+from cortex_core.runtime.loops import run as run_loop
+from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_core.wire import to_builtins
 from neuron import __version__, runtime
@@ -121,7 +121,7 @@ def _enter_engine(config: NeuronConfig, argv: list[str]) -> None:
 async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
 
-    from cortex_core.serving import server_config
+    from cortex_core.runtime.serving import server_config
     from neuron.app import create_app
     from neuron.vllm_engine import VllmEngineFactory
 
