@@ -215,8 +215,10 @@ def test_neuron_installs_without_vllm_or_torch(neuron_venv: Venv) -> None:
     checked = _run(
         [neuron_venv.bin("neuron"), "check", "--config", CONFIGS / "neuron.example.toml"]
     )
-    ok, engine, devices_line = checked.stdout.splitlines()
+    ok, engine, devices_line, cpu = checked.stdout.splitlines()
     assert ": ok:" in ok
+    assert cpu.startswith("cpu: ")
+    assert "vLLM kernels: " in cpu
     assert engine.startswith("engine: none in ")
     assert "`neuron serve` will refuse to start" in engine
 
