@@ -65,10 +65,14 @@ class Meter:
     first_token: float | None = None
     last_token: float | None = None
     usage: Usage | None = None
+    generated: bool = True
+    """False for an answer that generated nothing (embeddings): it has no time to first token."""
 
     @property
     def ttft(self) -> float | None:
         """Time to first token (streams) or to the first byte (complete answers)."""
+        if not self.generated:
+            return None
         first = self.first_token if self.first_token is not None else self.first_byte
         return None if first is None else first - self.started
 
