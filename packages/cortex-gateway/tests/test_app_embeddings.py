@@ -83,6 +83,7 @@ async def test_rerank_and_score_go_to_the_embedding_model(tmp_path: Path) -> Non
     [
         ("/v1/chat/completions", {"messages": QUESTION}, "not /v1/chat/completions"),
         ("/v1/completions", {"prompt": "Paris"}, "not /v1/completions"),
+        ("/v1/responses", {"input": "Paris"}, "not /v1/responses"),
     ],
 )
 async def test_generating_on_an_embedding_model_is_a_400(

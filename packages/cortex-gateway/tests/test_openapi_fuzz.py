@@ -76,6 +76,8 @@ def test_the_document_describes_every_route() -> None:
         "/v1/models/{model}",
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
         "/v1/embeddings",
         "/v1/rerank",
         "/v1/score",

@@ -28,6 +28,7 @@ INFERENCE_ROUTES = frozenset(
     {
         "chat_completions",
         "completions",
+        "responses",
         "embeddings",
         "rerank",
         "score",

@@ -15,6 +15,7 @@ import msgspec
 from cortex_core import anthropic as an
 from cortex_core import embeddings as em
 from cortex_core import openai as oa
+from cortex_core import responses_api as ra
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import FleetModel, FleetModelList
 
@@ -80,6 +81,8 @@ def openapi_document() -> dict[str, Any]:
         oa.CompletionRequest,
         oa.Completion,
         oa.ErrorEnvelope,
+        ra.ResponsesRequest,
+        ra.Response,
         em.EmbeddingRequest,
         em.EmbeddingList,
         em.RerankRequest,
@@ -178,6 +181,28 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "OpenAI legacy completions, routed by model",
                 "requestBody": json_body(ref[oa.CompletionRequest]),
                 "responses": answers(ref[oa.Completion], openai_error, inference, True),
+            }
+        },
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI Responses (Codex CLI), routed by model; no response is kept:"
+                " store: true, background and previous_response_id are refused (400)",
+                "requestBody": json_body(ref[ra.ResponsesRequest]),
+                "responses": answers(ref[ra.Response], openai_error, inference, True),
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "summary": "A stored response: none is kept, so always 404",
+                "parameters": [
+                    {
+                        "name": "response_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": answers({"type": "object"}, openai_error, [401, 404]),
             }
         },
         "/v1/embeddings": pooling("OpenAI embeddings", em.EmbeddingRequest, em.EmbeddingList),

@@ -53,6 +53,7 @@ from cortex_core.neuron_api import (
     error_response,
 )
 from cortex_core.openai import ChatCompletionRequest, CompletionRequest
+from cortex_core.responses_api import ResponsesRequest
 from cortex_core.tasks import wrong_task
 from cortex_core.units import GIB
 from cortex_core.wire import WireError, decode
@@ -417,6 +418,13 @@ class ScriptedNode:
         }
         return JsonAnswer(json.dumps(completion).encode(), delay_s=self.answer_delay_s)
 
+    def _responses(self, model: str, request: dict[str, Any], route: str) -> ScriptedAnswer:
+        if request.get("stream"):
+            events = scripted.response_events(request, self.reply)
+            return StreamAnswer(events, delay_s=self.chunk_delay_s)
+        answer = scripted.response_object(request, self.reply)
+        return JsonAnswer(json.dumps(answer).encode(), delay_s=self.answer_delay_s)
+
     def _pooled(self, model: str, request: dict[str, Any], route: str) -> ScriptedAnswer:
         answers = {
             "/embeddings": scripted.embeddings_answer,
@@ -460,6 +468,7 @@ _Reply = Callable[[ScriptedNode, str, dict[str, Any], str], ScriptedAnswer]
 _ROUTES: dict[str, tuple[type[Any], _Reply]] = {
     "/chat/completions": (ChatCompletionRequest, ScriptedNode._generated),
     "/completions": (CompletionRequest, ScriptedNode._generated),
+    "/responses": (ResponsesRequest, ScriptedNode._responses),
     "/embeddings": (EmbeddingRequest, ScriptedNode._pooled),
     "/rerank": (RerankRequest, ScriptedNode._pooled),
     "/score": (ScoreRequest, ScriptedNode._pooled),
