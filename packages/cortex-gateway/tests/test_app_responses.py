@@ -147,7 +147,8 @@ async def test_what_needs_a_kept_response_is_refused(
         assert stored_false.status_code == 200
     failures = [r for r in caplog.records if r.getMessage() == "request failed"]
     assert len(failures) == 1
-    assert failures[0].__dict__["model"] == "helexa/small"
+    assert failures[0].__dict__["model"] == "fake/small"
+    assert failures[0].__dict__["alias"] == "helexa/small"
 
 
 async def test_a_kept_response_is_never_found(tmp_path: Path) -> None:

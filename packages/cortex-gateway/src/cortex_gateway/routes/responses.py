@@ -123,7 +123,7 @@ class ResponsesRoutes:
         body = await read_body(request, self.gateway.settings)
         view = decode_body(body, ResponsesView)
         if (refusal := not_kept(view)) is not None:
-            call.model = view.model
+            call.name(self.gateway.lifecycle.catalogue, view.model)  # for its log line and metrics
             raise GatewayError(400, ErrorKind.BAD_REQUEST, refusal)
         blocks = self.gateway.lifecycle.routing.prefix_block_chars
         forward = ResponsesForward(body, view, blocks)
