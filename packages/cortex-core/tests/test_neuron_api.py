@@ -51,6 +51,7 @@ DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "max_model_len": 16384,
                     "error": None,
                     "phase": None,
+                    "task": "generate",
                 },
                 {
                     "id": "Qwen/Qwen3-1.7B",
@@ -64,6 +65,7 @@ DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "max_model_len": None,
                     "error": "engine exited during start",
                     "phase": None,
+                    "task": "embed",
                 },
             ]
         },
@@ -75,6 +77,7 @@ DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
             "devices": [0],
             "options": {"max_model_len": 8192},
             "wait": False,
+            "task": "generate",
         },
     ),
     (api.UnloadRequest, {"model": "Qwen/Qwen3-8B"}),
@@ -157,6 +160,7 @@ def test_load_request_defaults() -> None:
     """A bare load waits, on devices the neuron picks, with no options."""
     request = decode(b'{"model": "Qwen/Qwen3-8B"}', api.LoadRequest)
     assert (request.devices, request.options, request.wait) == (None, {}, True)
+    assert request.task == "generate"
 
 
 def test_error_statuses() -> None:

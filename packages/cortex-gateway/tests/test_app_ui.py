@@ -126,6 +126,16 @@ async def test_the_snapshot_shows_bars_cpu_hosts_models_aliases_and_failures(
         assert "scripted failure" in broken[0]["error"]
 
 
+async def test_the_snapshot_says_each_models_task(tmp_path: Path) -> None:
+    """Rows carry the model's task (the page tags embedding models, and chats only with others)."""
+    catalogue = CATALOGUE + '\n[[models]]\nid = "fake/embedder"\nmemory_gb = 1\ntask = "embed"\n'
+    async with serve(tmp_path, fleet(), catalogue, models=MODELS) as gw:
+        snap = (await gw.http.get("/ui/snapshot")).json()
+        tasks = {m["id"]: m["task"] for m in snap["models"]}
+        assert tasks["fake/embedder"] == "embed"
+        assert tasks["fake/small"] == tasks["helexa/fast"] == "generate"
+
+
 async def test_a_down_nodes_models_show_as_unavailable_until_it_is_back(tmp_path: Path) -> None:
     """What a node said of its models before it went down is not shown as ready."""
     nodes = fleet()

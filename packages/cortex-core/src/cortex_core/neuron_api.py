@@ -94,6 +94,8 @@ class ModelInfo(_Wire):
     """Why a ``failed`` load failed."""
     phase: str | None = None
     """While ``loading``: ``preflight``, ``fetching`` or ``starting``."""
+    task: str = "generate"
+    """What the engine serves: ``generate`` or ``embed`` (a newer neuron's task: a string)."""
 
 
 class ModelsResponse(_Wire):
@@ -109,6 +111,8 @@ class LoadRequest(_Wire):
     devices: list[int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     wait: bool = True
+    task: str = "generate"
+    """``generate`` (a generating engine) or ``embed`` (a pooling engine serving embeddings)."""
 
 
 class UnloadRequest(_Wire):

@@ -24,7 +24,18 @@ from cortex_gateway.responses import NODE_HEADER, REQUEST_ID_HEADER
 
 __all__ = ["INFERENCE_ROUTES", "Call"]
 
-INFERENCE_ROUTES = frozenset({"chat_completions", "completions", "messages", "count_tokens"})
+INFERENCE_ROUTES = frozenset(
+    {
+        "chat_completions",
+        "completions",
+        "responses",
+        "embeddings",
+        "rerank",
+        "score",
+        "messages",
+        "count_tokens",
+    }
+)
 """Handlers whose name is their metrics ``route`` label; every other route is ``other``."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 _ID_PREFIX = uuid.uuid4().hex[:16]

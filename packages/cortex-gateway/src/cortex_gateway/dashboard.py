@@ -111,6 +111,8 @@ class ModelRow(Struct, kw_only=True):
     last_used: float | None = None
     backoff: list[str] = field(default_factory=list)
     """Nodes where its loads failed recently, paused."""
+    task: str = "generate"
+    """``generate`` or ``embed`` (the chat box offers only models that generate)."""
 
 
 class Snapshot(Struct, kw_only=True):
@@ -234,6 +236,7 @@ def snapshot(
                 waiting=status.waiting.get(concrete, 0),
                 last_used=max(used, default=None),
                 backoff=[b.node for b in entry.backoff],
+                task=printable(entry.task, 32),
             )
         )
     return Snapshot(

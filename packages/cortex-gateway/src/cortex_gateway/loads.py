@@ -351,7 +351,9 @@ class Loads:
     async def _load_on(self, node: str, profile: ModelProfile) -> LoadFailure | None:
         """Ask ``node`` to load; ``None`` on success, else what went wrong."""
         client = self.poller.nodes[node].client
-        request = LoadRequest(model=profile.qualified_id, options=dict(profile.engine))
+        request = LoadRequest(
+            model=profile.qualified_id, options=dict(profile.engine), task=profile.task
+        )
         started = time.monotonic()
         self.events.emit(FleetEvent("load_started", node, profile.id, source=profile.source))
         try:

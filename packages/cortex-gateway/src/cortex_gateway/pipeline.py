@@ -25,9 +25,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from cortex_core.config import GatewaySection
+from cortex_core.tasks import wrong_task
 from cortex_gateway.auth import Keys
 from cortex_gateway.calls import Call
-from cortex_gateway.errors import GatewayError, Surface, internal_error
+from cortex_gateway.errors import ErrorKind, GatewayError, Surface, internal_error
 from cortex_gateway.incoming import ClientGone, require_json, unless_gone
 from cortex_gateway.leases import Lease
 from cortex_gateway.lifecycle import Lifecycle
@@ -171,12 +172,17 @@ class Pipeline:
     async def forward(self, request: Request, call: Call, adapter: Adapter) -> Response:
         """Send the request to a node serving its model and answer as the adapter's surface does.
 
-        The model's alias is resolved, the prompt scored for prefix-aware
-        routing, and the request routed (the model cold-loaded if need be)
+        The model's alias is resolved, its task checked against the route's
+        (an embedding model serves no chat: 400), the prompt scored for
+        prefix-aware routing, and the request routed (the model cold-loaded if need be)
         and sent; one that failed before anything came back goes once more,
         to another node. Every failure is a :class:`GatewayError`.
         """
         model = call.name(self.life.catalogue, adapter.model)
+        # A model outside the catalogue (loaded on a neuron by hand) is refused by its neuron.
+        profile = self.life.catalogue.profile(model)
+        if profile is not None and (wrong := wrong_task(model, profile.task, adapter.path)):
+            raise GatewayError(400, ErrorKind.BAD_REQUEST, wrong, task=profile.task)
         if self.routing.policy == "prefix":
             blocks = self.routing.prefix_block_chars
             call.prefix = prefix_hashes(model, adapter.prompt(), blocks) or None

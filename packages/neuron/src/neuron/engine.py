@@ -39,6 +39,8 @@ class EngineSpec:
     """GPU indices (NVML order) to pin the engine to; empty: the CPU engine."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Engine options: the neuron's ``[engine]`` with the load's own on top."""
+    task: str = "generate"
+    """``generate``: a generating engine; ``embed``: a pooling engine serving embeddings."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,22 @@ class Engine(Protocol):
 
     async def completion(self, body: bytes) -> Reply:
         """Serve an OpenAI legacy completion body."""
+        ...
+
+    async def responses(self, body: bytes) -> Reply:
+        """Serve an OpenAI Responses body (``POST /v1/responses``)."""
+        ...
+
+    async def embeddings(self, body: bytes) -> Reply:
+        """Serve an OpenAI embeddings body (a pooling engine's)."""
+        ...
+
+    async def rerank(self, body: bytes) -> Reply:
+        """Serve a rerank body: documents by relevance to a query (a pooling engine's)."""
+        ...
+
+    async def score(self, body: bytes) -> Reply:
+        """Serve a score body: the similarity of text pairs (a pooling engine's)."""
         ...
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:

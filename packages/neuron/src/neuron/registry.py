@@ -20,6 +20,7 @@ import psutil
 from cortex_core.config import NeuronConfig
 from cortex_core.ids import InvalidModelId, ModelId, parse_model_id
 from cortex_core.neuron_api import Device, LoadRequest, ModelInfo, ModelState, UnloadResponse
+from cortex_core.tasks import TASKS
 from cortex_core.units import GIB
 from neuron.devices import read_devices
 from neuron.engine import Engine, EngineError, EngineFactory, EngineSpec, InvalidOptionError
@@ -49,6 +50,8 @@ class Entry:
 
     id: str
     source: str
+    model_task: str = "generate"
+    """What its engine serves: ``generate`` or ``embed`` (``task`` is the load's asyncio task)."""
     state: ModelState = "loading"
     phase: str | None = "preflight"
     plan: Plan | None = None
@@ -76,6 +79,7 @@ class Entry:
             max_model_len=self.engine.max_model_len if self.engine else None,
             error=self.error,
             phase=self.phase if self.state == "loading" else None,
+            task=self.model_task,
         )
 
 
@@ -149,15 +153,28 @@ class Registry:
             model = parse_model_id(request.model)
         except InvalidModelId as exc:
             raise NeuronError("invalid_model_id", str(exc), {"model": request.model}) from None
+        if request.task not in TASKS:
+            raise NeuronError(
+                "invalid_request",
+                f"unknown task {request.task!r}: one of {', '.join(sorted(TASKS))}",
+                {"model": request.model},
+            )
         source = self._sources.for_model(model)
         pending = self._unloads.get(model.concrete)
         if pending is not None:
             await asyncio.shield(pending)
         entry = self._entries.get(model.concrete)
+        if entry is not None and entry.state != "failed" and entry.model_task != request.task:
+            raise NeuronError(
+                "busy",
+                f"model {model.concrete!r} is {entry.state} here with task {entry.model_task!r};"
+                f" unload it before loading it with task {request.task!r}",
+                {"model": model.concrete, "task": entry.model_task},
+            )
         if entry is not None and entry.state == "ready":
             return entry.info()
         if entry is None or entry.state == "failed":
-            entry = Entry(id=model.concrete, source=source.name)
+            entry = Entry(id=model.concrete, source=source.name, model_task=request.task)
             self._entries[model.concrete] = entry
             entry.task = asyncio.create_task(self._load(entry, model, request))
             # Failures reach whoever waits; one nobody waits for is already logged.
@@ -193,7 +210,7 @@ class Registry:
                         "path": str(path),
                     },
                 )
-                spec = EngineSpec(entry.id, path, plan.devices, plan.options)
+                spec = EngineSpec(entry.id, path, plan.devices, plan.options, entry.model_task)
                 entry.engine = await self._factory.start(spec)
             finally:
                 self._release_reservation(plan)

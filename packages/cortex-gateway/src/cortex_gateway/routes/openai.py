@@ -1,9 +1,12 @@
-"""The OpenAI API: ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions``.
+"""The OpenAI API: ``/v1/models``, chat and legacy completions, embeddings, rerank and score.
 
 The body is read bounded and only ``model``, ``stream`` and
 ``stream_options`` are decoded; the model is rewritten to its concrete id in
 the raw bytes and everything else is forwarded as it came. Answers come back
 byte for byte; streams pass event by event while the metering reads them.
+Embeddings, rerank and score go to models with ``task = "embed"``: they
+generate nothing, so they count prompt tokens only and have no time to first
+token. (``/v1/responses`` has its own module: ``routes/responses.py``.)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from cortex_gateway.responses import JSON, json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
 
-__all__ = ["OpenAIRequest", "OpenAIRoutes"]
+__all__ = ["OpenAIRequest", "OpenAIRoutes", "PoolingRequest"]
 
 
 class OpenAIRequest:
@@ -73,6 +76,19 @@ class OpenAIRequest:
         return b"data: " + encode(error.openai()) + b"\n\n"
 
 
+class PoolingRequest(OpenAIRequest):
+    """An embeddings, rerank or score request: forwarded as it came; it generates nothing."""
+
+    def prompt(self) -> bytes:
+        """Nothing to route by: a pooling request goes to the least busy node."""
+        return b""
+
+    def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
+        """The upstream's answer, byte for byte; its usage is prompt tokens only."""
+        meter.generated = False
+        return super().answer(call, status, data, meter)
+
+
 class OpenAIRoutes:
     """The OpenAI routes over a :class:`~cortex_gateway.state.Gateway`."""
 
@@ -92,6 +108,9 @@ class OpenAIRoutes:
             r("/v1/models/{model:path}", "models", self.model, ["GET"]),
             r("/v1/chat/completions", "chat_completions", self.chat, ["POST"]),
             r("/v1/completions", "completions", self.completions, ["POST"]),
+            r("/v1/embeddings", "embeddings", self.embeddings, ["POST"]),
+            r("/v1/rerank", "rerank", self.rerank, ["POST"]),
+            r("/v1/score", "score", self.score, ["POST"]),
         ]
 
     async def models(self, request: Request, call: Call) -> Response:
@@ -120,7 +139,25 @@ class OpenAIRoutes:
         """``POST /v1/completions``."""
         return await self._forward(request, call, "/completions")
 
-    async def _forward(self, request: Request, call: Call, path: str) -> Response:
+    async def embeddings(self, request: Request, call: Call) -> Response:
+        """``POST /v1/embeddings``."""
+        return await self._forward(request, call, "/embeddings", PoolingRequest)
+
+    async def rerank(self, request: Request, call: Call) -> Response:
+        """``POST /v1/rerank``."""
+        return await self._forward(request, call, "/rerank", PoolingRequest)
+
+    async def score(self, request: Request, call: Call) -> Response:
+        """``POST /v1/score``."""
+        return await self._forward(request, call, "/score", PoolingRequest)
+
+    async def _forward(
+        self,
+        request: Request,
+        call: Call,
+        path: str,
+        adapter: type[OpenAIRequest] = OpenAIRequest,
+    ) -> Response:
         body = await read_body(request, self.gateway.settings)
         view = decode_body(body, RequestView)
-        return await self.gateway.pipeline.forward(request, call, OpenAIRequest(path, body, view))
+        return await self.gateway.pipeline.forward(request, call, adapter(path, body, view))
