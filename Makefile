@@ -43,15 +43,21 @@ typecheck: ## Type-check packages and tests (mypy --strict)
 # import it (nor load schemathesis).
 FAST_SKIPS := --ignore=tests --ignore-glob='*_e2e.py' --ignore-glob='*_vllm.py' \
 	--ignore-glob='*_fuzz.py' -p no:schemathesis
+# The quick tests on every core, measuring the gateway's coverage: under 90 % fails the
+# run, in `make test-fast` and in `make test` (CI) alike.
+QUICK := -m "not slow" $(FAST_SKIPS) -n auto \
+	--cov=cortex_gateway --cov-report=term:skip-covered --cov-fail-under=90
 
 .PHONY: test-fast
-test-fast: ## Run the quick tests (no vLLM engines, no processes) and print the gateway's coverage
-	HYPOTHESIS_PROFILE=quick $(UV) run --no-sync pytest -m "not slow" $(FAST_SKIPS) -n auto \
-		--cov=cortex_gateway --cov-report=term:skip-covered --cov-fail-under=90 $(PYTEST_ARGS)
+test-fast: ## Run the quick tests (no vLLM engines, no processes); fail under 90 % gateway coverage
+	HYPOTHESIS_PROFILE=quick $(UV) run --no-sync pytest $(QUICK) $(PYTEST_ARGS)
 
+# Every test runs once: the quick ones (hypothesis's full profile) under the coverage
+# gate, then the slow layer.
 .PHONY: test
-test: install engine lint typecheck ## Install, check, and run every test (real vLLM included)
-	$(UV) run --no-sync pytest $(PYTEST_ARGS)
+test: install engine lint typecheck ## Install, check, and run every test (real vLLM included; the coverage gate)
+	$(UV) run --no-sync pytest $(QUICK) $(PYTEST_ARGS)
+	$(UV) run --no-sync pytest -m slow $(PYTEST_ARGS)
 
 .PHONY: test-browser
 test-browser: ## Run the dashboard's browser tests (Debian's chromium: apt-get install chromium)
@@ -97,6 +103,10 @@ bench-quick: ## The same, a fifth of the requests and a 10k soak (under a minute
 .PHONY: bench-neuron
 bench-neuron: ## The neuron against vLLM's own OpenAI server on SmolLM2 (CPU engine; several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/engine.py $(BENCH_ARGS)
+
+.PHONY: bench-cpu-engine
+bench-cpu-engine: ## CPU engine settings side by side: bfloat16, float32, tcmalloc and Intel's OpenMP preloaded (several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/preload.py $(BENCH_ARGS)
 
 .PHONY: bench-prefix
 bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded against prefix (several minutes)

@@ -20,7 +20,7 @@ import aiohttp
 from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
-from cortex_core.loops import run as run_loop
+from cortex_core.runtime.loops import run as run_loop
 
 __all__ = ["main"]
 

@@ -22,7 +22,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from bench.http11 import ChunkedReader, Head, parse_head
-from cortex_core.loops import run as run_loop
+from cortex_core.runtime.loops import run as run_loop
 
 __all__ = ["Sample", "percentile", "request_bytes", "run", "summary"]
 

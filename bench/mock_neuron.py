@@ -25,7 +25,6 @@ from typing import cast
 import msgspec
 
 from bench.http11 import Head, parse_head
-from cortex_core.loops import run as run_loop
 from cortex_core.neuron_api import (
     Device,
     DevicesResponse,
@@ -35,6 +34,7 @@ from cortex_core.neuron_api import (
     ModelsResponse,
     UnloadResponse,
 )
+from cortex_core.runtime.loops import run as run_loop
 from cortex_core.wire import encode
 
 __all__ = ["FAST", "MODELS", "PACED", "MockNeuron", "serve"]

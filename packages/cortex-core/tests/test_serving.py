@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypercorn.asyncio import serve
 
-from cortex_core.serving import IDLE_KEEP_ALIVE_S, LISTEN_BACKLOG, server_config
+from cortex_core.runtime.serving import IDLE_KEEP_ALIVE_S, LISTEN_BACKLOG, server_config
 from cortex_core.testing import free_port
 
 pytestmark = pytest.mark.anyio

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from cortex_core.logs import MAX_FIELD, StructuredFormatter
+from cortex_core.runtime.logs import MAX_FIELD, StructuredFormatter
 from cortex_core.text import printable
 
 

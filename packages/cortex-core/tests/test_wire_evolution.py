@@ -9,8 +9,10 @@ import msgspec
 import pytest
 
 from cortex_core import anthropic as an
+from cortex_core import embeddings as em
 from cortex_core import neuron_api as api
 from cortex_core import openai as oa
+from cortex_core import responses_api as ra
 from cortex_core.wire import decode
 
 PEER_ANSWERS: list[type[Any]] = [
@@ -24,6 +26,10 @@ PEER_ANSWERS: list[type[Any]] = [
     oa.Completion,
     oa.ModelList,
     oa.ErrorEnvelope,
+    ra.Response,
+    em.EmbeddingList,
+    em.RerankResponse,
+    em.ScoreResponse,
     an.Message,
     an.MessageStart,
     an.MessageDelta,

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import httpx2
+import openai
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from starlette.applications import Starlette
@@ -25,9 +27,34 @@ from cortex_gateway.state import Gateway
 from cortex_gateway.testing import ScriptedFleet, ScriptedModel, ScriptedNode
 from cortex_gateway.testing.live import config_keys
 
-__all__ = ["Harness", "disconnecting", "serve", "until", "value"]
+__all__ = [
+    "TASKS_CATALOGUE",
+    "TASKS_MODELS",
+    "Harness",
+    "disconnecting",
+    "openai_error",
+    "serve",
+    "until",
+    "value",
+]
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+TASKS_CATALOGUE = """
+[aliases]
+"helexa/small" = "fake/small"
+"helexa/embed" = "fake/embedder"
+
+[[models]]
+id = "fake/small"
+memory_gb = 4
+
+[[models]]
+id = "fake/embedder"
+memory_gb = 1
+task = "embed"
+"""
+"""A generating model and an embedding model (``task = "embed"``), each with an alias."""
+TASKS_MODELS = [ScriptedModel("fake/small", memory_gib=4), ScriptedModel("fake/embedder")]
 
 
 @dataclass
@@ -55,6 +82,15 @@ class Harness:
         body = {"model": model, "max_tokens": 50, "messages": QUESTION, **extra}
         return await self.http.post("/v1/messages", json=body)
 
+    @contextlib.asynccontextmanager
+    async def openai(self) -> AsyncIterator[openai.AsyncOpenAI]:
+        """The official OpenAI SDK over the in-process gateway (its own HTTP client, httpx2)."""
+        transport = httpx2.ASGITransport(app=self.api)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://gateway") as http:
+            yield openai.AsyncOpenAI(
+                base_url="http://gateway/v1", api_key="unused", http_client=http, max_retries=0
+            )
+
     async def samples(self) -> list[Sample]:
         """Every sample ``GET /metrics`` (on the metrics app) shows."""
         transport = httpx.ASGITransport(app=self.metrics_app)
@@ -70,6 +106,16 @@ class Harness:
     def in_flight(self) -> dict[tuple[str, str], int]:
         """The gateway's own in-flight counts."""
         return dict(self.state.lifecycle.in_flight)
+
+
+def openai_error(response: httpx.Response) -> dict[str, Any]:
+    """The OpenAI error object of a response, checked for its shape and its status."""
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, Any] = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == response.status_code
+    return error
 
 
 def value(samples: list[Sample], name: str, **labels: str) -> float:

@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from gateway_harness import QUESTION, disconnecting, serve, value
+from gateway_harness import openai_error as error_of
 
 from cortex_gateway.testing import (
     ANSWER,
@@ -41,16 +41,6 @@ MODELS = [ScriptedModel("fake/small", memory_gib=4), ScriptedModel("fake/huge", 
 def nodes() -> list[ScriptedNode]:
     """One node with room for fake/small."""
     return [ScriptedNode("beast", gpus=[24])]
-
-
-def error_of(response: httpx.Response) -> dict[str, Any]:
-    """The OpenAI error object of a response, checked for its shape."""
-    body = response.json()
-    assert set(body) == {"error"}
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert error["code"] == response.status_code
-    return error
 
 
 def stream_events(text: str) -> list[dict[str, Any]]:
@@ -412,10 +402,10 @@ async def test_an_unexpected_failure_is_a_logged_500(
     caplog.set_level(logging.INFO, "cortex_gateway")
     async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS) as gw:
 
-        async def broken(model_id: str, *args: object, **kwargs: object) -> str:
+        def broken(model_id: str, *args: object, **kwargs: object) -> str:
             raise RuntimeError("a secret bug")
 
-        monkeypatch.setattr(gw.state.lifecycle, "acquire", broken)
+        monkeypatch.setattr(gw.state.lifecycle, "lease", broken)
         response = await gw.chat("fake/small")
         assert response.status_code == 500
         assert error_of(response) == {

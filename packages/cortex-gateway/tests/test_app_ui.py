@@ -126,11 +126,41 @@ async def test_the_snapshot_shows_bars_cpu_hosts_models_aliases_and_failures(
         assert "scripted failure" in broken[0]["error"]
 
 
+async def test_the_snapshot_says_each_models_task(tmp_path: Path) -> None:
+    """Rows carry the model's task (the page tags embedding models, and chats only with others)."""
+    catalogue = CATALOGUE + '\n[[models]]\nid = "fake/embedder"\nmemory_gb = 1\ntask = "embed"\n'
+    async with serve(tmp_path, fleet(), catalogue, models=MODELS) as gw:
+        snap = (await gw.http.get("/ui/snapshot")).json()
+        tasks = {m["id"]: m["task"] for m in snap["models"]}
+        assert tasks["fake/embedder"] == "embed"
+        assert tasks["fake/small"] == tasks["helexa/fast"] == "generate"
+
+
+async def test_a_down_nodes_models_show_as_unavailable_until_it_is_back(tmp_path: Path) -> None:
+    """What a node said of its models before it went down is not shown as ready."""
+    nodes = fleet()
+    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+
+        async def placement() -> tuple[bool, str]:
+            snap = (await gw.http.get("/ui/snapshot")).json()
+            card = next(n for n in snap["nodes"] if n["name"] == "a")
+            row = next(m for m in snap["models"] if m["id"] == "fake/small")
+            return card["up"], row["placements"][0]["state"]
+
+        assert await placement() == (True, "ready")
+        nodes[0].stop()
+        await gw.state.lifecycle.refresh("a")
+        assert await placement() == (False, "unavailable")
+        nodes[0].start()
+        await gw.state.lifecycle.refresh("a")
+        assert await placement() == (True, "ready")
+
+
 async def test_the_timeline_records_loads_unloads_evictions_and_nodes(tmp_path: Path) -> None:
     """Each with what an operator asks: how long a load took, why a model went."""
     nodes = fleet()
     async with serve(tmp_path, nodes, CATALOGUE, models=MODELS) as gw:
-        life = gw.state.lifecycle
+        timeline = gw.state.timeline
         assert (
             await gw.http.post("/admin/models/load", json={"model": "fake/big"})
         ).status_code == 200
@@ -139,16 +169,16 @@ async def test_the_timeline_records_loads_unloads_evictions_and_nodes(tmp_path: 
         )
         assert unloaded.status_code == 200
         nodes[1].stop()
-        await until(lambda: any(e.kind == "node_down" for e in life.timeline.since()))
-        events = [(e.kind, e.node, e.model, e.reason) for e in life.timeline.since()]
+        await until(lambda: any(e.kind == "node_down" for e in timeline.since()))
+        events = [(e.kind, e.node, e.model, e.reason) for e in timeline.since()]
         assert ("evicted", "a", "fake/small", "lru") in events
         assert ("load_started", "a", "fake/big", None) in events
         assert ("unloaded", "a", "fake/big", "admin") in events
-        (down,) = [e for e in life.timeline.since() if e.kind == "node_down"]
+        (down,) = [e for e in timeline.since() if e.kind == "node_down"]
         assert down.node == "cpu"
         assert down.reason
         assert "cannot connect" in down.reason
-        loaded = [e for e in life.timeline.since() if e.kind == "loaded"]
+        loaded = [e for e in timeline.since() if e.kind == "loaded"]
         assert loaded
         assert loaded[0].seconds is not None
 

@@ -204,6 +204,7 @@ def test_list_models_wire_shape() -> None:
         "alias_of": SMALL,
         "pinned": True,
         "backoff": [],
+        "task": "generate",
     }
 
 

@@ -85,7 +85,13 @@ def fleet_json() -> Any:
                     model("org/broken", "failed", error="CUDA out of memory"),
                 ],
             ),
-            node_entry("ratbox", models=[model("org/tiny", devices=[], last_used=now - 7300)]),
+            node_entry(
+                "ratbox",
+                models=[
+                    model("org/tiny", devices=[], last_used=now - 7300),
+                    model("org/embedder", devices=[], task="embed"),
+                ],
+            ),
             node_entry("faraway", up=False, error="connection refused"),
         ],
         "loading": ["Qwen/Qwen3-1.7B", "org/placing"],
@@ -157,7 +163,7 @@ def test_render_status_cpu_node_has_no_gpus() -> None:
 def test_render_status_model_rows() -> None:
     """Each model has a row with its node, state, requests in flight and last use."""
     text = render_status(fleet_json())
-    line_with(text, "MODEL", "NODE", "STATE", "IN FLIGHT", "LAST USE")
+    line_with(text, "MODEL", "NODE", "TASK", "STATE", "IN FLIGHT", "LAST USE")
     ready = line_with(text, "Qwen/Qwen3-8B")
     assert "beast" in ready
     assert "ready" in ready
@@ -167,13 +173,21 @@ def test_render_status_model_rows() -> None:
     assert "2h ago" in tiny
 
 
+def test_render_status_names_each_models_task() -> None:
+    """The TASK column says what each model serves: embed for an embedding model."""
+    text = render_status(fleet_json())
+    assert line_with(text, "org/embedder").split()[2] == "embed"
+    assert line_with(text, "Qwen/Qwen3-8B").split()[2] == "generate"
+    assert line_with(text, "org/placing").split()[2] == "-"
+
+
 def test_render_status_in_flight_is_the_higher_count() -> None:
     """In flight shows the higher of the neuron's count and the gateway's."""
     text = render_status(fleet_json())
-    assert line_with(text, "Qwen/Qwen3-8B").split()[3] == "3"
+    assert line_with(text, "Qwen/Qwen3-8B").split()[4] == "3"
     fleet = fleet_json()
     fleet["in_flight"] = []
-    assert line_with(render_status(fleet), "Qwen/Qwen3-8B").split()[3] == "1"
+    assert line_with(render_status(fleet), "Qwen/Qwen3-8B").split()[4] == "1"
 
 
 def test_render_status_loading_phase_and_failure() -> None:
@@ -199,7 +213,7 @@ def test_render_status_columns_line_up() -> None:
     header = next(line for line in lines if "LAST USE" in line)
     column = header.index("NODE")
     rows = lines[lines.index(header) + 1 :]
-    assert len(rows) == 5
+    assert len(rows) == 6
     for row in rows:
         assert row[column - 2 : column] == "  "
         assert row[column] != " "

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(autouse=True)
 def quick_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lifecycle's fixed waits, shortened: the tests are about what happens, not when."""
-    monkeypatch.setattr("cortex_gateway.lifecycle.WATCH_EVERY_S", 0.1)
+    monkeypatch.setattr("cortex_gateway.poller.WATCH_EVERY_S", 0.1)
     monkeypatch.setattr("cortex_gateway.state.FLUSH_S", 0.05)
 
 
@@ -148,7 +148,7 @@ async def test_a_refused_connection_is_retried_on_another_replica(tmp_path: Path
         assert response.status_code == 200
         assert response.headers["x-cortex-node"] == "two"
         assert [(await gw.chat("fake/a")).headers["x-cortex-node"] for _ in range(3)] == ["two"] * 3
-        assert gw.state.lifecycle.broken() == {"one"}
+        assert gw.state.lifecycle.poller.broken() == {"one"}
 
 
 async def test_a_stream_that_started_is_never_retried(tmp_path: Path) -> None:
@@ -284,7 +284,7 @@ async def test_the_poll_survives_a_failure(
             failures.append(1)
             raise RuntimeError("a bug")
 
-        monkeypatch.setattr(life, "_maintain", broken)
+        monkeypatch.setattr(life.loads, "maintain", broken)
         await until(lambda: len(failures) >= 3)
         assert not gw.state.running.poller.done()
     records = [r for r in caplog.records if r.getMessage() == "fleet poll failed"]

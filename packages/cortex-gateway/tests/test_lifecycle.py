@@ -18,7 +18,7 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(autouse=True)
 def quick_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lifecycle's fixed waits, shortened: the tests are about what happens, not when."""
-    monkeypatch.setattr("cortex_gateway.lifecycle.WATCH_EVERY_S", 0.1)
+    monkeypatch.setattr("cortex_gateway.poller.WATCH_EVERY_S", 0.1)
     monkeypatch.setattr("cortex_gateway.state.FLUSH_S", 0.05)
 
 
@@ -220,7 +220,7 @@ async def test_defragmenting_moves_the_smallest_idle_model(tmp_path: Path) -> No
         beast = gw.node("beast")
         await gw.chat("fake/x")
         await gw.chat("fake/y")
-        await life.defragment()  # 6 + 8 on separate GPUs: 6 and 4 free, so 10 fits nowhere
+        await life.loads.defragment()  # 6 + 8 on separate GPUs: 6 and 4 free, so 10 fits nowhere
         assert beast.calls.count("unload fake/x") == 1
         await until(lambda: beast.ready("fake/x"))
         assert await gw.metric("cortex_model_evictions_total", reason="defrag") == 1

@@ -1,4 +1,4 @@
-"""Routing, placement, eviction, idleness and defragmentation over plain fleet snapshots."""
+"""Routing and placement (eviction, idleness, defragmentation) over plain fleet snapshots."""
 
 from __future__ import annotations
 
@@ -10,22 +10,16 @@ import pytest
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import Device, ModelInfo, ModelState
 from cortex_core.units import GIB
-from cortex_gateway.fleet import Fleet, NodeState
-from cortex_gateway.router import (
-    ColdLoad,
+from cortex_gateway.fleet import Fleet, InFlight, NodeState
+from cortex_gateway.placement import (
     EvictOne,
     Exclude,
     GiveUp,
-    InFlight,
     LoadFailure,
-    NoNode,
-    NotFound,
     Placement,
     PlanAgain,
     Retry,
-    Serve,
     Unplaceable,
-    WaitForLoad,
     WaitForRoom,
     after_failed_load,
     defrag_candidates,
@@ -34,8 +28,8 @@ from cortex_gateway.router import (
     feasible_on,
     idle_models,
     place,
-    route,
 )
+from cortex_gateway.router import ColdLoad, NoNode, NotFound, Serve, WaitForLoad, route
 
 NOW = 1_750_000_000.0
 

@@ -8,7 +8,8 @@ from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import Device, ModelInfo
 from cortex_core.units import GIB
 from cortex_gateway.fleet import Fleet, NodeState
-from cortex_gateway.router import Hold, Placement, Serve, Unplaceable, place, route
+from cortex_gateway.placement import Placement, Unplaceable, place
+from cortex_gateway.router import Hold, Serve, route
 from cortex_gateway.scheduling import (
     Backoff,
     Blocked,

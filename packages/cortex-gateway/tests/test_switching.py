@@ -19,7 +19,7 @@ TWO = '[[models]]\nid = "fake/a"\nmemory_gb = 16\n[[models]]\nid = "fake/b"\nmem
 @pytest.fixture(autouse=True)
 def quick_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lifecycle's fixed waits, shortened: the tests are about what happens, not when."""
-    monkeypatch.setattr("cortex_gateway.lifecycle.WATCH_EVERY_S", 0.1)
+    monkeypatch.setattr("cortex_gateway.poller.WATCH_EVERY_S", 0.1)
 
 
 async def test_a_request_waits_for_room_instead_of_failing(tmp_path: Path) -> None:

@@ -577,7 +577,17 @@ def test_an_engine_refusal_is_re_enveloped_as_relayable(
     assert model["in_flight"] == 0
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+INFERENCE = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/rerank",
+    "/v1/score",
+]
+
+
+@pytest.mark.parametrize("path", INFERENCE)
 def test_inference_model_not_loaded(neuron: Neuron, path: str) -> None:
     """Inference for a model not loaded answers 404 in the OpenAI envelope."""
     response = neuron.client.post(path, json={**CHAT, **COMPLETION, "model": "test/other"})
@@ -585,7 +595,7 @@ def test_inference_model_not_loaded(neuron: Neuron, path: str) -> None:
     assert_openai_error(response.json(), "not_found_error", 404)
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+@pytest.mark.parametrize("path", INFERENCE)
 @pytest.mark.parametrize(
     "body",
     [b"{not json", b'{"messages": []}', b'{"model": 7}', b'"test/tiny"'],
@@ -598,6 +608,91 @@ def test_inference_malformed(neuron: Neuron, path: str, body: bytes) -> None:
     assert response.status_code == 400
     assert_openai_error(response.json(), "invalid_request_error", 400)
     assert neuron.factory.started[0].requests == []
+
+
+RESPONSE: dict[str, Any] = {"model": "test/tiny", "input": "What is the capital of France?"}
+
+
+def test_responses(neuron: Neuron) -> None:
+    """/v1/responses answers the engine's response object, or its stream of named events."""
+    neuron.load()
+    response = neuron.client.post("/v1/responses", json=RESPONSE)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "response"
+    assert body["output"][0]["content"][0]["text"] == REPLY
+    with neuron.client.stream("POST", "/v1/responses", json={**RESPONSE, "stream": True}) as got:
+        assert got.headers["content-type"].startswith("text/event-stream")
+        lines = list(got.iter_lines())
+    kinds = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")]
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.completed"
+    deltas = [json.loads(d) for d in sse_data(lines)]
+    text = "".join(d["delta"] for d in deltas if d["type"] == "response.output_text.delta")
+    assert text == REPLY
+    [model] = neuron.client.get("/models").json()["models"]
+    assert model["in_flight"] == 0
+
+
+def test_an_embedding_model_loads_as_task_embed(neuron: Neuron) -> None:
+    """A load with task embed starts that engine; it serves embeddings, rerank and score."""
+    body = neuron.load(task="embed")
+    assert body["task"] == "embed"
+    assert neuron.factory.started[0].spec.task == "embed"
+    [model] = neuron.client.get("/models").json()["models"]
+    assert model["task"] == "embed"
+    embedded = neuron.client.post(
+        "/v1/embeddings", json={"model": "test/tiny", "input": ["a", "b"]}
+    )
+    assert embedded.status_code == 200
+    vectors = [d["embedding"] for d in embedded.json()["data"]]
+    assert len(vectors) == 2
+    assert len(vectors[0]) == len(vectors[1]) > 0
+    pair = {"model": "test/tiny", "query": "a", "queries": "a", "documents": ["b", "c"]}
+    assert neuron.client.post("/v1/rerank", json=pair).status_code == 200
+    assert neuron.client.post("/v1/score", json=pair).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("task", "path", "body", "needle"),
+    [
+        ("embed", "/v1/chat/completions", CHAT, "is an embedding model"),
+        ("embed", "/v1/responses", RESPONSE, "is an embedding model"),
+        ("generate", "/v1/embeddings", {"model": "test/tiny", "input": "a"}, "generates text"),
+    ],
+)
+def test_a_route_not_for_the_models_task_is_a_relayable_400(
+    neuron: Neuron, task: str, path: str, body: dict[str, Any], needle: str
+) -> None:
+    """The wrong route for a model's task: 400 saying so, safe for the gateway to relay."""
+    neuron.load(task=task)
+    response = neuron.client.post(path, json=body)
+    assert response.status_code == 400
+    assert response.headers["x-cortex-relayable"] == "1"
+    assert_openai_error(response.json(), "invalid_request_error", 400)
+    assert needle in response.json()["error"]["message"]
+    assert neuron.factory.started[0].requests == []
+    [model] = neuron.client.get("/models").json()["models"]
+    assert model["in_flight"] == 0
+
+
+def test_an_unknown_task_is_refused(neuron: Neuron) -> None:
+    """A load with a task the neuron does not know: 400 invalid_request, nothing started."""
+    response = neuron.client.post("/models/load", json={"model": "test/tiny", "task": "classify"})
+    assert response.status_code == 400
+    assert_neuron_error(response.json(), "invalid_request")
+    assert "classify" in response.json()["error"]["message"]
+    assert neuron.factory.starts == 0
+
+
+def test_a_model_loaded_with_another_task_is_busy(neuron: Neuron) -> None:
+    """Loading a loaded model with another task: 409 busy until it is unloaded."""
+    neuron.load()
+    response = neuron.client.post("/models/load", json={"model": "test/tiny", "task": "embed"})
+    assert response.status_code == 409
+    assert_neuron_error(response.json(), "busy")
+    assert neuron.client.post("/models/unload", json={"model": "test/tiny"}).status_code == 200
+    assert neuron.load(task="embed")["task"] == "embed"
 
 
 def test_engine_error_is_a_500_envelope(neuron: Neuron, monkeypatch: pytest.MonkeyPatch) -> None:

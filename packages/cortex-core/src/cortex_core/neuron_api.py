@@ -1,4 +1,4 @@
-"""The neuron's management API on the wire, exactly as SPEC.md shows it.
+"""The neuron's management API on the wire, as docs/neuron.md ("HTTP API") shows it.
 
 Both the neuron (which encodes these) and the gateway (which decodes them)
 use these types. Every field past the identifying ones has a default and
@@ -102,6 +102,8 @@ class ModelInfo(_Wire):
     """Once ready: seconds each phase of the load (or the wake) that made it ready took."""
     host_memory_bytes: int = 0
     """While ``sleeping``: host memory its weights hold (``memory_bytes`` is what waking needs)."""
+    task: str = "generate"
+    """What the engine serves: ``generate`` or ``embed`` (a newer neuron's task: a string)."""
 
 
 class ModelsResponse(_Wire):
@@ -117,6 +119,8 @@ class LoadRequest(_Wire):
     devices: list[int] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     wait: bool = True
+    task: str = "generate"
+    """``generate`` (a generating engine) or ``embed`` (a pooling engine serving embeddings)."""
 
 
 class UnloadRequest(_Wire):

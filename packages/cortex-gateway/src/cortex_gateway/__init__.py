@@ -1,3 +1,3 @@
-"""cortex-gateway: one OpenAI + Anthropic endpoint for a fleet of neurons."""
+"""The cortex gateway (distribution helexa-cortex): one OpenAI + Anthropic endpoint for a fleet."""
 
 __version__ = "0.1.0"

@@ -21,15 +21,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 from msgspec import Struct
 
-__all__ = ["ALL", "Event", "EventKind", "Series", "SeriesView", "Timeline"]
+from cortex_core.text import printable
+from cortex_gateway.events import EventKind, FleetEvent
+
+__all__ = ["ALL", "Event", "Series", "SeriesView", "Timeline"]
 
 ALL = ""
 """The key of every model's requests together."""
 
+REASON_CHARS = 300
+"""The longest failure text an event keeps."""
 TTFT_SAMPLES = 64
 """Times to first token kept per bucket and model: enough for a p95 of a few seconds' traffic."""
 
@@ -154,18 +158,6 @@ class Series:
         )
 
 
-EventKind = Literal[
-    "load_started",
-    "loaded",
-    "load_failed",
-    "unloaded",
-    "evicted",
-    "node_up",
-    "node_down",
-    "node_restarted",
-]
-
-
 class Event(Struct, kw_only=True):
     """Something that happened to the fleet."""
 
@@ -217,6 +209,13 @@ class Timeline:
         for listener in list(self.listeners):
             listener(event)
         return event
+
+    def record(self, event: FleetEvent) -> Event:
+        """Keep a fleet event (the stream's listener): why it happened, in client-safe text."""
+        reason = event.reason
+        if reason is None and event.error is not None:
+            reason = printable(event.error, REASON_CHARS)
+        return self.add(event.kind, event.node, event.model, reason=reason, seconds=event.seconds)
 
     def since(self, seq: int = 0) -> list[Event]:
         """The events after ``seq``, oldest first."""

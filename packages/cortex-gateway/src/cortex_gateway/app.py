@@ -29,11 +29,16 @@ __all__ = ["GatewayApp", "create_apps", "http_neurons"]
 class GatewayApp(Starlette):
     """Starlette, with the routes whose path is fixed answered without its middleware and router.
 
-    Every endpoint of the gateway answers its own errors (``routes.endpoint``),
-    so the middleware stack has nothing to do for them, and matching a dozen
-    path patterns costs more than one dictionary lookup. Routes with path
-    parameters, unknown paths and methods (404/405) and the lifespan go
-    through Starlette as usual.
+    Every endpoint of the gateway answers its own errors (the pipeline's
+    ``handle``), so Starlette's own error middleware has nothing to do for
+    them, and matching a dozen path patterns costs more than one dictionary
+    lookup. Routes with path parameters, unknown paths and methods (404/405)
+    and the lifespan go through Starlette as usual.
+
+    The gateway has no middleware of its own, by design: what every request
+    needs (keys, the request id, outcomes) is a step of the pipeline. Should
+    one be added all the same (``add_middleware``), the fast path steps aside
+    and every path goes through it.
     """
 
     def __init__(self, *, routes: list[Route], **kwargs: Any) -> None:
@@ -46,7 +51,7 @@ class GatewayApp(Starlette):
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not self.user_middleware:
             endpoint = self.exact.get((scope["method"], scope["path"]))
             if endpoint is not None:
                 scope["app"] = self

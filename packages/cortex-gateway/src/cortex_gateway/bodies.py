@@ -14,7 +14,7 @@ import msgspec
 from cortex_core.openai import StreamOptions
 from cortex_core.wire import WireError, encode
 
-__all__ = ["MessagesView", "RequestView", "relayable_message", "rewrite_model"]
+__all__ = ["MessagesView", "RequestView", "ResponsesView", "relayable_message", "rewrite_model"]
 
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 MAX_RELAYED_MESSAGE = 500
@@ -52,6 +52,33 @@ class MessagesView(msgspec.Struct):
     def rendered(self) -> bytes:
         """The raw JSON of the system prompt, then of the messages."""
         return bytes(self.system) + bytes(self.messages)
+
+
+class ResponsesView(msgspec.Struct):
+    """What the gateway reads of a Responses body (``POST /v1/responses``)."""
+
+    model: str
+    stream: bool = False
+    store: bool | None = None
+    background: bool | None = None
+    previous_response_id: str | None = None
+    prompt_cache_key: str | None = None
+    instructions: msgspec.Raw = _NONE
+    input: msgspec.Raw = _NONE
+
+    def rendered(self, block_chars: int) -> bytes:
+        """The prompt as prefix-aware routing compares it: instructions, then input.
+
+        A ``prompt_cache_key`` comes first, padded to whole blocks: requests
+        sharing it share their first prefix blocks however short their input,
+        and go where the key's earlier requests went (as OpenAI routes them);
+        requests with different keys share no prefix.
+        """
+        prompt = bytes(self.instructions) + bytes(self.input)
+        if not self.prompt_cache_key:
+            return prompt
+        key = b"\x00prompt_cache_key:" + self.prompt_cache_key.encode()
+        return key + b"\x00" * (-len(key) % block_chars) + prompt
 
 
 def rewrite_model(body: bytes, model: str, *, include_usage: bool = False) -> bytes:

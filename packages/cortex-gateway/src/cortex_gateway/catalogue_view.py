@@ -8,10 +8,17 @@ from msgspec import Struct, field
 
 from cortex_core.catalogue import Catalogue
 from cortex_gateway.fleet import Fleet
-from cortex_gateway.router import feasible_on
+from cortex_gateway.placement import feasible_on
 from cortex_gateway.scheduling import Backoff
 
-__all__ = ["BackoffEntry", "FleetModel", "FleetModelList", "find_model", "list_models"]
+__all__ = [
+    "BackoffEntry",
+    "FleetModel",
+    "FleetModelList",
+    "find_model",
+    "list_models",
+    "model_task",
+]
 
 
 class BackoffEntry(Struct, kw_only=True):
@@ -36,6 +43,8 @@ class FleetModel(Struct, kw_only=True):
     alias_of: str | None = None
     pinned: bool = False
     backoff: list[BackoffEntry] = field(default_factory=list)
+    task: str = "generate"
+    """``generate`` (chat, completions, responses) or ``embed`` (embeddings, rerank, score)."""
 
 
 class FleetModelList(Struct, kw_only=True):
@@ -46,6 +55,17 @@ class FleetModelList(Struct, kw_only=True):
 
 
 Backoffs = Mapping[tuple[str, str], Backoff]
+
+
+def model_task(model_id: str, catalogue: Catalogue, fleet: Fleet) -> str:
+    """What ``model_id`` is for: its catalogue entry's task, else what a neuron serving it says."""
+    profile = catalogue.profile(model_id)
+    if profile is not None:
+        return profile.task
+    for node in fleet.nodes.values():
+        if (info := node.model(model_id)) is not None:
+            return info.task
+    return "generate"
 
 
 def _entry(
@@ -65,6 +85,7 @@ def _entry(
         locations=locations,
         feasible_on=feasible_on(profile, model_id, fleet),
         pinned=bool(profile and profile.pinned),
+        task=model_task(model_id, catalogue, fleet),
         backoff=[
             BackoffEntry(node=node, failures=state.failures, until=state.until)
             for (node, model), state in backoffs.items()
@@ -97,6 +118,7 @@ def list_models(
                 alias_of=target,
                 pinned=mirror.pinned,
                 backoff=list(mirror.backoff),
+                task=mirror.task,
             )
         )
     return FleetModelList(data=data)

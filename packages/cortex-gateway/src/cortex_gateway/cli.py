@@ -22,9 +22,9 @@ from cortex_core.config import (
     check_catalogue_nodes,
     load_gateway_config,
 )
-from cortex_core.logs import LogFormat, configure_logging
-from cortex_core.loops import run as run_loop
-from cortex_core.sockets import ListenError, bind_listen
+from cortex_core.runtime.logs import LogFormat, configure_logging
+from cortex_core.runtime.loops import run as run_loop
+from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 
@@ -126,7 +126,7 @@ async def _serve(
 ) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
 
-    from cortex_core.serving import server_config
+    from cortex_core.runtime.serving import server_config
     from cortex_gateway.app import create_apps
 
     api, metrics, gateway = create_apps(config)
@@ -254,17 +254,19 @@ def render_status(fleet: dict[str, Any]) -> str:
             state = model["state"] + (f" ({model['phase']})" if model.get("phase") else "")
             if model.get("error"):
                 state += f": {model['error']}"
-            rows.append((model["id"], node["name"], state, str(busy), _ago(model.get("last_used"))))
+            task = str(model.get("task", "generate"))
+            last_use = _ago(model.get("last_used"))
+            rows.append((model["id"], node["name"], task, state, str(busy), last_use))
     for model_id in fleet.get("loading", []):
         if not any(r[0] == model_id for r in rows):
-            rows.append((model_id, "-", "placing", "0", "-"))
+            rows.append((model_id, "-", "-", "placing", "0", "-"))
     lines.append("")
     lines.append("MODELS")
     if not rows:
         lines.append("  none loaded")
     else:
-        header = ("MODEL", "NODE", "STATE", "IN FLIGHT", "LAST USE")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+        header = ("MODEL", "NODE", "TASK", "STATE", "IN FLIGHT", "LAST USE")
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             lines.append(
                 "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
@@ -292,10 +294,11 @@ def models(gateway: str, key: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(listing, indent=2))
         return
-    header = ("MODEL", "LOADED ON", "FITS ON", "NOTE")
+    header = ("MODEL", "TASK", "LOADED ON", "FITS ON", "NOTE")
     rows = [
         (
             m["id"],
+            str(m.get("task", "generate")),
             ", ".join(m.get("locations", [])) or "-",
             ", ".join(m.get("feasible_on", [])) or "-",
             (f"alias of {m['alias_of']}" if m.get("alias_of") else "")
@@ -303,7 +306,7 @@ def models(gateway: str, key: str | None, as_json: bool) -> None:
         )
         for m in listing["data"]
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 

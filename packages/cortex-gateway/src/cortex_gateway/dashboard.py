@@ -1,8 +1,9 @@
 """What the dashboard (``/ui``) shows, as plain data: one snapshot of the fleet, pure.
 
-:func:`snapshot` turns the lifecycle's view (nodes, devices, models, loads,
-requests in flight, backoffs) into the JSON the page renders: one card per
-neuron with a memory bar per device, one row per catalogue model and alias.
+:func:`snapshot` turns the gateway's :class:`~cortex_gateway.fleet.FleetStatus`
+(nodes, devices, models, loads, requests in flight, backoffs) into the JSON
+the page renders: one card per neuron with a memory bar per device, one row
+per catalogue model and alias.
 Texts that came from the fleet (model ids, errors) stay texts: the page
 never inserts them as HTML; here they are only made printable and bounded.
 """
@@ -11,17 +12,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping
 
 from msgspec import Struct, field
 
-from cortex_core.catalogue import Catalogue
 from cortex_core.neuron_api import ModelInfo
 from cortex_core.text import printable
 from cortex_gateway.activity import Event
 from cortex_gateway.catalogue_view import list_models
-from cortex_gateway.fleet import Fleet, NodeState
-from cortex_gateway.scheduling import Backoff
+from cortex_gateway.fleet import FleetStatus, NodeState
 
 __all__ = [
     "DeviceBar",
@@ -38,6 +36,8 @@ ERROR_CHARS = 300
 """The longest error text shown (the rest is cut)."""
 HOLDING = ("ready", "loading", "unloading")
 """The states in which a model holds (or is taking) memory."""
+UNAVAILABLE = "unavailable"
+"""A model's state on a node that is down."""
 
 
 class Segment(Struct, kw_only=True):
@@ -85,6 +85,7 @@ class Placement(Struct, kw_only=True):
 
     node: str
     state: str
+    """What the node said of it, or ``unavailable`` while the node is down."""
     phase: str | None = None
     since: float | None = None
     """Ready: when it was loaded; loading: when the gateway asked (if it did)."""
@@ -110,6 +111,8 @@ class ModelRow(Struct, kw_only=True):
     last_used: float | None = None
     backoff: list[str] = field(default_factory=list)
     """Nodes where its loads failed recently, paused."""
+    task: str = "generate"
+    """``generate`` or ``embed`` (the chat box offers only models that generate)."""
 
 
 class Snapshot(Struct, kw_only=True):
@@ -171,11 +174,13 @@ def _card(node: NodeState, since: float | None, admin: bool) -> NodeCard:
     )
 
 
-def _placement(node: str, info: ModelInfo, started: float | None) -> Placement:
+def _placement(node: NodeState, info: ModelInfo, started: float | None) -> Placement:
     since = info.loaded_at if info.state == "ready" else started
+    # A down node serves nothing, whatever it said of its models before it went.
+    state = printable(info.state, 32) if node.up else UNAVAILABLE
     return Placement(
-        node=node,
-        state=printable(info.state, 32),
+        node=node.name,
+        state=state,
         phase=_text(info.phase),
         since=since,
         error=_text(info.error) if info.state == "failed" else None,
@@ -186,13 +191,8 @@ def _placement(node: str, info: ModelInfo, started: float | None) -> Placement:
 
 
 def snapshot(
-    catalogue: Catalogue,
-    fleet: Fleet,
+    status: FleetStatus,
     *,
-    since: Mapping[str, float],
-    in_flight: Mapping[tuple[str, str], int],
-    waiting: Mapping[str, int],
-    backoffs: Mapping[tuple[str, str], Backoff],
     events: list[Event],
     admin: bool,
     version: str,
@@ -203,20 +203,21 @@ def snapshot(
     ``events`` (the timeline) gives when each load under way was asked for.
     """
     now = time.time() if now is None else now
+    catalogue, fleet = status.catalogue, status.fleet
     started: dict[tuple[str, str], float] = {}
     for event in events:
         if event.kind == "load_started" and event.model is not None:
             started[(event.node, event.model)] = event.time
     gateway_counts: Counter[str] = Counter()
-    for (_, model_id), count in in_flight.items():
+    for (_, model_id), count in status.in_flight.items():
         gateway_counts[model_id] += count
     rows: list[ModelRow] = []
-    listing = list_models(catalogue, fleet, backoffs, now)
+    listing = list_models(catalogue, fleet, status.backoffs, now)
     for entry in listing.data:
         concrete = entry.alias_of or entry.id
         profile = catalogue.profile(concrete)
         placements = [
-            _placement(node.name, info, started.get((node.name, concrete)))
+            _placement(node, info, started.get((node.name, concrete)))
             for node in fleet.nodes.values()
             if (info := node.model(concrete)) is not None
         ]
@@ -232,15 +233,16 @@ def snapshot(
                 feasible_on=entry.feasible_on,
                 placements=placements,
                 in_flight=max(gateway_counts[concrete], sum(p.in_flight for p in placements)),
-                waiting=waiting.get(concrete, 0),
+                waiting=status.waiting.get(concrete, 0),
                 last_used=max(used, default=None),
                 backoff=[b.node for b in entry.backoff],
+                task=printable(entry.task, 32),
             )
         )
     return Snapshot(
         version=version,
         admin=admin,
-        nodes=[_card(node, since.get(node.name), admin) for node in fleet.nodes.values()],
+        nodes=[_card(node, status.since.get(node.name), admin) for node in fleet.nodes.values()],
         models=rows,
     )
 

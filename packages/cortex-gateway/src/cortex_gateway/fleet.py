@@ -2,17 +2,26 @@
 
 Snapshots are immutable and rebuilt from the neurons' own answers on every
 poll (and after every load or unload), so a stale entry never outlives the
-neuron's word. Nothing here does I/O.
+neuron's word. :class:`FleetStatus` adds what the gateway itself knows (its
+requests in flight and waiting, its loads, its backoffs): what the routes
+show and the metrics scrape, through :class:`FleetView`. Nothing here does
+I/O.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
+from cortex_core.catalogue import Catalogue
 from cortex_core.neuron_api import Device, ModelInfo
+from cortex_gateway.scheduling import Backoff
 
-__all__ = ["Fleet", "NodeState"]
+__all__ = ["Fleet", "FleetStatus", "FleetView", "InFlight", "NodeState", "in_flight_on"]
+
+InFlight = Mapping[tuple[str, str], int]
+"""Requests the gateway has in flight, by ``(node, model)``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,12 @@ class NodeState:
         return replace(self, up=False, error=error)
 
 
+def in_flight_on(node: NodeState, model_id: str, in_flight: InFlight) -> int:
+    """Requests on ``model_id`` at ``node``: the gateway's count, or the neuron's if higher."""
+    info = node.model(model_id)
+    return max(in_flight.get((node.name, model_id), 0), info.in_flight if info else 0)
+
+
 @dataclass(frozen=True, slots=True)
 class Fleet:
     """Every configured neuron, by name, in configuration order."""
@@ -127,3 +142,39 @@ class Fleet:
                 if info.state == "ready":
                     seen.setdefault(info.id)
         return list(seen)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    """The fleet as the gateway sees it at one moment: the neurons' word and its own counts.
+
+    The mappings are the gateway's live books: read them before the next await.
+    """
+
+    catalogue: Catalogue
+    fleet: Fleet
+    in_flight: InFlight
+    """Requests in flight by ``(node, model)``, as the gateway's leases count them."""
+    waiting: Mapping[str, int]
+    """Requests waiting for a model that is not ready yet, by model."""
+    loading: frozenset[str]
+    """Models the gateway is loading."""
+    backoffs: Mapping[tuple[str, str], Backoff]
+    """Failed loads by ``(node, model)``, paused until ``until``."""
+    since: Mapping[str, float]
+    """When each node last went up or down (Unix seconds), as this gateway saw it."""
+    leases_taken: int
+    """Counts every lease taken and released: a change to look at."""
+
+
+class FleetView(Protocol):
+    """Who reads the gateway's view of the fleet (the metrics, the routes) reads it here."""
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The catalogue in force."""
+        ...
+
+    def status(self) -> FleetStatus:
+        """The fleet and the gateway's own counts, now."""
+        ...

@@ -6,22 +6,67 @@ already up to date) until it ends, however it ends. When a node goes down,
 or the gateway stops, the leases there are aborted: whatever each request
 registered (closing its upstream connection, cancelling its wait for
 headers) runs at once, so nothing waits out a timeout on a dead node.
+
+A lease also carries what its request tells the node's owner (the poller's
+``Node``): the model's endpoint there, and whether the node was reached, could
+not be reached, or no longer has the model.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
-__all__ = ["Lease", "Leases"]
+from cortex_gateway.neurons import NeuronApi, NeuronCallError
+
+__all__ = ["Lease", "Leases", "NodeReports"]
+
+
+class NodeReports(Protocol):
+    """What a lease asks of, and tells, the owner of its node."""
+
+    @property
+    def client(self) -> NeuronApi:
+        """The node's management client."""
+        ...
+
+    async def endpoint(self, model: str) -> str:
+        """The OpenAI base URL of ``model`` there (cached until the model leaves)."""
+        ...
+
+    async def invalidate(self, model: str) -> None:
+        """``model``'s endpoint failed a request: forget it and ask the node again."""
+        ...
+
+    def trip(self) -> None:
+        """A request could not reach the node: prefer other nodes for a while."""
+        ...
+
+    def reset(self) -> None:
+        """A request reached the node."""
+        ...
 
 
 class Lease:
     """One request's hold on ``(node, model)``, counted in flight until released."""
 
-    __slots__ = ("_aborts", "_book", "aborted", "matched", "model", "node", "prefill", "url")
+    __slots__ = (
+        "_aborts",
+        "_book",
+        "_reports",
+        "aborted",
+        "matched",
+        "model",
+        "node",
+        "prefill",
+        "stopping",
+        "url",
+    )
 
-    def __init__(self, book: Leases, node: str, model: str) -> None:
+    def __init__(
+        self, book: Leases, node: str, model: str, reports: NodeReports | None = None
+    ) -> None:
         self.node = node
         self.model = model
         self.url = ""
@@ -32,7 +77,10 @@ class Lease:
         """Prompt blocks the node has still to compute, until the first token (or the end)."""
         self.aborted: str | None = None
         """Why the lease was taken back (the node went down, the gateway stops), if it was."""
+        self.stopping = False
+        """Taken back because the gateway stops: no other node will take the request."""
         self._book: Leases | None = book
+        self._reports = reports
         self._aborts: list[Callable[[], object]] = []
 
     @property
@@ -47,14 +95,54 @@ class Lease:
         else:
             self._aborts.append(callback)
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, stopping: bool = False) -> None:
         """Take the lease back: run what was registered with :meth:`on_abort`."""
         if self.aborted is not None or self._book is None:
             return
         self.aborted = reason
+        self.stopping = stopping
         callbacks, self._aborts = self._aborts, []
         for callback in callbacks:
             callback()
+
+    @property
+    def client(self) -> NeuronApi:
+        """The management client of the lease's node."""
+        return self._node().client
+
+    def _node(self) -> NodeReports:
+        if self._reports is None:
+            raise RuntimeError(f"lease on {self.node!r}: no node to report to")
+        return self._reports
+
+    async def endpoint(self) -> str:
+        """The model's OpenAI base URL on the node (:attr:`url` from then on).
+
+        A node that could not say (anything but a 404) has its breaker opened;
+        the :class:`~cortex_gateway.neurons.NeuronCallError` goes on.
+        """
+        node = self._node()
+        try:
+            self.url = await node.endpoint(self.model)
+        except NeuronCallError as exc:
+            if exc.upstream_status != 404:
+                node.trip()
+            raise
+        return self.url
+
+    def reached(self) -> None:
+        """The node answered the request."""
+        self._node().reset()
+
+    async def unreachable(self) -> None:
+        """The request could not reach the node: its breaker opens, the endpoint is asked again."""
+        node = self._node()
+        node.trip()
+        await node.invalidate(self.model)
+
+    async def moved(self) -> None:
+        """The node no longer has the model: its endpoint is forgotten and the node polled."""
+        await self._node().invalidate(self.model)
 
     def prefilled(self) -> None:
         """The node has computed the prompt (its first token came): stop counting that work."""
@@ -74,13 +162,15 @@ class Lease:
 class Leases:
     """The book of leases: counts by ``(node, model)`` and the leases held on each node."""
 
-    def __init__(self, on_release: Callable[[], object] = lambda: None) -> None:
+    def __init__(self, nodes: Mapping[str, NodeReports] | None = None) -> None:
+        """A book of leases on ``nodes`` (their owners, by name), reported to as requests go."""
+        self._nodes: Mapping[str, NodeReports] = nodes or {}
         self._counts: Counter[tuple[str, str]] = Counter()
         self._prefill: Counter[tuple[str, str]] = Counter()
         self.version = 0
         """Counts every lease taken and released: a change to look at."""
         self._held: dict[str, set[Lease]] = {}
-        self._on_release = on_release
+        self._listeners: list[Callable[[], object]] = []
 
     @property
     def counts(self) -> Mapping[tuple[str, str], int]:
@@ -92,12 +182,16 @@ class Leases:
         """Prompt blocks sent by ``(node, model)`` and not yet computed (no first token yet)."""
         return self._prefill
 
+    def on_release(self, listener: Callable[[], object]) -> None:
+        """Call ``listener`` after every release (a cold load waiting for room looks again)."""
+        self._listeners.append(listener)
+
     def __len__(self) -> int:
         return sum(len(held) for held in self._held.values())
 
     def take(self, node: str, model: str, prefill: int = 0) -> Lease:
         """A new lease, counted at once (with ``prefill`` prompt blocks still to compute)."""
-        lease = Lease(self, node, model)
+        lease = Lease(self, node, model, self._nodes.get(node))
         self.version += 1
         self._counts[(node, model)] += 1
         if prefill > 0:
@@ -125,15 +219,16 @@ class Leases:
             held.discard(lease)
             if not held:
                 del self._held[lease.node]
-        self._on_release()
+        for listener in self._listeners:
+            listener()
 
-    def abort_node(self, node: str, reason: str) -> int:
+    def abort_node(self, node: str, reason: str, *, stopping: bool = False) -> int:
         """Abort every lease on ``node``; how many there were."""
         leases = list(self._held.get(node, ()))
         for lease in leases:
-            lease.abort(reason)
+            lease.abort(reason, stopping=stopping)
         return len(leases)
 
     def abort_all(self, reason: str) -> int:
-        """Abort every lease; how many there were."""
-        return sum(self.abort_node(node, reason) for node in list(self._held))
+        """Abort every lease, the gateway stopping; how many there were."""
+        return sum(self.abort_node(node, reason, stopping=True) for node in list(self._held))

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import msgspec
 
 from cortex_core.openai import ChatCompletionChunk, Usage
 from cortex_gateway.sse import EventFramer, SseParser
 
-__all__ = ["Meter", "meter_stream", "usage_of"]
+__all__ = ["Meter", "meter_stream", "pass_events", "usage_of"]
 
 _TOKEN = re.compile(
     rb'"(?:content|text|reasoning_content|reasoning|refusal)"\s*:\s*"(?!")'
@@ -65,10 +66,14 @@ class Meter:
     first_token: float | None = None
     last_token: float | None = None
     usage: Usage | None = None
+    generated: bool = True
+    """False for an answer that generated nothing (embeddings): it has no time to first token."""
 
     @property
     def ttft(self) -> float | None:
         """Time to first token (streams) or to the first byte (complete answers)."""
+        if not self.generated:
+            return None
         first = self.first_token if self.first_token is not None else self.first_byte
         return None if first is None else first - self.started
 
@@ -124,17 +129,27 @@ class Meter:
                 return
 
 
-async def meter_stream(
-    chunks: AsyncIterator[bytes], meter: Meter, *, strip_usage: bool
+async def pass_events(
+    chunks: AsyncIterator[bytes], meter: Meter, scan: Callable[[bytes, float], bytes]
 ) -> AsyncIterator[bytes]:
-    """Pass SSE bytes through at event boundaries, measuring; drop the usage-only chunk if asked."""
+    """Pass SSE bytes through at event boundaries; ``scan`` measures each batch of whole events.
+
+    ``scan`` gets the events and when they arrived, and returns what goes on.
+    """
     framer = EventFramer()
     async for chunk in chunks:
         now = time.monotonic()
         if meter.first_byte is None:
             meter.first_byte = now
         events = framer.feed(chunk)
-        if events and (events := meter.scan(events, now, strip_usage=strip_usage)):
+        if events and (events := scan(events, now)):
             yield events
     if rest := framer.rest():
         yield rest
+
+
+def meter_stream(
+    chunks: AsyncIterator[bytes], meter: Meter, *, strip_usage: bool
+) -> AsyncIterator[bytes]:
+    """Pass SSE bytes through at event boundaries, measuring; drop the usage-only chunk if asked."""
+    return pass_events(chunks, meter, partial(meter.scan, strip_usage=strip_usage))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from cortex_gateway.errors import ErrorKind
-from cortex_gateway.lifecycle import Lifecycle
+from cortex_gateway.events import FleetEvent
+from cortex_gateway.fleet import FleetView
 from cortex_gateway.metering import Meter
 
 __all__ = ["GatewayMetrics", "Labels"]
@@ -25,8 +26,8 @@ _RATE_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000)
 
 
 class _FleetCollector(Collector):
-    def __init__(self, lifecycle: Lifecycle, loop: asyncio.AbstractEventLoop | None) -> None:
-        self._lifecycle = lifecycle
+    def __init__(self, view: FleetView, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._view = view
         self._loop = loop
 
     def collect(self) -> Iterator[Metric]:
@@ -49,21 +50,22 @@ class _FleetCollector(Collector):
         in_flight = GaugeMetricFamily(
             "cortex_requests_in_flight", "Requests being served", labels=["model", "node"]
         )
-        for node in self._lifecycle.fleet.nodes.values():
+        status = self._view.status()
+        for node in status.fleet.nodes.values():
             up.add_metric([node.name], 1.0 if node.up else 0.0)
             models.add_metric([node.name], sum(1 for m in node.models if m.state == "ready"))
             for device in node.devices:
                 used.add_metric([node.name, str(device.index)], device.memory_used)
                 total.add_metric([node.name, str(device.index)], device.memory_total)
-        for (node_name, model), count in self._lifecycle.in_flight.items():
+        for (node_name, model), count in dict(status.in_flight).items():
             in_flight.add_metric([model, node_name], count)
         waiting = GaugeMetricFamily(
             "cortex_requests_waiting",
             "Requests waiting for their model to load",
             labels=["model"],
         )
-        for model, count in dict(self._lifecycle.waiting).items():
-            waiting.add_metric([self._model_label(model)], count)
+        for model, count in dict(status.waiting).items():
+            waiting.add_metric([model if model in status.catalogue else OTHER], count)
         yield from (up, models, used, total, in_flight, waiting)
         if self._loop is not None:
             # Scraped from a worker thread: all_tasks copes with the set changing meanwhile.
@@ -71,9 +73,6 @@ class _FleetCollector(Collector):
             yield GaugeMetricFamily(
                 "cortex_event_loop_tasks", "Tasks alive in the gateway's event loop", value=tasks
             )
-
-    def _model_label(self, model: str) -> str:
-        return model if model in self._lifecycle.catalogue else OTHER
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +88,20 @@ class Labels:
 class GatewayMetrics:
     """Counters and histograms the request path and the lifecycle feed."""
 
-    def __init__(self, lifecycle: Lifecycle, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        view: FleetView,
+        nodes: Iterable[str],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Metrics of the fleet ``view`` shows, for the configured ``nodes``.
+
+        ``loop``: the gateway's event loop, whose tasks are counted at each scrape.
+        """
         self.registry = CollectorRegistry()
-        self._lifecycle = lifecycle
-        self.registry.register(_FleetCollector(lifecycle, loop))
+        self._view = view
+        self._nodes = frozenset(nodes)
+        self.registry.register(_FleetCollector(view, loop))
         request_labels = ["model", "alias", "node", "route"]
         r = self.registry
         self.requests = Counter(
@@ -177,20 +186,18 @@ class GatewayMetrics:
             ["model", "outcome"],
             registry=r,
         )
-        lifecycle.on_load = self._load
-        lifecycle.on_eviction = self._unloaded
 
     def model_label(self, model_id: str | None) -> str:
         """``model_id`` if it is a catalogue id or alias, else ``other`` (bounded cardinality)."""
         if model_id is None:
             return "none"
-        return model_id if model_id in self._lifecycle.catalogue else OTHER
+        return model_id if model_id in self._view.catalogue else OTHER
 
     def node_label(self, node: str | None) -> str:
         """A configured node's name, ``none`` before routing, else ``other``."""
         if node is None:
             return "none"
-        return node if node in self._lifecycle.clients else OTHER
+        return node if node in self._nodes else OTHER
 
     def labels(self, model: str | None, alias: str | None, node: str | None, route: str) -> Labels:
         """Bounded labels for one request."""
@@ -255,13 +262,17 @@ class GatewayMetrics:
         """Count a prefix-aware routing decision."""
         self.prefix_routing.labels(self.model_label(model), "hit" if hit else "miss").inc()
 
-    def _load(self, node: str, model: str, outcome: str, seconds: float) -> None:
-        labels = (self.model_label(model), self.node_label(node), outcome)
-        self.loads.labels(*labels).inc()
-        self.load_seconds.labels(*labels).observe(seconds)
-
-    def _unloaded(self, node: str, model: str, reason: str) -> None:
-        labels = (self.model_label(model), self.node_label(node), reason)
-        self.unloads.labels(*labels).inc()
-        if reason != "admin":
-            self.evictions.labels(*labels).inc()
+    def observe_event(self, event: FleetEvent) -> None:
+        """Count the loads and unloads on the fleet's event stream."""
+        match event.kind:
+            case "loaded" | "load_failed":
+                outcome = "ready" if event.kind == "loaded" else "failed"
+                labels = (self.model_label(event.model), self.node_label(event.node), outcome)
+                self.loads.labels(*labels).inc()
+                self.load_seconds.labels(*labels).observe(event.seconds or 0.0)
+            case "unloaded" | "evicted":
+                reason = event.reason or ""
+                labels = (self.model_label(event.model), self.node_label(event.node), reason)
+                self.unloads.labels(*labels).inc()
+                if event.kind == "evicted":
+                    self.evictions.labels(*labels).inc()

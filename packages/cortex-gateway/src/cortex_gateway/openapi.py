@@ -13,7 +13,9 @@ from typing import Any
 import msgspec
 
 from cortex_core import anthropic as an
+from cortex_core import embeddings as em
 from cortex_core import openai as oa
+from cortex_core import responses_api as ra
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import FleetModel, FleetModelList
 
@@ -54,7 +56,8 @@ class Health(msgspec.Struct):
 
 
 _ERRORS = {
-    400: "malformed JSON, a missing or ill-typed field, or a request the model server refused",
+    400: "malformed JSON, a missing or ill-typed field, a route not for the model's task"
+    " (an embedding model's chat, say), or a request the model server refused",
     401: "a missing or wrong key",
     403: "a key that may not use this route, or a load outside the catalogue",
     404: "an unknown model",
@@ -78,6 +81,14 @@ def openapi_document() -> dict[str, Any]:
         oa.CompletionRequest,
         oa.Completion,
         oa.ErrorEnvelope,
+        ra.ResponsesRequest,
+        ra.Response,
+        em.EmbeddingRequest,
+        em.EmbeddingList,
+        em.RerankRequest,
+        em.RerankResponse,
+        em.ScoreRequest,
+        em.ScoreResponse,
         an.MessagesRequest,
         an.Message,
         an.CountTokensRequest,
@@ -111,6 +122,17 @@ def openapi_document() -> dict[str, Any]:
         return found
 
     inference = [400, 401, 404, 408, 413, 415, 429, 500, 502, 503, 504]
+
+    def pooling(summary: str, request: Any, answer: Any) -> dict[str, Any]:
+        """A route of the models with ``task = "embed"``."""
+        return {
+            "post": {
+                "summary": f'{summary}, by a model with task = "embed"',
+                "requestBody": json_body(ref[request]),
+                "responses": answers(ref[answer], openai_error, inference),
+            }
+        }
+
     listing = [401, 500]
     admin = [400, 401, 403, 404, 408, 413, 415, 500, 502, 503, 504]
     openai_error, anthropic_error = ref[oa.ErrorEnvelope], ref[an.ErrorEnvelope]
@@ -161,6 +183,33 @@ def openapi_document() -> dict[str, Any]:
                 "responses": answers(ref[oa.Completion], openai_error, inference, True),
             }
         },
+        "/v1/responses": {
+            "post": {
+                "summary": "OpenAI Responses (Codex CLI), routed by model; no response is kept:"
+                " store: true, background and previous_response_id are refused (400)",
+                "requestBody": json_body(ref[ra.ResponsesRequest]),
+                "responses": answers(ref[ra.Response], openai_error, inference, True),
+            }
+        },
+        "/v1/responses/{response_id}": {
+            "get": {
+                "summary": "A stored response: none is kept, so always 404",
+                "parameters": [
+                    {
+                        "name": "response_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": answers({"type": "object"}, openai_error, [401, 404]),
+            }
+        },
+        "/v1/embeddings": pooling("OpenAI embeddings", em.EmbeddingRequest, em.EmbeddingList),
+        "/v1/rerank": pooling(
+            "Documents by relevance to a query", em.RerankRequest, em.RerankResponse
+        ),
+        "/v1/score": pooling("The similarity of text pairs", em.ScoreRequest, em.ScoreResponse),
         "/v1/messages": {
             "post": {
                 "summary": "Anthropic Messages, translated to the neurons' OpenAI API",

@@ -1,150 +1,120 @@
-"""The forwarding pipeline: the one path every inference request takes through the gateway.
+"""The pipeline: the sequence every request takes through the gateway, written once.
 
-    read body → name the model → resolve (route, maybe cold-load) → lease
-    → connect → answer or stream → finish
+    every route      call → key → JSON body → the route's work → outcome      (handle)
+    inference        name → prefix → route and lease → send → answer/stream   (forward)
 
-The routes of each API surface decode their bodies and build what they send;
-everything else is here, once: the "model moved, route again once" rule, the
-in-flight lease released however the request ends, and the outcome of every
-request recorded once (metrics and one log line), a success by
-:meth:`Pipeline.finish`, a failure by :meth:`Pipeline.fail`.
+A route parses its surface's request and hands it to :meth:`Pipeline.forward`
+with a small :class:`Adapter` saying what differs between surfaces: the body
+to send, the answer, the stream, the error event. The rest is here, once:
+aliases, prefix-aware routing, the lease (a cold load first if need be), the
+"failed before anything came back: once more on another node" rule, and the
+outcome of every request recorded once (``outcomes``), whichever way it ends.
+Management calls on the routed node (``count_tokens``) go through
+:meth:`Pipeline.ask`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import itertools
-import logging
-import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Protocol, TypeVar
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from cortex_core.config import GatewaySection
-from cortex_core.text import printable
-from cortex_core.wire import WireError, decode
-from cortex_gateway.activity import ALL, Series
-from cortex_gateway.bodies import relayable_message
-from cortex_gateway.errors import (
-    ErrorKind,
-    GatewayError,
-    Surface,
-    internal_error,
-    upstream_refusal,
-)
+from cortex_core.tasks import wrong_task
+from cortex_gateway.auth import Keys
+from cortex_gateway.calls import Call
+from cortex_gateway.errors import ErrorKind, GatewayError, Surface, internal_error
+from cortex_gateway.incoming import ClientGone, require_json, unless_gone
 from cortex_gateway.leases import Lease
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metering import Meter
 from cortex_gateway.metrics import GatewayMetrics
-from cortex_gateway.neurons import NeuronCallError, Neurons, Upstream, UpstreamError
-from cortex_gateway.responses import (
-    NODE_HEADER,
-    REQUEST_ID_HEADER,
-    ClosingStream,
-    json_response,
-)
-from cortex_gateway.sse import EventTooLarge
+from cortex_gateway.neurons import NeuronApi, Neurons
+from cortex_gateway.outcomes import Outcomes
+from cortex_gateway.prefix import prefix_hashes
+from cortex_gateway.upstream import Connection, Opening, Unsent, Upstreams
 
-__all__ = [
-    "CLIENT_GONE",
-    "INFERENCE_ROUTES",
-    "Call",
-    "ClientGone",
-    "Connection",
-    "Pipeline",
-    "Unsent",
-]
-
-log = logging.getLogger(__name__)
+__all__ = ["Adapter", "EarlyStart", "Handler", "Pipeline", "RouteSpec"]
 
 T = TypeVar("T")
 
-INFERENCE_ROUTES = frozenset({"chat_completions", "completions", "messages", "count_tokens"})
-"""Handlers whose name is their metrics ``route`` label; every other route is ``other``."""
-CHARTED_ROUTES = INFERENCE_ROUTES - {"count_tokens"}
-"""Routes the dashboard's activity counts: those that run a model."""
-UNREACHABLE = "the model server could not be reached"
-BROKEN_STREAM = "the model server stopped answering"
-NO_ANSWER = "the model server did not answer in time"
-SILENT = "the model server went silent"
-CLIENT_GONE = 499
-"""nginx's status for a client that went away before its answer: nobody reads it."""
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+Handler = Callable[[Request, Call], Awaitable[Response]]
+"""A route's own work, given the request and its :class:`~cortex_gateway.calls.Call`."""
 
 
-@dataclass
-class Call:
-    """One request on its way through the gateway: what is known of it so far."""
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """What :meth:`Pipeline.handle` needs to know of a route."""
 
     handler: str
+    """The route's name in logs (and, for inference routes, its metrics ``route``)."""
     surface: Surface
-    request_id: str
-    started: float
-    model: str | None = None
-    alias: str | None = None
-    node: str | None = None
-    url: str | None = None
-    routed: float | None = None
-    prefix: list[int] | None = None
-    """The prompt's prefix hashes, for prefix-aware routing (None: not scored)."""
+    """Whose error envelope it answers in."""
+    public: bool = False
+    """Open without a key."""
+    admin: bool = False
+    """Takes an admin key (when ``admin_keys`` is set)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyStart:
+    """A stream that may start before its model is ready, with keep-alives while it waits."""
+
+    within_s: float
+    """How long a request still waiting for its model may hold back the stream's start."""
+    heartbeat_s: float
+    """How often the stream says it is still there while it waits."""
+
+
+class Adapter(Protocol):
+    """What one API surface does differently with an inference request it forwards."""
 
     @property
-    def route(self) -> str:
-        """The metrics ``route`` label."""
-        return self.handler if self.handler in INFERENCE_ROUTES else "other"
+    def path(self) -> str:
+        """The neuron's OpenAI route the request goes to (``/chat/completions``)."""
+        ...
 
-    def fields(self) -> dict[str, str]:
-        """The log fields known so far (what the client named, made printable and bounded)."""
-        found = {"model": self.model, "alias": self.alias, "node": self.node}
-        return {k: printable(v) for k, v in found.items() if v is not None}
+    @property
+    def model(self) -> str:
+        """The model the client asked for (an alias or a concrete id)."""
+        ...
 
-    def headers(self) -> dict[str, str]:
-        """Headers every answer to this request carries: its id, and the node if one was chosen."""
-        headers = {REQUEST_ID_HEADER: self.request_id}
-        if self.node:
-            headers[NODE_HEADER] = self.node
-        return headers
+    @property
+    def streaming(self) -> bool:
+        """Whether the client asked for a stream."""
+        ...
 
+    @property
+    def early_start(self) -> EarlyStart | None:
+        """For streams: whether they may start before the model is ready (None: never)."""
+        ...
 
-@dataclass(eq=False)
-class Connection:
-    """An inference request open on a neuron: the lease it holds and the answer on its way."""
+    def prompt(self) -> bytes:
+        """The prompt as prefix-aware routing compares it (asked only when that is on)."""
+        ...
 
-    lease: Lease
-    upstream: Upstream
+    def prepare(self, model: str) -> bytes:
+        """The body to send the node, for the concrete id ``model``."""
+        ...
 
-    def __post_init__(self) -> None:
-        # A node that goes down (or a gateway that stops) drops the connection: the
-        # reader then fails at once instead of waiting out a timeout.
-        self.lease.on_abort(self.upstream.close)
+    def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
+        """The client's answer to a complete upstream answer (its usage read into ``meter``)."""
+        ...
 
-    def close(self) -> None:
-        """Drop the upstream request (if still open) and release the lease."""
-        try:
-            self.upstream.close()
-        finally:
-            self.lease.release()
+    def stream(
+        self, call: Call, chunks: AsyncIterator[bytes], meter: Meter
+    ) -> AsyncIterator[bytes]:
+        """The client's stream of the upstream's chunks (an empty chunk: still waiting)."""
+        ...
 
-
-class Unsent(Exception):
-    """Nothing reached the model server's client side yet: another node may take the request.
-
-    ``error`` is what to answer if no other node does.
-    """
-
-    def __init__(self, error: GatewayError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
-class ClientGone(Exception):
-    """The client left before its request was sent on: it is not sent on."""
+    def render_error(self, error: GatewayError) -> bytes:
+        """The error event that ends a stream that failed after it started."""
+        ...
 
 
 class Pipeline:
@@ -156,121 +126,142 @@ class Pipeline:
         neurons: Neurons,
         metrics: GatewayMetrics,
         settings: GatewaySection,
+        outcomes: Outcomes,
     ) -> None:
         self.life = lifecycle
-        self.neurons = neurons
         self.metrics = metrics
-        self.settings = settings
-        self.series = Series()
-        """The last minutes of inference requests, per model: the dashboard's charts."""
+        self.keys = Keys(settings)
+        self.outcomes = outcomes
+        self.upstreams = Upstreams(neurons, settings)
+        self.routing = lifecycle.routing
 
-    # --- the request -----------------------------------------------------------------
+    # --- every route -----------------------------------------------------------------
 
-    def begin(self, request: Request, handler: str, surface: Surface) -> Call:
-        """Start the bookkeeping of one request, with its request id (the client's, or new)."""
-        given = request.headers.get(REQUEST_ID_HEADER, "")
-        request_id = given if _REQUEST_ID.fullmatch(given) else _new_request_id()
-        return Call(handler, surface, request_id, time.monotonic())
+    async def handle(self, request: Request, spec: RouteSpec, work: Handler) -> Response:
+        """Run a route's ``work`` on ``request``: its key checked, its failure answered, once.
 
-    def authorize(self, request: Request, *, admin: bool = False) -> None:
-        """Refuse a request without a key its route takes (when keys are set).
-
-        ``api_keys`` admit every route but ``/admin/*`` when ``admin_keys`` is
-        set; then only an admin key does there (an API key is a 403). An admin
-        key admits every route. Keys are compared in constant time.
+        Every route but the ``public`` ones takes a key (an admin key on
+        ``admin`` routes); every POST must declare a JSON body. A
+        :class:`GatewayError` raised anywhere is answered in the route's
+        envelope; any other exception is a logged 500.
         """
-        api_keys, admin_keys = self.settings.api_keys, self.settings.admin_keys
-        if not api_keys and not admin_keys:
-            return
-        given = _presented_key(request)
-        if given is not None and _one_of(given, admin_keys):
-            return
-        if admin and admin_keys:
-            if given is not None and _one_of(given, api_keys):
-                raise GatewayError(403, ErrorKind.FORBIDDEN, "this key may not use the admin API")
-            raise GatewayError(401, ErrorKind.UNAUTHORIZED, "missing or invalid admin key")
-        if not api_keys and not admin:
-            return  # only the admin API is keyed
-        if given is None or not _one_of(given, api_keys):
-            raise GatewayError(401, ErrorKind.UNAUTHORIZED, "missing or invalid API key")
+        call = Call.begin(request, spec.handler, spec.surface)
+        try:
+            if not spec.public:
+                self.keys.authorize(request, admin=spec.admin)
+            if request.method == "POST":
+                require_json(request)
+            return await work(request, call)
+        except GatewayError as exc:
+            return self.outcomes.error_response(call, exc)
+        except (ClientDisconnect, ClientGone):
+            return self.outcomes.gone(call)
+        except Exception as exc:
+            error = internal_error()
+            error.__cause__ = exc
+            return self.outcomes.error_response(call, error)
 
-    @staticmethod
-    def require_json(request: Request) -> None:
-        """Refuse a POST whose body is not declared JSON (a web page cannot send one unasked).
+    def refuse(
+        self, request: Request, handler: str, surface: Surface, error: GatewayError
+    ) -> Response:
+        """Answer (and record) ``error`` for a request no route took."""
+        return self.outcomes.error_response(Call.begin(request, handler, surface), error)
 
-        A POST with neither a body nor a content type (``POST /admin/reload``) passes.
+    # --- inference -------------------------------------------------------------------
+
+    async def forward(self, request: Request, call: Call, adapter: Adapter) -> Response:
+        """Send the request to a node serving its model and answer as the adapter's surface does.
+
+        The model's alias is resolved, its task checked against the route's
+        (an embedding model serves no chat: 400), the prompt scored for
+        prefix-aware routing, and the request routed (the model cold-loaded if need be)
+        and sent; one that failed before anything came back goes once more,
+        to another node. Every failure is a :class:`GatewayError`.
         """
-        headers = request.headers
-        if (
-            "content-type" not in headers
-            and headers.get("content-length", "0") == "0"
-            and "transfer-encoding" not in headers
-        ):
-            return
-        kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if kind != "application/json" and not (
-            kind.startswith("application/") and kind.endswith("+json")
-        ):
-            raise GatewayError(
-                415, ErrorKind.BAD_REQUEST, "the body must be JSON (content-type: application/json)"
-            )
+        model = call.name(self.life.catalogue, adapter.model)
+        # A model outside the catalogue (loaded on a neuron by hand) is refused by its neuron.
+        profile = self.life.catalogue.profile(model)
+        if profile is not None and (wrong := wrong_task(model, profile.task, adapter.path)):
+            raise GatewayError(400, ErrorKind.BAD_REQUEST, wrong, task=profile.task)
+        if self.routing.policy == "prefix":
+            blocks = self.routing.prefix_block_chars
+            call.prefix = prefix_hashes(model, adapter.prompt(), blocks) or None
+        body = adapter.prepare(model)
+        meter = Meter(started=call.started)
+        early = adapter.early_start if adapter.streaming else None
+        if early is not None:
+            return await self._stream_early(call, adapter, body, meter, early)
+        conn = await self._connect(call, adapter.path, body, request)
+        meter.first_byte = time.monotonic()
+        if not conn.upstream.streaming:
+            data = await self.upstreams.read(conn)
+            response = adapter.answer(call, conn.upstream.status, data, meter)
+            self.outcomes.finish(call, response.status_code, meter)
+            return response
+        events = adapter.stream(call, self.upstreams.chunks(conn), meter)
+        return self.outcomes.stream(
+            call, events, meter, render=adapter.render_error, close=conn.close
+        )
 
-    async def read_body(self, request: Request) -> bytes:
-        """The body, refused past ``max_body_bytes`` (413) or ``body_timeout_s`` (408)."""
-        limit = self.settings.max_body_bytes
-        too_large = GatewayError(413, ErrorKind.TOO_LARGE, f"request body exceeds {limit} bytes")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        receive = request.receive  # not request.stream(): a generator per request costs
+    async def _stream_early(
+        self, call: Call, adapter: Adapter, body: bytes, meter: Meter, early: EarlyStart
+    ) -> Response:
+        """A stream that starts once its answer does, or at once if its model is still loading.
+
+        The client then gets the surface's keep-alives while it waits; a
+        failure from then on ends the stream with its error event.
+        """
+        connecting = asyncio.ensure_future(self._connect(call, adapter.path, body))
+        opening = Opening(connecting, self.upstreams, meter, early.heartbeat_s)
         try:
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise ClientDisconnect
-                    chunk: bytes = message.get("body", b"")
-                    if not body and not message.get("more_body", False):
-                        if len(chunk) > limit:
-                            raise too_large
-                        return chunk  # the whole body in one message: no copy
-                    body += chunk
-                    if len(body) > limit:
-                        raise too_large
-                    if not message.get("more_body", False):
-                        break
-        except TimeoutError:
-            raise GatewayError(
-                408,
-                ErrorKind.BAD_REQUEST,
-                "the request body did not arrive in time",
-                received_bytes=len(body),
-            ) from None
-        return bytes(body)
+            await opening.settle(early.within_s, call)
+        except BaseException:
+            opening.close()
+            raise
+        events = adapter.stream(call, opening.chunks(), meter)
+        return self.outcomes.stream(
+            call, events, meter, render=adapter.render_error, close=opening.close
+        )
 
-    @staticmethod
-    def decode(body: bytes, type_: type[T]) -> T:
-        """``body`` decoded as ``type_``; a 400 naming what is wrong otherwise."""
+    async def ask(
+        self,
+        request: Request,
+        call: Call,
+        asked: str,
+        question: Callable[[NeuronApi, str], Awaitable[T]],
+    ) -> T:
+        """Route ``asked`` as an inference request would be, and put ``question`` to its node.
+
+        ``question`` gets the node's management client and the concrete id.
+        """
+        model = call.name(self.life.catalogue, asked)
+        lease = await self._lease(call, request)
         try:
-            return decode(body, type_)
-        except WireError as exc:
-            raise GatewayError(400, ErrorKind.BAD_REQUEST, printable(exc.message, 500)) from exc
-
-    def name(self, call: Call, asked: str) -> str:
-        """Record the model asked for (and the alias, if one was used); return its concrete id."""
-        model = call.model = self.life.catalogue.resolve_alias(asked)
-        call.alias = asked if asked != model else None
-        return model
+            answer = await question(lease.client, model)
+        finally:
+            lease.release()
+        self.outcomes.finish(call, 200, Meter(started=call.started))
+        return answer
 
     # --- routing and connecting ------------------------------------------------------
 
-    async def acquire(
-        self,
-        call: Call,
-        *,
-        request: Request | None = None,
-        exclude: frozenset[str] = frozenset(),
+    async def _connect(
+        self, call: Call, path: str, body: bytes, request: Request | None = None
+    ) -> Connection:
+        """Route, lease and send; once more, elsewhere, if nothing came back the first time."""
+        failed: set[str] = set()
+        for attempt in (1, 2):
+            lease = await self._lease(call, request, frozenset(failed))
+            try:
+                return await self.upstreams.open(call, lease, path, body)
+            except Unsent as exc:
+                if attempt == 2 or self.life.stopping:
+                    raise exc.error from exc
+                failed.add(lease.node)
+        raise AssertionError("unreachable: the second attempt answers or raises")
+
+    async def _lease(
+        self, call: Call, request: Request | None, exclude: frozenset[str] = frozenset()
     ) -> Lease:
         """Route the call's model (cold-loading it if need be) and hold the node for it.
 
@@ -279,381 +270,24 @@ class Pipeline:
         """
         assert call.model is not None, "name the model first"
         prefix = call.prefix or ()
-        lease = self.life.lease_ready(call.model, exclude, prefix)
-        if lease is None:
-            acquiring = asyncio.ensure_future(
-                self.life.acquire(call.model, exclude, arrived=call.started, prefix=prefix)
-            )
-            lease = await (acquiring if request is None else _unless_gone(acquiring, request))
+        got = self.life.lease(call.model, exclude=exclude, arrived=call.started, prefix=prefix)
+        lease = got if isinstance(got, Lease) else await _waited(got, request)
         call.node = lease.node
         call.routed = time.monotonic()
         if prefix:
             self.metrics.observe_prefix(call.model, hit=lease.matched > 0)
         return lease
 
-    def score(self, call: Call, render: Callable[[], bytes]) -> None:
-        """Give the call its prompt's prefix hashes (with prefix-aware routing on).
 
-        ``render`` gives the prompt as routing compares it; it runs only then.
-        """
-        if call.model is not None and self.life.routing.policy == "prefix":
-            call.prefix = self.life.prefix_of(call.model, render()) or None
-
-    async def connect(
-        self, call: Call, path: str, body: bytes, *, request: Request | None = None
-    ) -> Connection:
-        """Route, lease and send ``body`` to ``path`` of the model's OpenAI API on its node.
-
-        Answers once the upstream's status is in and is a success. A request
-        that failed before anything was sent back (the node unreachable, the
-        model gone from it) goes once more, to another node if one has the
-        model; every failure is a :class:`GatewayError`.
-        """
-        failed: set[str] = set()
-        for attempt in (1, 2):
-            lease = await self.acquire(call, request=request, exclude=frozenset(failed))
-            try:
-                return await self._open(call, lease, path, body)
-            except Unsent as exc:
-                if attempt == 2 or self.life.stopping:
-                    raise exc.error from exc
-                failed.add(lease.node)
-        raise AssertionError("unreachable: the second attempt answers or raises")
-
-    async def _open(self, call: Call, lease: Lease, path: str, body: bytes) -> Connection:
-        node, model = lease.node, lease.model
-        try:
-            try:
-                base = await self.life.endpoint(node, model)
-            except NeuronCallError as exc:
-                if exc.upstream_status != 404:
-                    self.life.trip(node)
-                raise Unsent(
-                    GatewayError(
-                        502,
-                        ErrorKind.UPSTREAM,
-                        UNREACHABLE,
-                        error=str(exc),
-                        upstream_status=exc.upstream_status,
-                    )
-                ) from exc
-            call.url = url = f"{base.rstrip('/')}{path}"
-            upstream = await self._first_byte(lease, url, body, call.request_id)
-        except BaseException:
-            lease.release()
-            raise
-        if upstream.status < 400:
-            self.life.reset(node)
-            return Connection(lease, upstream)
-        try:
-            data = await self._read(upstream)
-        finally:
-            lease.release()
-        relayed = relayable_message(data) if upstream.relayable else None
-        error = upstream_refusal(upstream.status, relayed and printable(relayed, 500))
-        if upstream.status == 404:
-            # The model left the node after it was routed there.
-            await self.life.invalidate(node, model)
-            raise Unsent(error)
-        raise error
-
-    async def _first_byte(self, lease: Lease, url: str, body: bytes, request_id: str) -> Upstream:
-        """Open the upstream request, bounded by ``first_byte_timeout_s`` and by the lease."""
-        headers = {"content-type": "application/json", REQUEST_ID_HEADER: request_id}
-        opening = asyncio.ensure_future(self.neurons.open(lease.node, url, body, headers))
-        lease.on_abort(opening.cancel)
-        try:
-            done, _ = await asyncio.wait({opening}, timeout=self.settings.first_byte_timeout_s)
-        except BaseException:
-            _abandon(opening)
-            raise
-        if not done:
-            _abandon(opening)
-            raise GatewayError(
-                504,
-                ErrorKind.TIMEOUT,
-                NO_ANSWER,
-                timeout_s=self.settings.first_byte_timeout_s,
-            )
-        if opening.cancelled():  # the lease was aborted: the node went down, or we stop
-            error = GatewayError(502, ErrorKind.UPSTREAM, lease.aborted or BROKEN_STREAM)
-            if self.life.stopping:
-                raise GatewayError(503, ErrorKind.UNAVAILABLE, lease.aborted or BROKEN_STREAM)
-            raise Unsent(error)
-        try:
-            return opening.result()
-        except UpstreamError as exc:
-            self.life.trip(lease.node)
-            await self.life.invalidate(lease.node, lease.model)
-            error = GatewayError(502, ErrorKind.UPSTREAM, UNREACHABLE, error=str(exc))
-            raise Unsent(error) from exc
-
-    async def _read(self, upstream: Upstream) -> bytes:
-        try:
-            return await upstream.read()
-        except UpstreamError as exc:
-            raise GatewayError(
-                502, ErrorKind.UPSTREAM, "the model server failed while answering", error=str(exc)
-            ) from exc
-
-    async def read(self, conn: Connection) -> bytes:
-        """The whole answer of a connection (then released)."""
-        try:
-            return await self._read(conn.upstream)
-        finally:
-            conn.lease.release()
-
-    async def chunks(self, conn: Connection) -> AsyncIterator[bytes]:
-        """A streaming answer as it arrives, bounded by ``stream_idle_timeout_s`` between chunks.
-
-        A break, a silence or an aborted lease is a :class:`GatewayError`.
-        """
-        idle = self.settings.stream_idle_timeout_s
-        source = conn.upstream.chunks()
-        watch = _Silence(idle)
-        try:
-            while True:
-                watch.waiting()
-                try:
-                    chunk = await anext(source)
-                except StopAsyncIteration:
-                    break
-                if conn.lease.prefill:  # the first chunk: the node has computed the prompt
-                    conn.lease.prefilled()
-                # No deadline while the client takes the chunk: only the neuron is timed.
-                watch.waiting_for = None
-                yield chunk
-        except asyncio.CancelledError:
-            if not watch.fired:
-                raise
-            watch.task.uncancel()
-            raise GatewayError(504, ErrorKind.TIMEOUT, SILENT, idle_s=idle) from None
-        except UpstreamError as exc:
-            aborted = conn.lease.aborted
-            if aborted is not None and self.life.stopping:
-                raise GatewayError(503, ErrorKind.UNAVAILABLE, aborted) from exc
-            raise GatewayError(
-                502, ErrorKind.UPSTREAM, aborted or BROKEN_STREAM, error=str(exc)
-            ) from exc
-        finally:
-            watch.stop()
-            await source.aclose()  # type: ignore[attr-defined]
-
-    # --- answering -------------------------------------------------------------------
-
-    def stream(
-        self,
-        call: Call,
-        events: AsyncIterator[bytes],
-        meter: Meter,
-        *,
-        render: Callable[[GatewayError], bytes],
-        close: Callable[[], None],
-    ) -> ClosingStream:
-        """Answer with ``events`` as a stream that ends well whatever happens.
-
-        A :class:`GatewayError` raised while streaming becomes the surface's
-        error event (``render``) and is recorded as the request's failure;
-        ``close`` then gives back what the stream held (upstream, lease).
-        """
-        failure: list[GatewayError] = []
-
-        async def body() -> AsyncIterator[bytes]:
-            try:
-                async for piece in events:
-                    yield piece
-            except GatewayError as exc:
-                failure.append(exc)
-                yield render(exc)
-            except EventTooLarge as exc:
-                error = GatewayError(502, ErrorKind.UPSTREAM, BROKEN_STREAM, error=str(exc))
-                failure.append(error)
-                yield render(error)
-            except Exception as exc:
-                error = internal_error()
-                error.__cause__ = exc
-                failure.append(error)
-                yield render(error)
-            finally:
-                await events.aclose()  # type: ignore[attr-defined]
-
-        async def done() -> None:
-            close()
-            if failure:
-                self.fail(call, failure[0])
-            else:
-                self.finish(call, 200, meter)
-
-        return ClosingStream(body(), call.headers(), done)
-
-    def error_response(self, call: Call, error: GatewayError) -> Response:
-        """Record ``error`` as the call's outcome and answer it in the call's surface."""
-        self.fail(call, error)
-        headers = {**call.headers(), **error.headers}
-        return json_response(error.envelope(call.surface), error.status, headers)
-
-    # --- outcomes --------------------------------------------------------------------
-
-    def fail(self, call: Call, error: GatewayError) -> None:
-        """Record a failed request: its metrics and its one log line."""
-        labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
-        self.metrics.observe_failure(labels, error.status, error.kind)
-        if labels.route in CHARTED_ROUTES:
-            self.series.record(_series_key(labels.model), ok=False)
-        fields: dict[str, Any] = {
-            "request_id": call.request_id,
-            "handler": call.handler,
-            **call.fields(),
-            "status": error.status,
-            "kind": error.kind.value,
-            "error": error.message,
-        }
-        if call.url:
-            fields["url"] = call.url
-        fields.update(error.log)
-        if error.kind is ErrorKind.INTERNAL:
-            log.error("request failed", extra=fields, exc_info=error.__cause__)
-        else:
-            log.warning("request failed", extra=fields)
-
-    def gone(self, call: Call) -> Response:
-        """Record a client that left before its answer (nothing was sent on for it)."""
-        labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
-        self.metrics.observe_gone(labels)
-        log.info(
-            "client gone",
-            extra={"request_id": call.request_id, "handler": call.handler, **call.fields()},
-        )
-        return Response(status_code=CLIENT_GONE)
-
-    def finish(self, call: Call, status: int, meter: Meter) -> None:
-        """Record an answered request: its metrics and its one log line."""
-        labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
-        latency = time.monotonic() - call.started
-        waited = (call.routed or call.started) - call.started
-        self.metrics.observe_success(labels, status, meter, latency, waited)
-        usage = meter.usage
-        if labels.route in CHARTED_ROUTES:
-            tokens = usage.completion_tokens if usage else 0
-            self.series.record(_series_key(labels.model), ok=True, tokens=tokens, ttft=meter.ttft)
-        log.info(
-            "request",
-            extra={
-                "request_id": call.request_id,
-                "handler": call.handler,
-                **call.fields(),
-                "status": status,
-                "prompt_tokens": usage.prompt_tokens if usage else None,
-                "completion_tokens": usage.completion_tokens if usage else None,
-                "ttft_s": round(meter.ttft, 3) if meter.ttft is not None else None,
-                "latency_s": round(latency, 3),
-            },
-        )
-
-
-def _series_key(label: str) -> str:
-    return ALL if label == "none" else label
-
-
-_ID_PREFIX = uuid.uuid4().hex[:16]
-_ids = itertools.count(1)
-
-
-def _new_request_id() -> str:
-    """A request id unique to this process's life (random prefix, then a count): no syscall."""
-    return f"{_ID_PREFIX}{next(_ids):016x}"
-
-
-class _Silence:
-    """The idle deadline of a stream, for the price of reading the clock once per chunk.
-
-    A timer that is re-armed for every chunk costs two timer operations per
-    chunk; this one fires at most once per ``limit`` and looks at when the
-    current wait began. A silence of ``limit`` while the neuron is waited on
-    cancels the streaming task, with :attr:`fired` set to tell it why.
-    """
-
-    __slots__ = ("fired", "handle", "limit", "loop", "task", "waiting_for")
-
-    def __init__(self, limit: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None, "streams are read by a task"
-        self.task = task
-        self.limit = limit
-        self.fired = False
-        self.waiting_for: float | None = None
-        """When the wait for the current chunk began; None while the client takes one."""
-        self.handle = self.loop.call_later(limit, self._check)
-
-    def waiting(self) -> None:
-        self.waiting_for = self.loop.time()
-
-    def _check(self) -> None:
-        since = self.waiting_for
-        now = self.loop.time()
-        if since is not None and now - since >= self.limit:
-            self.fired = True
-            self.task.cancel()
-            return
-        due = since + self.limit if since is not None else now + self.limit
-        self.handle = self.loop.call_at(due, self._check)
-
-    def stop(self) -> None:
-        self.handle.cancel()
-
-
-def _presented_key(request: Request) -> str | None:
-    bearer = request.headers.get("authorization", "")
-    if bearer[:7].lower() == "bearer ":
-        return bearer[7:].strip()
-    return request.headers.get("x-api-key")
-
-
-def _one_of(given: str, keys: list[str]) -> bool:
-    """Whether ``given`` is one of ``keys``, comparing every key in constant time."""
-    presented = given.encode()
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(presented, key.encode())
-    return found
-
-
-def _abandon(opening: asyncio.Future[Upstream]) -> None:
-    """Stop waiting for an upstream; if it still arrives, drop it."""
-    opening.cancel()
-
-    def drop(done: asyncio.Future[Upstream]) -> None:
-        if not done.cancelled() and done.exception() is None:
-            done.result().close()
-
-    opening.add_done_callback(drop)
-
-
-async def _unless_gone(routing: asyncio.Future[Lease], request: Request) -> Lease:
-    """``routing``'s lease, unless the client disconnects first (then it is cancelled).
-
-    A lease that arrives after all is released at once.
-    """
-    gone = asyncio.ensure_future(_disconnected(request))
-    either: set[asyncio.Future[Any]] = {routing, gone}
+async def _waited(waiting: asyncio.Future[Lease], request: Request | None) -> Lease:
+    """The lease a request waits for; one that arrives after the request gave up is given back."""
     try:
-        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not routing.done():
-            routing.cancel()
-            routing.add_done_callback(_release_late)
-    if not routing.done():
-        raise ClientGone
-    return routing.result()
+        return await (waiting if request is None else unless_gone(waiting, request))
+    except BaseException:
+        waiting.add_done_callback(_release_late)
+        raise
 
 
-def _release_late(routing: asyncio.Future[Lease]) -> None:
-    if not routing.cancelled() and routing.exception() is None:
-        routing.result().release()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+def _release_late(waiting: asyncio.Future[Lease]) -> None:
+    if not waiting.cancelled() and waiting.exception() is None:
+        waiting.result().release()

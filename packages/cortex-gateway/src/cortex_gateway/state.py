@@ -12,11 +12,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cortex_core.catalogue import load_catalogue
-from cortex_core.config import ConfigError, GatewayConfig, check_catalogue_nodes
+from cortex_core.config import ConfigError, GatewayConfig, GatewaySection, check_catalogue_nodes
 from cortex_gateway import __version__
+from cortex_gateway.activity import Series, Timeline
+from cortex_gateway.events import Events, log_event
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import Neurons
+from cortex_gateway.outcomes import Outcomes
 from cortex_gateway.pipeline import Pipeline
 
 __all__ = ["Gateway", "NeuronsFactory", "Running"]
@@ -34,6 +37,9 @@ class Running:
     """The parts that exist while the gateway runs."""
 
     neurons: Neurons
+    events: Events
+    timeline: Timeline
+    series: Series
     lifecycle: Lifecycle
     metrics: GatewayMetrics
     pipeline: Pipeline
@@ -80,16 +86,41 @@ class Gateway:
         """The fleet's lifecycle."""
         return self.running.lifecycle
 
+    @property
+    def timeline(self) -> Timeline:
+        """The fleet's recent events, as the dashboard shows them."""
+        return self.running.timeline
+
+    @property
+    def series(self) -> Series:
+        """The last minutes of inference requests, per model, as the dashboard charts them."""
+        return self.running.series
+
+    @property
+    def settings(self) -> GatewaySection:
+        """``[gateway]`` of ``cortex.toml``."""
+        return self.config.cortex.gateway
+
     async def start(self) -> None:
         """Reach the neurons, poll them once, and keep polling in the background."""
         tokens = self.config.neuron_tokens(self._environ)
         neurons = self._connect(self.config)
-        lifecycle = Lifecycle(self.config, neurons, tokens=tokens)
-        metrics = GatewayMetrics(lifecycle, asyncio.get_running_loop())
-        pipeline = Pipeline(lifecycle, neurons, metrics, self.config.cortex.gateway)
+        events, timeline = Events(), Timeline()
+        lifecycle = Lifecycle(self.config, neurons, events, tokens=tokens)
+        nodes = [n.name for n in self.config.cortex.neurons]
+        metrics = GatewayMetrics(lifecycle, nodes, asyncio.get_running_loop())
+        # Every fleet event is kept for the dashboard, counted and logged: once each.
+        events.on(timeline.record)
+        events.on(metrics.observe_event)
+        events.on(log_event)
+        series = Series()
+        outcomes = Outcomes(metrics, series)
+        pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
-        self._running = Running(neurons, lifecycle, metrics, pipeline, poller)
+        self._running = Running(
+            neurons, events, timeline, series, lifecycle, metrics, pipeline, poller
+        )
         log.info(
             "gateway started",
             extra={
@@ -114,7 +145,7 @@ class Gateway:
             return exc
         self.config = dataclasses.replace(self.config, catalogue=catalogue)
         if self._running is not None:
-            self._running.lifecycle.catalogue = catalogue
+            self._running.lifecycle.use(catalogue)
         log.info(
             "catalogue reloaded",
             extra={"path": str(path), "models": len(catalogue), "aliases": len(catalogue.aliases)},

@@ -27,7 +27,7 @@ from cortex_core.neuron_api import (
     UnloadRequest,
     UnloadResponse,
 )
-from cortex_core.serving import UPSTREAM_KEEP_ALIVE_S
+from cortex_core.runtime.serving import UPSTREAM_KEEP_ALIVE_S
 from cortex_core.wire import WireError, decode, encode
 from cortex_gateway.neurons import NeuronCallError, UpstreamError
 

@@ -245,7 +245,7 @@ class Supervisor:
         """Start every worker and serve the merged metrics until the workers are all gone."""
         from hypercorn.asyncio import serve as hypercorn_serve
 
-        from cortex_core.serving import server_config
+        from cortex_core.runtime.serving import server_config
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

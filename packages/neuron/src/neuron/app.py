@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -37,6 +37,7 @@ from cortex_core.neuron_api import (
     error_response,
 )
 from cortex_core.openai import ModelList, ModelObject, error_envelope
+from cortex_core.tasks import wrong_task
 from cortex_core.text import printable
 from cortex_core.wire import RouteView, WireError, decode, encode
 from neuron import __version__
@@ -176,6 +177,18 @@ class NeuronApp:
     async def completions(self, request: Request) -> Response:
         return await self._infer(request, "completions", lambda e, b: e.completion(b))
 
+    async def responses(self, request: Request) -> Response:
+        return await self._infer(request, "responses", lambda e, b: e.responses(b))
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._infer(request, "embeddings", lambda e, b: e.embeddings(b))
+
+    async def rerank(self, request: Request) -> Response:
+        return await self._infer(request, "rerank", lambda e, b: e.rerank(b))
+
+    async def score(self, request: Request) -> Response:
+        return await self._infer(request, "score", lambda e, b: e.score(b))
+
     async def _infer(
         self, request: Request, handler: str, call: Callable[[Engine, bytes], Awaitable[Reply]]
     ) -> Response:
@@ -199,6 +212,9 @@ class NeuronApp:
             return _openai_error(
                 404, exc.message, "not_found_error", handler, model=route.model, **rid
             )
+        if (wrong := wrong_task(route.model, entry.model_task, request.url.path)) is not None:
+            self.registry.release(entry)
+            return _refused(400, wrong, handler, route.model, rid)
         started = time.monotonic()
         try:
             reply = await call(engine, body)
@@ -212,23 +228,7 @@ class NeuronApp:
                 # The engine's reason for refusing a request (a prompt over the context
                 # length, a bad parameter) is about the request: the gateway may show it.
                 message = _refusal(reply.body, reply.status)
-                log.warning(
-                    "engine refused request",
-                    extra={
-                        "handler": handler,
-                        "model": route.model,
-                        "status": reply.status,
-                        "error": message,
-                        **rid,
-                    },
-                )
-                envelope = error_envelope(message, "invalid_request_error", code=reply.status)
-                return Response(
-                    encode(envelope),
-                    status_code=reply.status,
-                    media_type=JSON,
-                    headers={RELAYABLE_HEADER: "1"},
-                )
+                return _refused(reply.status, message, handler, route.model, rid)
             if reply.status >= 400:
                 log.warning(
                     "engine refused request",
@@ -281,6 +281,20 @@ class _ReleasingStream(StreamingResponse):
                 await self._chunks.aclose()  # type: ignore[attr-defined]
             finally:
                 self._registry.release(self._entry)
+
+
+def _refused(
+    status: int, message: str, handler: str, model: str, rid: Mapping[str, str]
+) -> Response:
+    """A 4xx about the request itself, logged once: its message is safe to show the client."""
+    log.warning(
+        "engine refused request",
+        extra={"handler": handler, "model": model, "status": status, "error": message, **rid},
+    )
+    envelope = error_envelope(message, "invalid_request_error", code=status)
+    return Response(
+        encode(envelope), status_code=status, media_type=JSON, headers={RELAYABLE_HEADER: "1"}
+    )
 
 
 def _refusal(body: bytes, status: int) -> str:
@@ -382,6 +396,10 @@ def create_app(
         r("/metrics", app_state.scrape),
         r("/v1/chat/completions", app_state.chat, ["POST"]),
         r("/v1/completions", app_state.completions, ["POST"]),
+        r("/v1/responses", app_state.responses, ["POST"]),
+        r("/v1/embeddings", app_state.embeddings, ["POST"]),
+        r("/v1/rerank", app_state.rerank, ["POST"]),
+        r("/v1/score", app_state.score, ["POST"]),
         r("/v1/models", app_state.openai_models),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

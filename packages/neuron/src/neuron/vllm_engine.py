@@ -29,7 +29,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,11 +136,26 @@ class _Vllm:
         self.TokenizeCompletionRequest = load(
             "vllm.entrypoints.serve.tokenize.protocol", "TokenizeCompletionRequest"
         )
+        self.ResponsesRequest = load(
+            "vllm.entrypoints.openai.responses.protocol", "ResponsesRequest"
+        )
+        self.OpenAIServingResponses = load(
+            "vllm.entrypoints.openai.responses.serving", "OpenAIServingResponses"
+        )
+        self.EmbeddingRequest = load("vllm.entrypoints.pooling.embed.protocol", "EmbeddingRequest")
+        self.ServingEmbedding = load("vllm.entrypoints.pooling.embed.serving", "ServingEmbedding")
+        self.RerankRequest = load("vllm.entrypoints.pooling.scoring.protocol", "RerankRequest")
+        self.ScoreRequest = load("vllm.entrypoints.pooling.scoring.protocol", "ScoreRequest")
+        self.ServingScores = load("vllm.entrypoints.pooling.scoring.serving", "ServingScores")
+        self.ChatTemplateConfig = load("vllm.renderers.chat_utils", "ChatTemplateConfig")
+        # vLLM's request types are pydantic models and unions of them (embeddings, score).
+        self.TypeAdapter = load("pydantic", "TypeAdapter")
         self.OnlineRenderer = load("vllm.renderers.online_renderer", "OnlineRenderer")
         self.ErrorResponse = load("vllm.entrypoints.serve.engine.protocol", "ErrorResponse")
         self.create_error_response = load(
             "vllm.entrypoints.serve.exception_handling.error_response", "create_error_response"
         )
+        self._validators: dict[Any, Any] = {}
         self.engine_fields = frozenset(
             f.name for f in dataclasses.fields(self.AsyncEngineArgs) if f.init
         )
@@ -169,6 +184,13 @@ class _Vllm:
         # vLLM's own choice for its worker: a core each, one left to the engine's loop.
         cpu_lists = self.OMPProcessManager(config).cpu_lists
         return Threads(len(cpu_lists[0])) if cpu_lists else Threads()
+
+    def validate(self, request_type: Any, body: bytes) -> Any:
+        """``body`` as vLLM's ``request_type`` (a model, or a union of them); ``ValueError``."""
+        validator = self._validators.get(request_type)
+        if validator is None:
+            validator = self._validators[request_type] = self.TypeAdapter(request_type)
+        return validator.validate_json(body)
 
 
 class _StatsRecorder:
@@ -425,6 +447,12 @@ class VllmEngineFactory:
             model = str(spec.path / gguf_file)
             if (spec.path / "config.json").is_file():
                 options.setdefault("tokenizer", str(spec.path))
+        if spec.task == "embed":
+            # A pooling engine; "embed" also turns a generative checkpoint into an
+            # embedding model (last token's hidden state, normalised) and leaves a
+            # native embedding model as it is.
+            options.setdefault("runner", "pooling")
+            options.setdefault("convert", "embed")
         if not spec.devices:
             # vLLM's CPU backend: compiled mode starts far slower and decodes no faster.
             options.setdefault("enforce_eager", True)
@@ -574,12 +602,6 @@ async def _build(
     processes: frozenset[psutil.Process],
     rpc_dir: Path,
 ) -> VllmEngine:
-    architectures = list(getattr(engine.model_config.hf_config, "architectures", None) or [])
-    default_tools, default_reasoning = next(
-        (_DEFAULT_PARSERS[a] for a in architectures if a in _DEFAULT_PARSERS), (None, None)
-    )
-    tool_parser = serving.get("tool_call_parser", default_tools) or None
-    reasoning_parser = serving.get("reasoning_parser", default_reasoning) or None
     chat_template = serving.get("chat_template")
     models = lib.OpenAIServingModels(
         engine_client=engine,
@@ -589,6 +611,44 @@ async def _build(
     await models.init_static_loras()
     # Building the layers loads the tokenizer and renders templates: seconds of CPU,
     # off the event loop so the management API keeps answering meanwhile.
+    parsers: tuple[str | None, str | None] = (None, None)
+    if spec.task == "embed":
+        tasks = tuple(await engine.get_supported_tasks())
+        layers = await asyncio.to_thread(_pooling_layers, lib, engine, models, chat_template, tasks)
+    else:
+        layers, parsers = await _generating_layers(
+            lib, engine, models, spec.model_id, serving, chat_template
+        )
+    log.info(
+        "engine ready",
+        extra={
+            "model": spec.model_id,
+            "task": spec.task,
+            "devices": list(spec.devices) or "cpu",
+            "max_model_len": engine.model_config.max_model_len,
+            "tool_call_parser": parsers[0],
+            "reasoning_parser": parsers[1],
+            "pids": sorted(p.pid for p in processes),
+        },
+    )
+    return VllmEngine(lib, engine, layers, recorder, processes, rpc_dir)
+
+
+async def _generating_layers(
+    lib: _Vllm,
+    engine: Any,
+    models: Any,
+    model_id: str,
+    serving: Mapping[str, Any],
+    chat_template: str | None,
+) -> tuple[_Layers, tuple[str | None, str | None]]:
+    """The layers of a generating engine, and the tool-call and reasoning parsers they use."""
+    architectures = list(getattr(engine.model_config.hf_config, "architectures", None) or [])
+    default_tools, default_reasoning = next(
+        (_DEFAULT_PARSERS[a] for a in architectures if a in _DEFAULT_PARSERS), (None, None)
+    )
+    tool_parser = serving.get("tool_call_parser", default_tools) or None
+    reasoning_parser = serving.get("reasoning_parser", default_reasoning) or None
     try:
         layers = await asyncio.to_thread(
             _serving_layers, lib, engine, models, chat_template, tool_parser, reasoning_parser
@@ -600,36 +660,36 @@ async def _build(
         # without Llama 3's tool tokens, say): serve without the defaults.
         log.warning(
             "default parsers do not fit this model; serving without them",
-            extra={"model": spec.model_id, "error": _reason(exc)},
+            extra={"model": model_id, "error": _reason(exc)},
         )
         tool_parser = serving.get("tool_call_parser") or None
         reasoning_parser = serving.get("reasoning_parser") or None
         layers = await asyncio.to_thread(
             _serving_layers, lib, engine, models, chat_template, tool_parser, reasoning_parser
         )
-    log.info(
-        "engine ready",
-        extra={
-            "model": spec.model_id,
-            "devices": list(spec.devices) or "cpu",
-            "max_model_len": engine.model_config.max_model_len,
-            "tool_call_parser": tool_parser,
-            "reasoning_parser": reasoning_parser,
-            "pids": sorted(p.pid for p in processes),
-        },
-    )
-    return VllmEngine(lib, engine, *layers, recorder, processes, rpc_dir)
+    return layers, (tool_parser, reasoning_parser)
 
 
-def _serving_layers(
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Layers:
+    """VLLM's serving objects over one engine; ``None`` where its task has no such layer."""
+
+    task: str
+    tokenization: Any
+    chat: Any = None
+    completion: Any = None
+    responses: Any = None
+    embedding: Any = None
+    scores: Any = None
+
+
+def _renderer(
     lib: _Vllm,
     engine: Any,
-    models: Any,
     chat_template: str | None,
-    tool_parser: str | None,
-    reasoning_parser: str | None,
-) -> tuple[Any, Any, Any]:
-    """VLLM's chat, completion and tokenization layers, as its own API server builds them."""
+    tool_parser: str | None = None,
+    reasoning_parser: str | None = None,
+) -> Any:
     renderer = lib.OnlineRenderer(
         model_config=engine.model_config,
         renderer=engine.renderer,
@@ -642,6 +702,29 @@ def _serving_layers(
         default_chat_template_kwargs=None,
     )
     renderer.warmup()
+    return renderer
+
+
+def _tokenization(lib: _Vllm, models: Any, renderer: Any, chat_template: str | None) -> Any:
+    return lib.ServingTokenization(
+        models,
+        renderer,
+        chat_template=chat_template,
+        chat_template_content_format="auto",
+        request_logger=None,
+    )
+
+
+def _serving_layers(
+    lib: _Vllm,
+    engine: Any,
+    models: Any,
+    chat_template: str | None,
+    tool_parser: str | None,
+    reasoning_parser: str | None,
+) -> _Layers:
+    """VLLM's chat, completion, responses and tokenization layers, as its API server builds them."""
+    renderer = _renderer(lib, engine, chat_template, tool_parser, reasoning_parser)
     chat = lib.OpenAIServingChat(
         engine,
         models,
@@ -657,14 +740,39 @@ def _serving_layers(
     completion = lib.OpenAIServingCompletion(
         engine, models, online_renderer=renderer, request_logger=None
     )
-    tokenization = lib.ServingTokenization(
+    responses = lib.OpenAIServingResponses(
+        engine,
         models,
         renderer,
+        request_logger=None,
         chat_template=chat_template,
         chat_template_content_format="auto",
-        request_logger=None,
+        enable_auto_tools=tool_parser is not None,
+        tool_parser=tool_parser,
+        reasoning_parser=reasoning_parser or "",
+        enable_prompt_tokens_details=True,
     )
-    return chat, completion, tokenization
+    # Responses are never kept (docs/gateway.md): vLLM's store lives in this
+    # engine's memory, grows without bound, and goes with the engine. Whatever
+    # VLLM_ENABLE_RESPONSES_API_STORE says, `store` is served as false.
+    responses.enable_store = False
+    tokenization = _tokenization(lib, models, renderer, chat_template)
+    return _Layers("generate", tokenization, chat, completion, responses)
+
+
+def _pooling_layers(
+    lib: _Vllm, engine: Any, models: Any, chat_template: str | None, tasks: tuple[str, ...]
+) -> _Layers:
+    """VLLM's embedding, scoring (rerank, score) and tokenization layers over a pooling engine."""
+    config = lib.ChatTemplateConfig(chat_template=chat_template)
+    embedding = lib.ServingEmbedding(
+        engine, models, request_logger=None, chat_template_config=config
+    )
+    scores = lib.ServingScores(
+        engine, models, supported_tasks=tasks, request_logger=None, chat_template_config=config
+    )
+    tokenization = _tokenization(lib, models, _renderer(lib, engine, chat_template), chat_template)
+    return _Layers("embed", tokenization, embedding=embedding, scores=scores)
 
 
 class VllmEngine:
@@ -674,18 +782,15 @@ class VllmEngine:
         self,
         lib: _Vllm,
         engine: Any,
-        chat: Any,
-        completion: Any,
-        tokenization: Any,
+        layers: _Layers,
         recorder: _StatsRecorder,
         processes: frozenset[psutil.Process],
         rpc_dir: Path,
     ) -> None:
         self._lib = lib
         self._engine = engine
-        self._chat = chat
-        self._completion = completion
-        self._tokenization = tokenization
+        self._layers = layers
+        self._tokenization = layers.tokenization
         self._recorder = recorder
         self._processes = processes
         self._rpc_dir = rpc_dir
@@ -707,19 +812,51 @@ class VllmEngine:
 
     async def chat(self, body: bytes) -> Reply:
         """Validate with vLLM's own request model and serve with its chat layer."""
+        chat = self._layers.chat
         return await self._serve(
-            body, self._lib.ChatCompletionRequest, self._chat.create_chat_completion
+            body, self._lib.ChatCompletionRequest, chat and chat.create_chat_completion
         )
 
     async def completion(self, body: bytes) -> Reply:
         """Validate with vLLM's own request model and serve with its completion layer."""
+        completion = self._layers.completion
         return await self._serve(
-            body, self._lib.CompletionRequest, self._completion.create_completion
+            body, self._lib.CompletionRequest, completion and completion.create_completion
         )
 
-    async def _serve(self, body: bytes, request_type: Any, method: Any) -> Reply:
+    async def responses(self, body: bytes) -> Reply:
+        """Serve with vLLM's Responses layer; a stream is its named events, as vLLM frames them."""
+        responses = self._layers.responses
+        method = responses and responses.create_responses
+        return await self._serve(body, self._lib.ResponsesRequest, method, _responses_reply)
+
+    async def embeddings(self, body: bytes) -> Reply:
+        """Serve with vLLM's embedding layer (a pooling engine's)."""
+        layers = self._layers
+        return await self._serve(body, self._lib.EmbeddingRequest, layers.embedding, _pooled_reply)
+
+    async def rerank(self, body: bytes) -> Reply:
+        """Serve with vLLM's scoring layer: documents by relevance to the query."""
+        layers = self._layers
+        return await self._serve(body, self._lib.RerankRequest, layers.scores, _pooled_reply)
+
+    async def score(self, body: bytes) -> Reply:
+        """Serve with vLLM's scoring layer: the similarity of each text pair."""
+        layers = self._layers
+        return await self._serve(body, self._lib.ScoreRequest, layers.scores, _pooled_reply)
+
+    async def _serve(
+        self,
+        body: bytes,
+        request_type: Any,
+        method: Any,
+        render: Callable[[_Vllm, Any], Reply] | None = None,
+    ) -> Reply:
+        if method is None:
+            message = f"this engine's task is {self._layers.task!r}: it does not serve this route"
+            return JsonReply(400, encode(error_envelope(message, code=400)))
         try:
-            request = request_type.model_validate_json(body)
+            request = self._lib.validate(request_type, body)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             return JsonReply(400, encode(error_envelope(_validation_message(exc), code=400)))
         try:
@@ -727,7 +864,7 @@ class VllmEngine:
         except Exception as exc:
             # What vLLM's own FastAPI exception handlers do with these.
             result = self._lib.create_error_response(exc)
-        return _reply(self._lib, result)
+        return (render or _reply)(self._lib, result)
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         """Count with vLLM's tokenization layer: the model's tokenizer and chat template."""
@@ -793,6 +930,38 @@ def _reply(lib: _Vllm, result: Any) -> Reply:
     if hasattr(result, "__aiter__"):
         return StreamReply(_utf8(result))
     return JsonReply(200, result.model_dump_json().encode())
+
+
+def _responses_reply(lib: _Vllm, result: Any) -> Reply:
+    if isinstance(result, lib.ErrorResponse):
+        return _reply(lib, result)
+    if hasattr(result, "__aiter__"):
+        return StreamReply(_named_events(result))
+    return JsonReply(200, result.model_dump_json(by_alias=True).encode())
+
+
+def _pooled_reply(lib: _Vllm, result: Any) -> Reply:
+    """A pooling layer's answer (an HTTP response of its own) as a reply."""
+    if isinstance(result, lib.ErrorResponse):
+        return _reply(lib, result)
+    body = getattr(result, "body", None)
+    if not isinstance(body, bytes):
+        # The binary encodings ("bytes", "bytes_only") stream raw tensors.
+        message = "this encoding_format is not served: use float or base64"
+        return JsonReply(400, encode(error_envelope(message, code=400)))
+    return JsonReply(int(result.status_code), body)
+
+
+async def _named_events(events: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """Responses stream events as SSE: ``event: <type>`` and the event's JSON, as vLLM sends."""
+    try:
+        async for event in events:
+            kind = getattr(event, "type", "unknown")
+            data = event.model_dump_json(indent=None, by_alias=True)
+            yield f"event: {kind}\ndata: {data}\n\n".encode()
+    finally:
+        # Closing vLLM's generator aborts the request in the engine.
+        await events.aclose()  # type: ignore[attr-defined]
 
 
 async def _utf8(lines: AsyncIterator[str]) -> AsyncIterator[bytes]:

@@ -9,6 +9,7 @@ from cortex_gateway.routes.anthropic import AnthropicRoutes
 from cortex_gateway.routes.endpoint import unrouted
 from cortex_gateway.routes.health import HealthRoutes
 from cortex_gateway.routes.openai import OpenAIRoutes
+from cortex_gateway.routes.responses import ResponsesRoutes
 from cortex_gateway.routes.ui import UiRoutes
 from cortex_gateway.state import Gateway
 
@@ -20,6 +21,7 @@ def api_routes(gateway: Gateway) -> list[Route]:
     return [
         *HealthRoutes(gateway).routes(),
         *OpenAIRoutes(gateway).routes(),
+        *ResponsesRoutes(gateway).routes(),
         *AnthropicRoutes(gateway).routes(),
         *AdminRoutes(gateway).routes(),
         *UiRoutes(gateway).routes(),

@@ -12,9 +12,10 @@ from cortex_core.catalogue import ModelProfile
 from cortex_core.ids import InvalidModelId, parse_model_id
 from cortex_core.text import printable
 from cortex_core.wire import to_builtins
+from cortex_gateway.calls import Call
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
+from cortex_gateway.incoming import decode_body, read_body
 from cortex_gateway.openapi import AdminRequest, ReloadAnswer
-from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
@@ -50,6 +51,7 @@ class AdminRoutes:
         life = self.gateway.lifecycle
         # People read this: show now, not the last poll (a node slow to answer shows as last seen).
         await life.refresh_all(within_s=FRESH_WITHIN_S)
+        status = life.status()
         nodes = [
             {
                 "name": node.name,
@@ -61,23 +63,23 @@ class AdminRoutes:
                 "devices": to_builtins(list(node.devices)),
                 "models": to_builtins(list(node.models)),
             }
-            for node in life.fleet.nodes.values()
+            for node in status.fleet.nodes.values()
         ]
         in_flight = [
             {"node": node, "model": model, "count": count}
-            for (node, model), count in life.in_flight.items()
+            for (node, model), count in status.in_flight.items()
         ]
         now = time.time()
         backoff = [
             {"node": node, "model": model, "failures": state.failures, "until": state.until}
-            for (node, model), state in life.backoffs.items()
+            for (node, model), state in status.backoffs.items()
             if state.until > now
         ]
-        waiting = [{"model": model, "count": count} for model, count in life.waiting.items()]
+        waiting = [{"model": model, "count": count} for model, count in status.waiting.items()]
         return json_response(
             {
                 "nodes": nodes,
-                "loading": sorted(life.loading),
+                "loading": sorted(status.loading),
                 "in_flight": in_flight,
                 "waiting": waiting,
                 "backoff": backoff,
@@ -102,19 +104,19 @@ class AdminRoutes:
 
     async def load(self, request: Request, call: Call) -> Response:
         """``POST /admin/models/load``: place (or put on ``node``) and wait until ready."""
-        pipeline, life = self.gateway.pipeline, self.gateway.lifecycle
-        body = pipeline.decode(await pipeline.read_body(request), AdminRequest)
+        gateway = self.gateway
+        body = decode_body(await read_body(request, gateway.settings), AdminRequest)
+        catalogue = gateway.config.catalogue
         try:
-            model = parse_model_id(pipeline.name(call, body.model))
+            model = parse_model_id(call.name(catalogue, body.model))
         except InvalidModelId as exc:
             raise GatewayError(400, ErrorKind.BAD_REQUEST, printable(str(exc), 500)) from exc
-        life.clear_backoff(model.concrete)  # an operator asks: try again now
-        catalogued = life.catalogue.profile(model.concrete)
+        catalogued = catalogue.profile(model.concrete)
         profile = catalogued or ModelProfile(id=model.concrete, source=model.source)
         if model.source and profile.source != model.source:
             profile = ModelProfile(id=model.concrete, source=model.source, engine=profile.engine)
             catalogued = None
-        if catalogued is None and not self.gateway.config.cortex.gateway.allow_uncatalogued_loads:
+        if catalogued is None and not gateway.settings.allow_uncatalogued_loads:
             raise GatewayError(
                 403,
                 ErrorKind.FORBIDDEN,
@@ -122,7 +124,7 @@ class AdminRoutes:
                 " (allow_uncatalogued_loads is off)",
             )
         if body.node is not None:
-            if body.node not in life.clients:
+            if body.node not in gateway.lifecycle.status().fleet.nodes:
                 raise GatewayError(
                     404, ErrorKind.NOT_FOUND, f"no neuron named '{printable(body.node)}'"
                 )
@@ -134,22 +136,20 @@ class AdminRoutes:
                 priority=profile.priority,
                 memory_gb=profile.memory_gb,
             )
-        node = call.node = await life.ensure_loaded(profile)
+        # An operator asks: its failed loads are forgotten, and it is tried now.
+        node = call.node = await gateway.lifecycle.load(profile)
         return json_response(
             {"model": model.concrete, "node": node, "state": "ready"}, headers=call.headers()
         )
 
     async def unload(self, request: Request, call: Call) -> Response:
         """``POST /admin/models/unload``: from ``node``, or everywhere it is loaded."""
-        pipeline, life = self.gateway.pipeline, self.gateway.lifecycle
-        body = pipeline.decode(await pipeline.read_body(request), AdminRequest)
-        model_id = pipeline.name(call, body.model)
-        nodes = [body.node] if body.node else life.fleet.locations(model_id)
-        nodes = [n for n in nodes if n in life.clients and life.fleet.nodes[n].model(model_id)]
+        gateway = self.gateway
+        body = decode_body(await read_body(request, gateway.settings), AdminRequest)
+        model_id = call.name(gateway.config.catalogue, body.model)
+        nodes = await gateway.lifecycle.unload(model_id, body.node)
         if not nodes:
             raise GatewayError(
                 404, ErrorKind.NOT_FOUND, f"model '{printable(model_id)}' is not loaded"
             )
-        for node in nodes:
-            await life.unload(node, model_id, "admin")
         return json_response({"model": model_id, "nodes": nodes, "state": "unloaded"})

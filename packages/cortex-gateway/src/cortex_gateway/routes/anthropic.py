@@ -9,44 +9,116 @@ events while the client waits.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
 from collections.abc import AsyncIterator
+from functools import partial
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from cortex_core.anthropic import CountTokensRequest, CountTokensResponse, MessagesRequest
-from cortex_core.neuron_api import TokenizeRequest
+from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse
 from cortex_core.openai import ChatCompletion
 from cortex_core.wire import WireError, decode, encode
 from cortex_gateway.bodies import MessagesView
+from cortex_gateway.calls import Call
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface, anthropic_type
+from cortex_gateway.incoming import decode_body, read_body
 from cortex_gateway.metering import Meter
-from cortex_gateway.neurons import NeuronCallError
-from cortex_gateway.pipeline import Call, Connection
+from cortex_gateway.neurons import NeuronApi, NeuronCallError
+from cortex_gateway.pipeline import EarlyStart
 from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
-from cortex_gateway.sse import SseParser
 from cortex_gateway.state import Gateway
 from cortex_gateway.translate.anthropic import (
     StreamTranslator,
     from_openai,
     openai_messages_for_tokenize,
+    relay,
     sse_event,
     to_openai,
 )
 
-__all__ = ["AnthropicRoutes"]
+__all__ = ["AnthropicRoutes", "MessagesForward"]
 
 CHAT = "/chat/completions"
 READY_WITHIN_S = 1.0
-"""A stream whose upstream answers this fast starts with a status; later, it starts at once."""
+"""A stream whose model is ready starts with a status; one still waiting after this, at once."""
 PING_EVERY_S = 2.0
 """While a cold load keeps a stream waiting, a ``ping`` event this often."""
-PING = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+class MessagesForward:
+    """An Anthropic message sent as an OpenAI chat request, its answer back (the adapter)."""
+
+    path = CHAT
+
+    def __init__(self, body: bytes, message: MessagesRequest) -> None:
+        self.model = message.model
+        self.streaming = bool(message.stream)
+        self._body = body
+        self._message = message
+        self._concrete = message.model
+        self._translator: StreamTranslator | None = None
+
+    @property
+    def early_start(self) -> EarlyStart:
+        """A stream starts before its model is ready, and pings while it waits."""
+        return EarlyStart(READY_WITHIN_S, PING_EVERY_S)
+
+    def prompt(self) -> bytes:
+        """The raw JSON of the system prompt, then of the messages."""
+        return decode_body(self._body, MessagesView).rendered
+
+    def prepare(self, model: str) -> bytes:
+        """The OpenAI chat request for ``model``."""
+        self._concrete = model
+        return encode(to_openai(self._message, model))
+
+    def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
+        """The chat completion as an Anthropic message (a malformed one is a 502)."""
+        try:
+            answer = decode(data, ChatCompletion)
+        except WireError as exc:
+            raise GatewayError(
+                502,
+                ErrorKind.UPSTREAM,
+                "the model server's answer was malformed",
+                error=exc.message,
+            ) from exc
+        meter.usage = answer.usage
+        message = from_openai(answer, self._concrete, self._message.stop_sequences)
+        return json_response(message, headers=call.headers())
+
+    def stream(
+        self, call: Call, chunks: AsyncIterator[bytes], meter: Meter
+    ) -> AsyncIterator[bytes]:
+        """The chunk stream as Anthropic stream events."""
+        stop = self._message.stop_sequences
+        self._translator = translator = StreamTranslator(self._concrete, stop_sequences=stop)
+        return relay(translator, chunks, meter)
+
+    def render_error(self, error: GatewayError) -> bytes:
+        """One bare ``error`` event (nothing if the message already ended)."""
+        assert self._translator is not None, "a stream fails only once it has started"
+        failed = self._translator.fail(error.message, anthropic_type(error.status))
+        return b"".join(sse_event(event) for event in failed)
+
+
+async def _count(counted: CountTokensRequest, client: NeuronApi, model: str) -> TokenizeResponse:
+    """The prompt's tokens, by the model's own tokenizer and chat template on its node."""
+    messages, tools = openai_messages_for_tokenize(counted)
+    try:
+        return await client.tokenize(TokenizeRequest(model=model, messages=messages, tools=tools))
+    except NeuronCallError as exc:
+        raise GatewayError(
+            400 if exc.upstream_status == 400 else 502,
+            ErrorKind.UPSTREAM,
+            "the model server could not count the tokens",
+            error=str(exc),
+            url=client.base_url,
+            upstream_status=exc.upstream_status,
+        ) from exc
 
 
 class AnthropicRoutes:
@@ -69,117 +141,13 @@ class AnthropicRoutes:
 
     async def messages(self, request: Request, call: Call) -> Response:
         """``POST /v1/messages``."""
-        pipeline = self.gateway.pipeline
-        body = await pipeline.read_body(request)
-        message = pipeline.decode(body, MessagesRequest)
-        model = pipeline.name(call, message.model)
-        pipeline.score(call, lambda: pipeline.decode(body, MessagesView).rendered)
-        forwarded = encode(to_openai(message, model))
-        if message.stream:
-            return await self._stream(call, message, forwarded)
-        conn = await pipeline.connect(call, CHAT, forwarded, request=request)
-        meter = Meter(started=call.started, first_byte=time.monotonic())
-        data = await pipeline.read(conn)
-        try:
-            answer = decode(data, ChatCompletion)
-        except WireError as exc:
-            raise GatewayError(
-                502,
-                ErrorKind.UPSTREAM,
-                "the model server's answer was malformed",
-                error=exc.message,
-            ) from exc
-        meter.usage = answer.usage
-        pipeline.finish(call, 200, meter)
-        return json_response(
-            from_openai(answer, model, message.stop_sequences), headers=call.headers()
-        )
-
-    async def _stream(self, call: Call, message: MessagesRequest, forwarded: bytes) -> Response:
-        pipeline = self.gateway.pipeline
-        assert call.model is not None
-        connecting: asyncio.Future[Connection] = asyncio.ensure_future(
-            pipeline.connect(call, CHAT, forwarded)
-        )
-        if self.gateway.lifecycle.serving(call.model) is not None:
-            # Ready somewhere: commit to a stream only once the upstream has answered,
-            # so a refusal or a failure is a real HTTP status.
-            await connecting
-        else:
-            # A load to wait for: failures that come at once still get a status; a
-            # load that takes time is waited for inside the stream, with pings.
-            await asyncio.wait({connecting}, timeout=READY_WITHIN_S)
-            if connecting.done() and connecting.exception() is not None:
-                connecting.result()
-        translator = StreamTranslator(call.model, stop_sequences=message.stop_sequences)
-        meter = Meter(started=call.started)
-
-        async def events() -> AsyncIterator[bytes]:
-            for started in translator.start():
-                yield sse_event(started)
-            while not connecting.done():
-                await asyncio.wait({connecting}, timeout=PING_EVERY_S)
-                if not connecting.done():
-                    yield PING
-            conn = connecting.result()
-            meter.first_byte = time.monotonic()
-            parser = SseParser()
-            async for chunk in pipeline.chunks(conn):
-                now = time.monotonic()
-                out = []
-                for sse in parser.feed(chunk):
-                    if sse.data is None:
-                        continue
-                    events_of, decoded = translator.feed_data(sse.data)
-                    if decoded is not None:
-                        meter.observe_chunk(decoded, now)
-                    out += [sse_event(event) for event in events_of]
-                    if translator.done:
-                        break
-                if out:
-                    yield b"".join(out)
-                if translator.done:
-                    return
-            for translated in translator.finish():
-                yield sse_event(translated)
-
-        def render(error: GatewayError) -> bytes:
-            failed = translator.fail(error.message, anthropic_type(error.status))
-            return b"".join(sse_event(event) for event in failed)
-
-        def close() -> None:
-            if not connecting.done():
-                connecting.cancel()  # the load it may wait for carries on
-            elif not connecting.cancelled() and connecting.exception() is None:
-                connecting.result().close()
-            else:
-                with contextlib.suppress(BaseException):
-                    connecting.exception()  # retrieved: no "never retrieved" warning
-
-        return pipeline.stream(call, events(), meter, render=render, close=close)
+        body = await read_body(request, self.gateway.settings)
+        message = decode_body(body, MessagesRequest)
+        return await self.gateway.pipeline.forward(request, call, MessagesForward(body, message))
 
     async def count_tokens(self, request: Request, call: Call) -> Response:
         """``POST /v1/messages/count_tokens``, counted by the routed model's own tokenizer."""
-        pipeline = self.gateway.pipeline
-        counted = pipeline.decode(await pipeline.read_body(request), CountTokensRequest)
-        model = pipeline.name(call, counted.model)
-        lease = await pipeline.acquire(call, request=request)
-        messages, tools = openai_messages_for_tokenize(counted)
-        client = self.gateway.lifecycle.clients[lease.node]
-        try:
-            answer = await client.tokenize(
-                TokenizeRequest(model=model, messages=messages, tools=tools)
-            )
-        except NeuronCallError as exc:
-            raise GatewayError(
-                400 if exc.upstream_status == 400 else 502,
-                ErrorKind.UPSTREAM,
-                "the model server could not count the tokens",
-                error=str(exc),
-                url=client.base_url,
-                upstream_status=exc.upstream_status,
-            ) from exc
-        finally:
-            lease.release()
-        pipeline.finish(call, 200, Meter(started=call.started))
+        counted = decode_body(await read_body(request, self.gateway.settings), CountTokensRequest)
+        question = partial(_count, counted)
+        answer = await self.gateway.pipeline.ask(request, call, counted.model, question)
         return json_response(CountTokensResponse(input_tokens=answer.count), headers=call.headers())

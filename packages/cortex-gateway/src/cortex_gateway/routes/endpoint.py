@@ -1,25 +1,20 @@
-"""How every route is wrapped: its API key checked, its failures answered and recorded once."""
+"""How every route is wrapped: handed to the pipeline, which checks its key and answers failures."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-from cortex_gateway.errors import ErrorKind, GatewayError, Surface, internal_error
-from cortex_gateway.pipeline import Call, ClientGone
+from cortex_gateway.errors import ErrorKind, GatewayError, Surface
+from cortex_gateway.pipeline import Handler, RouteSpec
 from cortex_gateway.state import Gateway
 
 __all__ = ["Endpoint", "Handler", "endpoint", "unrouted"]
 
-log = logging.getLogger(__name__)
-
-Handler = Callable[[Request, Call], Awaitable[Response]]
-"""A route's own work, given the request and its :class:`~cortex_gateway.pipeline.Call`."""
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -37,24 +32,10 @@ def endpoint(
     Every route but the ``public`` ones takes a key (an admin key on ``admin``
     routes); every POST must declare a JSON body.
     """
+    spec = RouteSpec(handler, surface, public=public, admin=admin)
 
     async def run(request: Request) -> Response:
-        pipeline = gateway.pipeline
-        call = pipeline.begin(request, handler, surface)
-        try:
-            if not public:
-                pipeline.authorize(request, admin=admin)
-            if request.method == "POST":
-                pipeline.require_json(request)
-            return await work(request, call)
-        except GatewayError as exc:
-            return pipeline.error_response(call, exc)
-        except (ClientDisconnect, ClientGone):
-            return pipeline.gone(call)
-        except Exception as exc:
-            error = internal_error()
-            error.__cause__ = exc
-            return pipeline.error_response(call, error)
+        return await gateway.pipeline.handle(request, spec, work)
 
     return run
 
@@ -64,16 +45,15 @@ def unrouted(gateway: Gateway) -> dict[Any, Callable[[Request, Exception], Await
 
     async def answer(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 404
-        path = request.url.path
-        surface = Surface.ANTHROPIC if path.startswith("/v1/messages") else Surface.OPENAI
-        pipeline = gateway.pipeline
-        call = pipeline.begin(request, "unrouted", surface)
+        surface = (
+            Surface.ANTHROPIC if request.url.path.startswith("/v1/messages") else Surface.OPENAI
+        )
         if status == 405:
             error = GatewayError(
                 405, ErrorKind.BAD_REQUEST, f"{request.method} is not allowed here"
             )
         else:
             error = GatewayError(404, ErrorKind.NOT_FOUND, "no such route")
-        return pipeline.error_response(call, error)
+        return gateway.pipeline.refuse(request, "unrouted", surface, error)
 
     return {404: answer, 405: answer}

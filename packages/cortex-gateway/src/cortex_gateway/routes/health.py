@@ -11,9 +11,9 @@ from starlette.routing import Route
 
 from cortex_core.wire import encode
 from cortex_gateway import __version__
+from cortex_gateway.calls import Call
 from cortex_gateway.errors import Surface
 from cortex_gateway.openapi import openapi_document
-from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import endpoint
 from cortex_gateway.state import Gateway

@@ -1,14 +1,18 @@
-"""The OpenAI API: ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions``.
+"""The OpenAI API: ``/v1/models``, chat and legacy completions, embeddings, rerank and score.
 
 The body is read bounded and only ``model``, ``stream`` and
 ``stream_options`` are decoded; the model is rewritten to its concrete id in
 the raw bytes and everything else is forwarded as it came. Answers come back
 byte for byte; streams pass event by event while the metering reads them.
+Embeddings, rerank and score go to models with ``task = "embed"``: they
+generate nothing, so they count prompt tokens only and have no time to first
+token. (``/v1/responses`` has its own module: ``routes/responses.py``.)
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -17,19 +21,72 @@ from starlette.routing import Route
 from cortex_core.text import printable
 from cortex_core.wire import WireError, encode
 from cortex_gateway.bodies import RequestView, rewrite_model
+from cortex_gateway.calls import Call
 from cortex_gateway.catalogue_view import find_model, list_models
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
+from cortex_gateway.incoming import decode_body, read_body
 from cortex_gateway.metering import Meter, meter_stream, usage_of
-from cortex_gateway.pipeline import Call
+from cortex_gateway.pipeline import EarlyStart
 from cortex_gateway.responses import JSON, json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
 
-__all__ = ["OpenAIRoutes"]
+__all__ = ["OpenAIRequest", "OpenAIRoutes", "PoolingRequest"]
 
 
-def _stream_error(error: GatewayError) -> bytes:
-    return b"data: " + encode(error.openai()) + b"\n\n"
+class OpenAIRequest:
+    """An OpenAI inference request, forwarded as it came but for its model (the adapter)."""
+
+    early_start: EarlyStart | None = None
+    """A stream starts once the upstream has answered: its status is a real status."""
+
+    def __init__(self, path: str, body: bytes, view: RequestView) -> None:
+        self.path = path
+        self.model = view.model
+        self.streaming = view.stream
+        self._body = body
+        self._view = view
+        # Ask for usage on streams, to count tokens; the extra chunk goes again on the way back.
+        self._strip_usage = view.stream and not view.wants_usage
+
+    def prompt(self) -> bytes:
+        """The raw JSON of the messages (or the prompt)."""
+        return self._view.rendered
+
+    def prepare(self, model: str) -> bytes:
+        """The body as it came, with ``model`` (and the usage chunk asked for on a stream)."""
+        try:
+            return rewrite_model(self._body, model, include_usage=self._strip_usage)
+        except WireError as exc:
+            raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
+
+    def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
+        """The upstream's answer, byte for byte."""
+        meter.usage = usage_of(data)
+        return Response(data, status_code=status, media_type=JSON, headers=call.headers())
+
+    def stream(
+        self, call: Call, chunks: AsyncIterator[bytes], meter: Meter
+    ) -> AsyncIterator[bytes]:
+        """The upstream's events, metered as they pass."""
+        return meter_stream(chunks, meter, strip_usage=self._strip_usage)
+
+    def render_error(self, error: GatewayError) -> bytes:
+        """A data event holding the OpenAI error envelope."""
+        return b"data: " + encode(error.openai()) + b"\n\n"
+
+
+class PoolingRequest(OpenAIRequest):
+    """An embeddings, rerank or score request: forwarded as it came; it generates nothing."""
+
+    def prompt(self) -> bytes:
+        """Nothing to route by: a pooling request goes to the least busy node."""
+        return b""
+
+    def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
+        """The upstream's answer, byte for byte; its usage is prompt tokens only."""
+        meter.generated = False
+        return super().answer(call, status, data, meter)
 
 
 class OpenAIRoutes:
@@ -51,18 +108,23 @@ class OpenAIRoutes:
             r("/v1/models/{model:path}", "models", self.model, ["GET"]),
             r("/v1/chat/completions", "chat_completions", self.chat, ["POST"]),
             r("/v1/completions", "completions", self.completions, ["POST"]),
+            r("/v1/embeddings", "embeddings", self.embeddings, ["POST"]),
+            r("/v1/rerank", "rerank", self.rerank, ["POST"]),
+            r("/v1/score", "score", self.score, ["POST"]),
         ]
 
     async def models(self, request: Request, call: Call) -> Response:
         """``GET /v1/models``: the catalogue merged with what the fleet has loaded."""
-        life = self.gateway.lifecycle
-        return json_response(list_models(life.catalogue, life.fleet, life.backoffs, time.time()))
+        status = self.gateway.lifecycle.status()
+        return json_response(
+            list_models(status.catalogue, status.fleet, status.backoffs, time.time())
+        )
 
     async def model(self, request: Request, call: Call) -> Response:
         """``GET /v1/models/{id}``: one entry (ids with a slash arrive %2F-encoded or not)."""
-        life = self.gateway.lifecycle
+        status = self.gateway.lifecycle.status()
         model_id = call.model = request.path_params["model"]
-        entry = find_model(model_id, life.catalogue, life.fleet, life.backoffs, time.time())
+        entry = find_model(model_id, status.catalogue, status.fleet, status.backoffs, time.time())
         if entry is None:
             raise GatewayError(
                 404, ErrorKind.NOT_FOUND, f"model '{printable(model_id)}' does not exist"
@@ -77,26 +139,25 @@ class OpenAIRoutes:
         """``POST /v1/completions``."""
         return await self._forward(request, call, "/completions")
 
-    async def _forward(self, request: Request, call: Call, path: str) -> Response:
-        pipeline = self.gateway.pipeline
-        body = await pipeline.read_body(request)
-        view = pipeline.decode(body, RequestView)
-        model = pipeline.name(call, view.model)
-        pipeline.score(call, lambda: view.rendered)
-        # Ask for usage on streams, to count tokens; the extra chunk goes again on the way back.
-        strip_usage = view.stream and not view.wants_usage
-        try:
-            forwarded = rewrite_model(body, model, include_usage=strip_usage)
-        except WireError as exc:
-            raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
-        conn = await pipeline.connect(call, path, forwarded, request=request)
-        meter = Meter(started=call.started, first_byte=time.monotonic())
-        if not conn.upstream.streaming:
-            data = await pipeline.read(conn)
-            meter.usage = usage_of(data)
-            pipeline.finish(call, conn.upstream.status, meter)
-            return Response(
-                data, status_code=conn.upstream.status, media_type=JSON, headers=call.headers()
-            )
-        events = meter_stream(pipeline.chunks(conn), meter, strip_usage=strip_usage)
-        return pipeline.stream(call, events, meter, render=_stream_error, close=conn.close)
+    async def embeddings(self, request: Request, call: Call) -> Response:
+        """``POST /v1/embeddings``."""
+        return await self._forward(request, call, "/embeddings", PoolingRequest)
+
+    async def rerank(self, request: Request, call: Call) -> Response:
+        """``POST /v1/rerank``."""
+        return await self._forward(request, call, "/rerank", PoolingRequest)
+
+    async def score(self, request: Request, call: Call) -> Response:
+        """``POST /v1/score``."""
+        return await self._forward(request, call, "/score", PoolingRequest)
+
+    async def _forward(
+        self,
+        request: Request,
+        call: Call,
+        path: str,
+        adapter: type[OpenAIRequest] = OpenAIRequest,
+    ) -> Response:
+        body = await read_body(request, self.gateway.settings)
+        view = decode_body(body, RequestView)
+        return await self.gateway.pipeline.forward(request, call, adapter(path, body, view))

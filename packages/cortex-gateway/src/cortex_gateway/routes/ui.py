@@ -29,9 +29,9 @@ from starlette.routing import Route
 from cortex_core.wire import encode
 from cortex_gateway import __version__
 from cortex_gateway.activity import ALL, Event
+from cortex_gateway.calls import Call
 from cortex_gateway.dashboard import snapshot, stamped
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
-from cortex_gateway.pipeline import Call
 from cortex_gateway.responses import JSON, ClosingStream, json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.sse import named_event
@@ -70,6 +70,11 @@ async def _nothing() -> None:
     """A stream of the dashboard holds nothing to give back when it ends."""
 
 
+def _same(before: tuple[object, ...], now: tuple[object, ...]) -> bool:
+    """Whether a snapshot's sources are unchanged: fleet and catalogue by identity, the rest."""
+    return before[0] is now[0] and before[1] is now[1] and before[2:] == now[2:]
+
+
 class UiRoutes:
     """The dashboard over a :class:`~cortex_gateway.state.Gateway`."""
 
@@ -77,7 +82,7 @@ class UiRoutes:
         self.gateway = gateway
         self._files = {name: _asset(name) for name in (PAGE, *ASSETS)}
         self._shared: dict[bool, tuple[tuple[object, ...], bytes]] = {}
-        """The encoded snapshot per admin flag, and what it was taken from."""
+        """The encoded snapshot per admin flag, and what it was taken from (kept alive)."""
 
     def routes(self) -> list[Route]:
         """The page and assets (open), the snapshot, activity and event stream (keyed)."""
@@ -107,11 +112,7 @@ class UiRoutes:
         return Response(self._files[name], media_type=ASSETS[name], headers=SECURITY_HEADERS)
 
     def _admin(self, request: Request) -> bool:
-        try:
-            self.gateway.pipeline.authorize(request, admin=True)
-        except GatewayError:
-            return False
-        return True
+        return self.gateway.pipeline.keys.admits(request, admin=True)
 
     def _snapshot(self, admin: bool) -> bytes:
         """The encoded snapshot, built again only when what it shows may have changed.
@@ -119,26 +120,23 @@ class UiRoutes:
         Shared by every open page: a fleet of 200 models takes milliseconds to
         snapshot, and the event loop carries every request's tokens.
         """
-        life = self.gateway.lifecycle
+        status, timeline = self.gateway.lifecycle.status(), self.gateway.timeline
+        # The fleet and catalogue themselves, compared by identity: an id alone could be
+        # reused by a newer snapshot once the one it named is gone.
         source = (
-            id(life.fleet),
-            id(life.catalogue),
-            life.leases.version,
-            life.timeline.last,
-            sum(life.waiting.values()),
+            status.fleet,
+            status.catalogue,
+            status.leases_taken,
+            timeline.last,
+            sum(status.waiting.values()),
         )
         shared = self._shared.get(admin)
-        if shared is not None and shared[0] == source:
+        if shared is not None and _same(shared[0], source):
             return shared[1]
         encoded = encode(
             snapshot(
-                life.catalogue,
-                life.fleet,
-                since=life.since,
-                in_flight=life.in_flight,
-                waiting=life.waiting,
-                backoffs=life.backoffs,
-                events=life.timeline.since(0),
+                status,
+                events=timeline.since(0),
                 admin=admin,
                 version=__version__,
             )
@@ -154,10 +152,8 @@ class UiRoutes:
     async def activity(self, request: Request, call: Call) -> Response:
         """``GET /ui/activity?model=ID``: one model's last minutes (all models without one)."""
         model = request.query_params.get("model", ALL)
-        series = self.gateway.pipeline.series
-        known = (
-            model == ALL or model in series.models() or model in self.gateway.lifecycle.catalogue
-        )
+        series = self.gateway.series
+        known = model == ALL or model in series.models() or model in self.gateway.config.catalogue
         if not known:
             raise GatewayError(404, ErrorKind.NOT_FOUND, "no activity for that model")
         return json_response(series.view(model), headers=SECURITY_HEADERS)
@@ -172,13 +168,14 @@ class UiRoutes:
         Every timeline event kept comes first; a new one wakes the stream at once.
         """
         gateway, life = self.gateway, self.gateway.lifecycle
-        series = gateway.pipeline.series
+        series = gateway.series
         woken = asyncio.Event()
 
         def wake(event: Event) -> None:
             woken.set()
 
-        life.timeline.listeners.append(wake)
+        timeline = gateway.timeline
+        timeline.listeners.append(wake)
         try:
             yield f"retry: {RETRY_MS}\n\n".encode()
             sent_snapshot = b""
@@ -191,7 +188,7 @@ class UiRoutes:
                 if data != sent_snapshot or now - sent_at >= HEARTBEAT_S:
                     yield named_event("snapshot", stamped(data, time.time()))
                     sent_snapshot, sent_at = data, now
-                fresh = life.timeline.since(seq)
+                fresh = timeline.since(seq)
                 if fresh:
                     seq = fresh[-1].seq
                     yield named_event("timeline", encode(fresh))
@@ -205,4 +202,4 @@ class UiRoutes:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken.wait(), TICK_S)
         finally:
-            life.timeline.listeners.remove(wake)
+            timeline.listeners.remove(wake)

@@ -26,7 +26,7 @@ import contextlib
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from cortex_core import scripted
 from cortex_core.config import GatewayConfig, load_gateway_config
+from cortex_core.embeddings import EmbeddingRequest, RerankRequest, ScoreRequest
 from cortex_core.ids import parse_model_id
 from cortex_core.neuron_api import (
     ERROR_STATUS,
@@ -51,6 +53,8 @@ from cortex_core.neuron_api import (
     error_response,
 )
 from cortex_core.openai import ChatCompletionRequest, CompletionRequest
+from cortex_core.responses_api import ResponsesRequest
+from cortex_core.tasks import wrong_task
 from cortex_core.units import GIB
 from cortex_core.wire import WireError, decode
 from cortex_gateway.neurons import NeuronCallError, UpstreamError
@@ -230,7 +234,9 @@ class ScriptedNode:
         self.models.pop(model_id, None)
         self._memory.pop(model_id, None)
 
-    def put(self, model_id: str, state: str, *, memory_gib: float = 1.0) -> None:
+    def put(
+        self, model_id: str, state: str, *, memory_gib: float = 1.0, task: str = "generate"
+    ) -> None:
         """Hold ``model_id`` in ``state`` (any string: a newer neuron's states too)."""
         memory = int(memory_gib * GIB)
         self._memory[model_id] = [memory]
@@ -241,6 +247,7 @@ class ScriptedNode:
             memory_bytes=memory,
             loaded_at=time.time(),
             last_used=time.time(),
+            task=task,
         )
 
     # --- what a neuron reports ---------------------------------------------------------
@@ -291,8 +298,10 @@ class ScriptedNode:
             return None
         return sorted(order)
 
-    async def load(self, model: ScriptedModel, options: Mapping[str, Any]) -> ModelInfo:
-        """Preflight, then start (taking ``load_s``); fail as ``model`` says."""
+    async def load(
+        self, model: ScriptedModel, options: Mapping[str, Any], task: str = "generate"
+    ) -> ModelInfo:
+        """Preflight, then start (taking ``load_s``) for ``task``; fail as ``model`` says."""
         needed = int(model.memory_gib * GIB)
         tp = options.get("tensor_parallel_size", 1)
         tp = tp if isinstance(tp, int) and tp > 0 else 1
@@ -315,7 +324,12 @@ class ScriptedNode:
                 )
             devices, shares = [], [needed]
         info = ModelInfo(
-            id=model.id, state="loading", devices=devices, memory_bytes=needed, phase="starting"
+            id=model.id,
+            state="loading",
+            devices=devices,
+            memory_bytes=needed,
+            phase="starting",
+            task=task,
         )
         self.models[model.id] = info
         self._memory[model.id] = shares
@@ -324,7 +338,10 @@ class ScriptedNode:
         if model.fail is not None:
             self._memory.pop(model.id, None)
             self.models[model.id] = ModelInfo(
-                id=model.id, state="failed", error=f"scripted failure: {model.fail}"
+                id=model.id,
+                state="failed",
+                error=f"scripted failure: {model.fail}",
+                task=task,
             )
             raise _neuron_error(model.fail, f"scripted failure: {model.fail}")
         now = time.time()
@@ -336,6 +353,7 @@ class ScriptedNode:
             loaded_at=now,
             last_used=now,
             max_model_len=2048,
+            task=task,
         )
         self.models[model.id] = ready
         self.loads += 1
@@ -361,21 +379,28 @@ class ScriptedNode:
     def answer(self, path: str, request: dict[str, Any], body: bytes = b"") -> ScriptedAnswer:
         """The next queued answer, else the default reply to ``request``.
 
-        A body that is no valid OpenAI request is refused (400, relayable), as
-        vLLM's own validation does.
+        A body that is no valid request of its route is refused (400,
+        relayable), as vLLM's own validation does; so is a route that is not
+        for the model's task, as a neuron refuses it.
         """
         if self.answers:
             return self.answers.popleft()
         model = str(request.get("model"))
-        if not self.ready(model):
+        info = self.models.get(model)
+        if info is None or info.state != "ready":
             return JsonAnswer(_error_body(404, f"The model `{model}` does not exist."), 404)
-        chat = path.endswith("/chat/completions")
+        if (wrong := wrong_task(model, info.task, path)) is not None:
+            return JsonAnswer(_error_body(400, wrong), 400, relayable=True)
+        route = "/" + path.split("/v1/", 1)[-1]
+        wire, reply = _ROUTES.get(route, _ROUTES["/completions"])
         try:
-            decode(
-                body or json.dumps(request), ChatCompletionRequest if chat else CompletionRequest
-            )
+            decode(body or json.dumps(request), wire)
         except WireError as exc:
             return JsonAnswer(_error_body(400, exc.message), 400, relayable=True)
+        return reply(self, model, request, route)
+
+    def _generated(self, model: str, request: dict[str, Any], route: str) -> ScriptedAnswer:
+        chat = route == "/chat/completions"
         if request.get("stream"):
             return StreamAnswer(self._events(model, request, chat), delay_s=self.chunk_delay_s)
         choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
@@ -392,6 +417,21 @@ class ScriptedNode:
             "usage": _usage(self.reply),
         }
         return JsonAnswer(json.dumps(completion).encode(), delay_s=self.answer_delay_s)
+
+    def _responses(self, model: str, request: dict[str, Any], route: str) -> ScriptedAnswer:
+        if request.get("stream"):
+            events = scripted.response_events(request, self.reply)
+            return StreamAnswer(events, delay_s=self.chunk_delay_s)
+        answer = scripted.response_object(request, self.reply)
+        return JsonAnswer(json.dumps(answer).encode(), delay_s=self.answer_delay_s)
+
+    def _pooled(self, model: str, request: dict[str, Any], route: str) -> ScriptedAnswer:
+        answers = {
+            "/embeddings": scripted.embeddings_answer,
+            "/rerank": scripted.rerank_answer,
+            "/score": scripted.score_answer,
+        }
+        return JsonAnswer(json.dumps(answers[route](request)).encode())
 
     def _events(self, model: str, request: dict[str, Any], chat: bool) -> list[bytes]:
         kind = "chat.completion.chunk" if chat else "text_completion"
@@ -422,6 +462,18 @@ class ScriptedNode:
             events.append(b"data: " + json.dumps(final).encode() + b"\n\n")
         events.append(b"data: [DONE]\n\n")
         return events
+
+
+_Reply = Callable[[ScriptedNode, str, dict[str, Any], str], ScriptedAnswer]
+_ROUTES: dict[str, tuple[type[Any], _Reply]] = {
+    "/chat/completions": (ChatCompletionRequest, ScriptedNode._generated),
+    "/completions": (CompletionRequest, ScriptedNode._generated),
+    "/responses": (ResponsesRequest, ScriptedNode._responses),
+    "/embeddings": (EmbeddingRequest, ScriptedNode._pooled),
+    "/rerank": (RerankRequest, ScriptedNode._pooled),
+    "/score": (ScoreRequest, ScriptedNode._pooled),
+}
+"""Each OpenAI route: the request type its bodies must decode as, and its scripted answer."""
 
 
 def _neuron_error(
@@ -482,7 +534,8 @@ class ScriptedClient:
         if model is None:
             raise _neuron_error("model_not_found", f"{concrete} is not in any source")
         try:
-            return await asyncio.wait_for(self.node.load(model, request.options), limit_s)
+            load = self.node.load(model, request.options, request.task)
+            return await asyncio.wait_for(load, limit_s)
         except TimeoutError:
             raise NeuronCallError("TimeoutError") from None
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from hypercorn.asyncio import serve
 
-from cortex_core.serving import server_config
+from cortex_core.runtime.serving import server_config
 from cortex_core.testing import free_port
 from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway

@@ -327,6 +327,7 @@ function nameCell(model) {
   const name = el("td", { class: "id" }, el("span", { class: "model-id", text: model.id }));
   if (model.alias_of) name.append(el("span", { class: "tag", text: "alias → " + model.alias_of }));
   if (model.pinned) name.append(el("span", { class: "tag", text: "pinned" }));
+  if (model.task !== "generate") name.append(el("span", { class: "tag", text: model.task === "embed" ? "embeddings" : model.task }));
   if (!model.catalogued && !model.alias_of) name.append(el("span", { class: "tag", text: "not in catalogue" }));
   if (model.memory_bytes) name.append(el("span", { class: "tag", text: gib(model.memory_bytes) }));
   return name;
@@ -356,7 +357,7 @@ function pendingFor(model) {
 }
 
 const CELLS = [
-  { key: (m) => JSON.stringify([m.alias_of, m.pinned, m.catalogued, m.memory_bytes]), build: nameCell },
+  { key: (m) => JSON.stringify([m.alias_of, m.pinned, m.task, m.catalogued, m.memory_bytes]), build: nameCell },
   { key: (m) => JSON.stringify([m.alias_of, m.placements, m.backoff]), build: whereCell },
   { key: (m) => m.in_flight + "+" + m.waiting,
     build: (m) => el("td", { text: String(m.in_flight) + (m.waiting ? " (+" + m.waiting + " waiting)" : "") }) },
@@ -589,7 +590,8 @@ function chart(canvas, lines, format) {
 
 function renderTryModels(models) {
   const select = $("try-model");
-  const ids = models.map((m) => m.id);
+  // The chat box chats: embedding models (task "embed") have nothing to say.
+  const ids = models.filter((m) => m.task === "generate").map((m) => m.id);
   const current = Array.from(select.options, (o) => o.value);
   if (current.join("\n") === ids.join("\n")) return;
   const chosen = select.value;

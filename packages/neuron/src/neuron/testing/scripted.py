@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cortex_core import scripted
 from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse
 from neuron.engine import (
     EngineError,
@@ -42,6 +43,8 @@ ENGINE_OPTIONS = frozenset(
         "reasoning_parser",
         "gguf_file",
         "engine_process",
+        "runner",
+        "convert",
     }
 )
 
@@ -90,6 +93,37 @@ class ScriptedEngine:
         if request.get("stream"):
             return StreamReply(self._stream(request, "text_completion"))
         return JsonReply(200, json.dumps(self._completion(request, chat=False)).encode())
+
+    async def responses(self, body: bytes) -> Reply:
+        """A Responses answer (or its stream of named events) saying ``reply``."""
+        request = json.loads(body)
+        self.requests.append(request)
+        if request.get("stream"):
+            return StreamReply(self._events(scripted.response_events(request, self.reply)))
+        return JsonReply(200, json.dumps(scripted.response_object(request, self.reply)).encode())
+
+    async def embeddings(self, body: bytes) -> Reply:
+        """An embedding per input text, derived from the text's hash."""
+        request = json.loads(body)
+        self.requests.append(request)
+        return JsonReply(200, json.dumps(scripted.embeddings_answer(request)).encode())
+
+    async def rerank(self, body: bytes) -> Reply:
+        """The documents ordered by their scripted similarity to the query."""
+        request = json.loads(body)
+        self.requests.append(request)
+        return JsonReply(200, json.dumps(scripted.rerank_answer(request)).encode())
+
+    async def score(self, body: bytes) -> Reply:
+        """The scripted similarity of each document to the query."""
+        request = json.loads(body)
+        self.requests.append(request)
+        return JsonReply(200, json.dumps(scripted.score_answer(request)).encode())
+
+    async def _events(self, events: list[bytes]) -> AsyncIterator[bytes]:
+        for event in events:
+            yield event
+            await asyncio.sleep(self.chunk_delay)
 
     def _completion(self, request: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
         words = len(self.reply.split())

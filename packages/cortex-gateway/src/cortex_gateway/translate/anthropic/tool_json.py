@@ -17,7 +17,8 @@ __all__ = ["ObjectScanner", "parse_tool_arguments"]
 
 _START, _OBJ_FIRST, _OBJ_KEY, _COLON, _VALUE, _ARR_FIRST, _AFTER = range(7)
 _STRING, _ESCAPE, _UNICODE, _HIGH, _NUMBER, _LITERAL, _END = range(7, 14)
-_SKIPS_SPACE = frozenset({_START, _OBJ_FIRST, _OBJ_KEY, _COLON, _VALUE, _ARR_FIRST, _AFTER})
+_STRUCTURE = frozenset({_START, _OBJ_FIRST, _OBJ_KEY, _COLON, _VALUE, _ARR_FIRST, _AFTER})
+"""States between values, where whitespace is skipped."""
 _N_SIGN, _N_ZERO, _N_INT, _N_DOT, _N_FRAC, _N_E, _N_ESIGN, _N_EXP = range(8)
 _NUMBER_ENDS = frozenset({_N_ZERO, _N_INT, _N_FRAC, _N_EXP})
 _STRING_RUN = re.compile(r'[^"\\\x00-\x1f]+')
@@ -118,10 +119,23 @@ class ObjectScanner:
     def _step(self, ch: str, out: list[str]) -> bool:
         """Take one character outside a string run; False when it must be read again."""
         state = self._state
-        if state in _SKIPS_SPACE and ch in " \t\n\r":
-            if state != _START:
-                out.append(ch)
+        if state in _STRUCTURE:
+            if ch in " \t\n\r":
+                if state != _START:
+                    out.append(ch)
+            else:
+                self._structure(ch, out)
             return True
+        if state == _NUMBER:
+            return self._number_char(ch, out)
+        if state == _LITERAL:
+            self._literal_char(ch, out)
+            return True
+        return self._escape(ch, out)
+
+    def _structure(self, ch: str, out: list[str]) -> None:
+        """A character between values: braces, brackets, keys, colons, commas."""
+        state = self._state
         if state == _START:
             if ch == "{":
                 self._open(ch, out)
@@ -144,36 +158,42 @@ class ObjectScanner:
                 self.broken = True
         elif state in (_VALUE, _ARR_FIRST):
             self._value(ch, out)
-        elif state == _AFTER:
-            top = self._stack[-1]
-            if ch == ",":
-                out.append(ch)
-                self._state = _OBJ_KEY if top == "{" else _VALUE
-            elif (ch == "}" and top == "{") or (ch == "]" and top == "["):
-                self._close(ch, out)
-            else:
-                self.broken = True
-        elif state == _NUMBER:
-            following = _number_step(self._number, ch)
-            if following is not None:
-                out.append(ch)
-                self._number = following
-            elif self._number in _NUMBER_ENDS:
-                self._after_value()
-                return False
-            else:
-                self.broken = True
-        elif state == _LITERAL:
-            if ch == self._literal[0]:
-                out.append(ch)
-                self._literal = self._literal[1:]
-                if not self._literal:
-                    self._after_value()
-            else:
-                self.broken = True
         else:
-            return self._escape(ch, out)
+            self._after(ch, out)
+
+    def _after(self, ch: str, out: list[str]) -> None:
+        """A character after a value: a comma, or the end of its object or array."""
+        top = self._stack[-1]
+        if ch == ",":
+            out.append(ch)
+            self._state = _OBJ_KEY if top == "{" else _VALUE
+        elif (ch == "}" and top == "{") or (ch == "]" and top == "["):
+            self._close(ch, out)
+        else:
+            self.broken = True
+
+    def _number_char(self, ch: str, out: list[str]) -> bool:
+        """A character of a number; False when it ends the number (it is read again)."""
+        following = _number_step(self._number, ch)
+        if following is not None:
+            out.append(ch)
+            self._number = following
+        elif self._number in _NUMBER_ENDS:
+            self._after_value()
+            return False
+        else:
+            self.broken = True
         return True
+
+    def _literal_char(self, ch: str, out: list[str]) -> None:
+        """A character of ``true``, ``false`` or ``null``."""
+        if ch == self._literal[0]:
+            out.append(ch)
+            self._literal = self._literal[1:]
+            if not self._literal:
+                self._after_value()
+        else:
+            self.broken = True
 
     def _value(self, ch: str, out: list[str]) -> None:
         if ch == "]" and self._state == _ARR_FIRST:
