@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from cortex_core.catalogue import Catalogue, ModelProfile
@@ -1078,6 +1079,18 @@ def test_route_a_sleeping_catalogue_model_is_a_cold_load_that_placement_wakes() 
     """A model asleep is not served (not ready) but placed: waking it is the placement's call."""
     snapshot = fleet(beast(asleep(SMALL)), benjy())
     assert route(SMALL, CATALOGUE, snapshot, NO_IN_FLIGHT) == ColdLoad(CATALOGUE.models[0])
+
+
+def test_route_a_sleeper_outside_the_catalogue_is_woken_only_where_it_sleeps() -> None:
+    """Its own task and source, placed only on the nodes where it sleeps (up ones)."""
+    sleeper = msgspec.structs.replace(asleep("org/adhoc"), task="embed", source="local")
+    snapshot = fleet(beast(sleeper), benjy())
+    decision = route("org/adhoc", CATALOGUE, snapshot, NO_IN_FLIGHT)
+    assert decision == ColdLoad(
+        ModelProfile(id="org/adhoc", source="local", nodes=["beast"], task="embed")
+    )
+    gone = fleet(beast(sleeper, up=False), benjy())
+    assert isinstance(route("org/adhoc", CATALOGUE, gone, NO_IN_FLIGHT), NoNode)
 
 
 def test_place_wakes_a_sleeper_rather_than_load_it_elsewhere() -> None:
