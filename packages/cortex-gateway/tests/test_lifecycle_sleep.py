@@ -15,6 +15,7 @@ import pytest
 from gateway_harness import Harness, serve, until
 
 from cortex_core.units import GIB
+from cortex_gateway.cli import render_status
 from cortex_gateway.testing import ScriptedModel, ScriptedNode
 
 pytestmark = pytest.mark.anyio
@@ -155,3 +156,26 @@ async def test_a_model_outside_the_catalogue_wakes_only_where_it_sleeps(tmp_path
         assert answer.headers["x-cortex-node"] == "beast"
         assert beast.wakes == 1
         assert "load fake/x" not in benjy.calls
+
+
+async def test_the_dashboard_and_cortex_status_show_a_sleepers_host_memory(
+    tmp_path: Path,
+) -> None:
+    """A sleeper is host memory beside the GPU bar, row state sleeping; status says how much."""
+    async with serve(tmp_path, [sleepy()], CATALOGUE, models=MODELS) as gw:
+        await a_then_b(gw)
+        await gw.state.lifecycle.refresh("beast")
+        snap = (await gw.http.get("/ui/snapshot")).json()
+        [card] = snap["nodes"]
+        held = 16 * GIB
+        assert card["host_models"] == [{"kind": "sleeping", "bytes": held, "model": "fake/a"}]
+        bar_models = [s.get("model") for d in card["devices"] for s in d["segments"]]
+        assert bar_models == ["fake/b"]
+        row = next(r for r in snap["models"] if r["id"] == "fake/a")
+        [place] = row["placements"]
+        assert (place["state"], place["host_memory_bytes"]) == ("sleeping", held)
+        fleet = (await gw.http.get("/admin/fleet")).json()
+        assert fleet["nodes"][0]["sleeping_bytes"] == held
+        text = render_status(fleet)
+        assert "host memory held by sleeping models: 16.0 GiB" in text
+        assert "sleeping (16.0 GiB host)" in text
