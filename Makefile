@@ -112,6 +112,10 @@ bench-cpu-engine: ## CPU engine settings side by side: bfloat16, float32, tcmall
 bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded against prefix (several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/prefix.py $(BENCH_ARGS)
 
+.PHONY: bench-swap
+bench-swap: ## Model swaps on a real CPU neuron: vLLM's process model against forked engines, and vllm's server cold (several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/swap.py $(BENCH_ARGS)
+
 .PHONY: bench-switching
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
 	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)

@@ -75,10 +75,12 @@ async def probe(url: str, until_ready: str) -> dict[str, Any]:
             await asyncio.sleep(0.02)
 
 
-async def measure(base: str, requests: int, concurrency: int, tokens: int) -> dict[str, Any]:
+async def measure(
+    base: str, requests: int, concurrency: int, tokens: int, model: str = MODEL
+) -> dict[str, Any]:
     """Streamed chat completions of exactly ``tokens`` tokens: TTFT and decode figures."""
     body = {
-        "model": MODEL,
+        "model": model,
         "messages": QUESTION,
         "max_tokens": tokens,
         "ignore_eos": True,
@@ -139,6 +141,31 @@ async def measure(base: str, requests: int, concurrency: int, tokens: int) -> di
         "decode_p50": statistics.median(rates) if rates else None,
         "wall_s": wall,
     }
+
+
+def vllm_server(weights: Path, name: str, port: int, options: dict[str, Any]) -> list[str]:
+    """The command of vLLM's own OpenAI server for ``weights`` as ``name``, with these options.
+
+    (``vllm serve`` itself crashes in the CPU build: it asks for the version of a
+    package named ``vllm``.)
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(weights),
+        "--served-model-name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        command += [flag] if value is True else [flag, str(value)]
+    return command
 
 
 def wait_http(url: str, seconds: float, what: str) -> None:
@@ -207,26 +234,8 @@ def main() -> None:
                 measure(base, args.requests, args.concurrency, args.tokens)
             )
         vllm_port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(weights),
-            "--served-model-name",
-            MODEL,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(vllm_port),
-            "--max-model-len",
-            str(MAX_MODEL_LEN),
-            "--kv-cache-memory-bytes",
-            str(KV_BYTES),
-            "--enforce-eager",
-            "--dtype",
-            "bfloat16",
-        ]
+        served = {**options, "enforce_eager": True, "dtype": "bfloat16"}
+        command = vllm_server(weights, MODEL, vllm_port, served)
         with started(command, None, work / "vllm.log", env):
             wait_http(f"http://127.0.0.1:{vllm_port}/health", 600, "vllm serve")
             results["vllm serve"] = asyncio.run(

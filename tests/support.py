@@ -21,25 +21,15 @@ import openai
 from cortex_core.testing import free_port
 from cortex_core.units import GIB
 from cortex_gateway.testing import GatewayProcess
+from neuron.testing.models import FAKE_CONFIG
 from neuron.testing.process import NeuronProcess
-
-TINY_CONFIG = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "hidden_size": 64,
-    "max_position_embeddings": 2048,
-    "torch_dtype": "bfloat16",
-}
 
 
 def fake_model(root: Path, model_id: str, weights_gib: float) -> None:
     """A model folder for scripted engines: a real config and sparse weights of the given size."""
     folder = root / model_id
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    (folder / "config.json").write_text(json.dumps(FAKE_CONFIG))
     header = b'{"__metadata__": {"format": "pt"}}'
     with (folder / "model.safetensors").open("wb") as weights:
         weights.write(struct.pack("<Q", len(header)) + header)

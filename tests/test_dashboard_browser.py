@@ -179,6 +179,48 @@ def test_fleet_cards_bars_and_a_load_unload_and_eviction_from_the_page(
         wait_for(lambda: models_bytes(page, "a") == 21 * GIB)
 
 
+def test_a_sleeper_is_host_memory_beside_the_bars_and_its_wake_is_in_the_timeline(
+    tmp_path: Path, open_page: Any
+) -> None:
+    """A sleeper leaves the GPU bar for host memory, its row and the timeline say so; a wake too.
+
+    The row says sleeping and how much host memory it holds, the timeline
+    says slept; loading it again wakes it, and the timeline says woke.
+    """
+    a = ScriptedNode("a", (24,), sleep_memory_gib=64)
+    a.put("fake/small", "ready", memory_gib=4)
+    with LiveGateway(tmp_path, [a], CATALOGUE, models=MODELS) as gw:
+        page = open_page(gw.url + "/ui")
+        page.wait_for_selector('[data-node="a"] .meter')
+        page.locator('tr[data-model="fake/huge"] button.load').click()
+        slept = page.wait_for_selector('#timeline li[data-kind="slept"]')
+        assert slept is not None
+        assert "fake/small" in slept.inner_text()
+        assert "reason: lru" in slept.inner_text()
+        assert "4.0 GiB in host memory" in slept.inner_text()
+        host = page.wait_for_selector(
+            '[data-node="a"] .legend.host span[data-kind="sleeping"][data-model="fake/small"]'
+        )
+        assert host is not None
+        assert "4.0 GiB" in host.inner_text()
+        wait_for(lambda: models_bytes(page, "a") == 21 * GIB)  # the sleeper holds no GPU memory
+        place = page.wait_for_selector(
+            'tr[data-model="fake/small"] .place[data-node="a"][data-state="sleeping"]'
+        )
+        assert place is not None
+        assert "4.0 GiB in host memory" in place.inner_text()
+
+        page.locator('tr[data-model="fake/small"] button.load').click()
+        woke = page.wait_for_selector('#timeline li[data-kind="loaded"][data-wake="true"]')
+        assert woke is not None
+        assert "woke" in woke.inner_text()
+        assert "fake/small" in woke.inner_text()
+        page.wait_for_selector(
+            'tr[data-model="fake/small"] .place[data-node="a"][data-state="ready"]'
+        )
+        wait_for(lambda: models_bytes(page, "a") == 4 * GIB)
+
+
 def test_a_stopped_neuron_turns_its_card_down_within_two_poll_intervals(
     tmp_path: Path, open_page: Any
 ) -> None:

@@ -78,16 +78,16 @@ def test_a_future_neurons_answers_decode() -> None:
     """Answers from a newer neuron: new states, codes, fields and objects decode."""
     models = decode(
         b"""{"models": [
-            {"id": "a", "state": "sleeping", "wake_after_s": 3, "memory_bytes": 7},
+            {"id": "a", "state": "migrating", "resume_after_s": 3, "memory_bytes": 7},
             {"id": "b", "state": "ready", "quantization": {"bits": 4}}
         ], "generation": 12}""",
         api.ModelsResponse,
     )
     assert [(m.id, m.state, m.memory_bytes) for m in models.models] == [
-        ("a", "sleeping", 7),
+        ("a", "migrating", 7),
         ("b", "ready", 0),
     ]
-    assert "sleeping" not in api.MODEL_STATES
+    assert "migrating" not in api.MODEL_STATES
     error = decode(
         b'{"error": {"code": "quota_exceeded", "message": "m", "retry_after_s": 5}}',
         api.ErrorResponse,

@@ -234,12 +234,12 @@ async def test_a_newer_neurons_unknown_state_keeps_the_node_up(tmp_path: Path) -
         tmp_path, [ScriptedNode("beast")], toml, models=models, poll_interval_s=3600
     ) as gw:
         beast = gw.node("beast")
-        beast.put("fake/a", "sleeping")
+        beast.put("fake/a", "migrating")
         await gw.state.lifecycle.refresh("beast")
         assert gw.state.lifecycle.fleet.nodes["beast"].up
-        sleeping = await gw.chat("fake/a")
-        assert sleeping.status_code == 503
-        assert "'sleeping'" in sleeping.json()["error"]["message"]
+        migrating = await gw.chat("fake/a")
+        assert migrating.status_code == 503
+        assert "'migrating'" in migrating.json()["error"]["message"]
         assert (await gw.chat("fake/b")).status_code == 200
         listing = (await gw.http.get("/v1/models")).json()["data"]
         assert [m["loaded"] for m in listing] == [False, True]
@@ -248,11 +248,11 @@ async def test_a_newer_neurons_unknown_state_keeps_the_node_up(tmp_path: Path) -
 def test_a_future_neurons_models_answer_decodes() -> None:
     """A /models answer from a newer neuron: unknown states and fields decode, known ones too."""
     answer = b"""{"models": [
-        {"id": "a", "state": "sleeping", "wake_s": 2, "memory_bytes": 5},
+        {"id": "a", "state": "migrating", "resume_s": 2, "memory_bytes": 5},
         {"id": "b", "state": "ready", "quantization": {"bits": 4}}
     ], "cluster": "x"}"""
     models = decode(answer, ModelsResponse).models
-    assert [(m.id, m.state) for m in models] == [("a", "sleeping"), ("b", "ready")]
+    assert [(m.id, m.state) for m in models] == [("a", "migrating"), ("b", "ready")]
     assert isinstance(models[0], ModelInfo)
 
 

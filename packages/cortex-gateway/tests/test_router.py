@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from cortex_core.catalogue import Catalogue, ModelProfile
@@ -51,6 +52,7 @@ def loaded(
     last_used: float | None = None,
     loaded_at: float | None = NOW - 3600,
     in_flight: int = 0,
+    host_gib: float = 0.0,
 ) -> ModelInfo:
     """A model as a neuron's ``GET /models`` reports it."""
     return ModelInfo(
@@ -61,7 +63,13 @@ def loaded(
         loaded_at=loaded_at,
         last_used=last_used,
         in_flight=in_flight,
+        host_memory_bytes=int(host_gib * GIB),
     )
+
+
+def asleep(model_id: str, gib: float = 6.5, **fields: Any) -> ModelInfo:
+    """A sleeping model: its weights in host memory, ``gib`` to take back on waking."""
+    return loaded(model_id, gib, state="sleeping", host_gib=gib * 0.8, **fields)
 
 
 def node(
@@ -71,10 +79,12 @@ def node(
     *,
     up: bool = True,
 ) -> NodeState:
-    """A polled neuron whose GPUs' used memory is what its models hold."""
+    """A polled neuron whose GPUs' used memory is what its models hold (sleepers: none)."""
     infos = tuple(models)
     used = [0] * len(gpus_gib)
     for info in infos:
+        if info.state == "sleeping":
+            continue
         for index in info.devices:
             used[index] += info.memory_bytes // len(info.devices)
     devices = tuple(
@@ -327,12 +337,12 @@ def test_route_model_failed_on_an_up_node_has_no_node() -> None:
 
 def test_route_a_state_from_a_newer_neuron_is_not_routable() -> None:
     """A model in an unknown state is neither served nor loaded again: 503 naming the state."""
-    snapshot = fleet(beast(loaded(SMALL, state="sleeping")), benjy(loaded(MEDIUM)))
+    snapshot = fleet(beast(loaded(SMALL, state="migrating")), benjy(loaded(MEDIUM)))
     decision = route(SMALL, CATALOGUE, snapshot, NO_IN_FLIGHT)
     assert isinstance(decision, NoNode)
-    assert "'sleeping'" in decision.message
+    assert "'migrating'" in decision.message
     assert route(MEDIUM, CATALOGUE, snapshot, NO_IN_FLIGHT) == Serve("benjy")
-    elsewhere = fleet(beast(loaded(SMALL, state="sleeping")), benjy(loaded(SMALL)))
+    elsewhere = fleet(beast(loaded(SMALL, state="migrating")), benjy(loaded(SMALL)))
     assert route(SMALL, CATALOGUE, elsewhere, NO_IN_FLIGHT) == Serve("benjy")
 
 
@@ -1050,3 +1060,99 @@ def test_a_node_finds_its_models_by_id_first_entry_winning() -> None:
     polled = node("n", (24,), [first, second])
     assert polled.model(SMALL) is first
     assert polled.model(MEDIUM) is None
+
+
+# --- sleeping models ---------------------------------------------------------------------
+
+
+def test_the_fleet_sees_where_a_model_sleeps_and_what_sleepers_hold() -> None:
+    """Sleepers are neither ready nor loading; their host memory adds up per node."""
+    snapshot = fleet(beast(asleep(SMALL), asleep(MEDIUM, 10)), benjy(asleep(SMALL), up=False))
+    assert snapshot.sleeping(SMALL) == ["beast"]
+    assert (snapshot.locations(SMALL), snapshot.loading(SMALL)) == ([], [])
+    assert snapshot.nodes["beast"].sleeping_bytes == int(6.5 * 0.8 * GIB) + int(8 * GIB)
+    assert snapshot.nodes["benjy"].asleep(SMALL) is None  # down: nothing to wake there
+    assert snapshot.loaded_ids() == []
+
+
+def test_route_a_sleeping_catalogue_model_is_a_cold_load_that_placement_wakes() -> None:
+    """A model asleep is not served (not ready) but placed: waking it is the placement's call."""
+    snapshot = fleet(beast(asleep(SMALL)), benjy())
+    assert route(SMALL, CATALOGUE, snapshot, NO_IN_FLIGHT) == ColdLoad(CATALOGUE.models[0])
+
+
+def test_route_a_sleeper_outside_the_catalogue_is_woken_only_where_it_sleeps() -> None:
+    """Its own task and source, placed only on the nodes where it sleeps (up ones)."""
+    sleeper = msgspec.structs.replace(asleep("org/adhoc"), task="embed", source="local")
+    snapshot = fleet(beast(sleeper), benjy())
+    decision = route("org/adhoc", CATALOGUE, snapshot, NO_IN_FLIGHT)
+    assert decision == ColdLoad(
+        ModelProfile(id="org/adhoc", source="local", nodes=["beast"], task="embed")
+    )
+    gone = fleet(beast(sleeper, up=False), benjy())
+    assert isinstance(route("org/adhoc", CATALOGUE, gone, NO_IN_FLIGHT), NoNode)
+
+
+def test_place_wakes_a_sleeper_rather_than_load_it_elsewhere() -> None:
+    """Waking where it sleeps (one eviction) beats a cold load on a node with room and none."""
+    small = CATALOGUE.models[0]
+    snapshot = fleet(
+        beast(
+            asleep(SMALL, devices=[0]),
+            loaded("a/x", 20, last_used=NOW - 100),
+            loaded("b/y", 20, devices=[1]),
+        ),
+        benjy(),
+    )
+    placement = place(small, snapshot, CATALOGUE, NO_IN_FLIGHT, "lru")
+    assert placement == Placement("beast", ("a/x",), wake=True)
+    without = fleet(
+        beast(loaded("a/x", 20, last_used=NOW - 100), loaded("b/y", 20, devices=[1])), benjy()
+    )
+    assert place(small, without, CATALOGUE, NO_IN_FLIGHT, "lru") == Placement("benjy")
+
+
+def test_place_a_wake_needs_room_on_the_sleepers_own_gpu() -> None:
+    """A sleeper on GPU 1 wakes there: GPU 0's free memory does not count, GPU 1's model goes."""
+    small = CATALOGUE.models[0]
+    snapshot = fleet(
+        beast(
+            asleep(SMALL, devices=[1]),
+            loaded("a/x", 4, last_used=NOW - 500),
+            loaded("b/y", 20, devices=[1], last_used=NOW - 10),
+        )
+    )
+    assert place(small, snapshot, CATALOGUE, NO_IN_FLIGHT, "lru") == Placement(
+        "beast", ("b/y",), wake=True
+    )
+
+
+def test_place_a_wake_without_a_catalogue_figure_uses_the_sleepers_own() -> None:
+    """The neuron knows what its sleeper takes back: no memory_gb is needed to place a wake."""
+    adhoc = ModelProfile(id="org/adhoc")
+    snapshot = fleet(beast(asleep("org/adhoc", 30, devices=[0, 1])), benjy())
+    assert place(adhoc, snapshot, CATALOGUE, NO_IN_FLIGHT, "lru") == Placement("beast", wake=True)
+
+
+def test_place_a_wake_that_keeps_requests_waiting_loses_to_a_cold_load() -> None:
+    """Requests held for a drain cost more than a cold load on a free node."""
+    small = CATALOGUE.models[0]
+    snapshot = fleet(
+        beast(
+            asleep(SMALL, devices=[0]),
+            loaded("a/x", 20, in_flight=2),
+            loaded("b/y", 20, devices=[1], in_flight=1),
+        ),
+        benjy(),
+    )
+    assert place(small, snapshot, CATALOGUE, NO_IN_FLIGHT, "lru", wait_for_busy=True) == (
+        Placement("benjy")
+    )
+
+
+def test_sleepers_are_never_evicted_to_make_room() -> None:
+    """A sleeper holds no device memory: evicting it would free nothing, so it is not a victim."""
+    medium = CATALOGUE.models[1]
+    snapshot = fleet(beast(asleep(SMALL, 6.5), loaded("a/x", 20, last_used=NOW - 5)))
+    assert [i.id for i in evictable(snapshot.nodes["beast"], CATALOGUE, NO_IN_FLIGHT)] == ["a/x"]
+    assert place(medium, snapshot, CATALOGUE, NO_IN_FLIGHT, "lru") == Placement("beast")

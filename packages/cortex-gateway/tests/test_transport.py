@@ -54,7 +54,11 @@ async def load(request: web.Request) -> web.Response:
 
 
 async def unload(request: web.Request) -> web.Response:
-    """``POST /models/unload``: answers HTML, as a broken proxy might."""
+    """``POST /models/unload``: asked to sleep, sleeps; else answers HTML, as a broken proxy."""
+    body = await request.json()
+    if body.get("sleep") is True:
+        held = {"freed_bytes": 7, "host_memory_bytes": 5}
+        return json_answer({"id": body["model"], "state": "sleeping", **held})
     return web.Response(body=b"<html>oops</html>", status=500)
 
 
@@ -115,6 +119,19 @@ async def test_management_calls_decode_the_neurons_answers(server: BaseTestServe
         listed = (await client.models()).models
         assert [(m.id, m.state) for m in listed] == [("org/m", "ready"), ("org/z", "sleeping")]
         assert await client.endpoint("org/m") == "http://localhost:1/v1#org/m"
+    finally:
+        await neurons.aclose()
+
+
+async def test_an_unload_may_ask_for_a_sleep_and_reads_what_the_neuron_did(
+    server: BaseTestServer,
+) -> None:
+    """``sleep`` goes in the body; the answer says the model sleeps and what it holds."""
+    neurons = HttpNeurons()
+    try:
+        client = neurons.client("n", str(server.make_url("/")))
+        answer = await client.unload("org/m", sleep=True)
+        assert (answer.id, answer.state, answer.host_memory_bytes) == ("org/m", "sleeping", 5)
     finally:
         await neurons.aclose()
 

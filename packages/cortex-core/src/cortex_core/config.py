@@ -244,6 +244,9 @@ class NeuronSection(_Config):
     engine_env: str | None = None
     """A virtual environment holding vLLM (``neuron engine install`` makes it); the neuron
     runs in it. None: vLLM is in the neuron's own environment."""
+    sleep_memory_gb: PositiveGiB | None = None
+    """Host memory sleeping models may hold together (vLLM's sleep mode, GPUs only); none:
+    nothing sleeps, an eviction unloads."""
 
 
 class SourceConfig(_Config):

@@ -14,6 +14,7 @@ from msgspec import Struct, field
 
 __all__ = [
     "ERROR_STATUS",
+    "LOAD_PHASES",
     "MODEL_STATES",
     "RELAYABLE_HEADER",
     "Device",
@@ -36,9 +37,12 @@ __all__ = [
     "error_response",
 ]
 
-ModelState = Literal["loading", "ready", "unloading", "failed"]
+ModelState = Literal["loading", "ready", "unloading", "failed", "sleeping"]
 MODEL_STATES: Final[frozenset[str]] = frozenset(get_args(ModelState))
 """The states this version knows; a newer neuron may report others."""
+LOAD_PHASES: Final = ("preflight", "fetching", "starting", "serving", "waking")
+"""A load's phases in order (``waking`` alone when a sleeping model wakes); a newer neuron may
+report others."""
 
 
 class _Wire(Struct, kw_only=True):
@@ -93,7 +97,11 @@ class ModelInfo(_Wire):
     error: str | None = None
     """Why a ``failed`` load failed."""
     phase: str | None = None
-    """While ``loading``: ``preflight``, ``fetching`` or ``starting``."""
+    """While ``loading``: one of :data:`LOAD_PHASES`."""
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    """Once ready: seconds each phase of the load (or the wake) that made it ready took."""
+    host_memory_bytes: int = 0
+    """While ``sleeping``: host memory its weights hold (``memory_bytes`` is what waking needs)."""
     task: str = "generate"
     """What the engine serves: ``generate`` or ``embed`` (a newer neuron's task: a string)."""
 
@@ -116,17 +124,25 @@ class LoadRequest(_Wire):
 
 
 class UnloadRequest(_Wire):
-    """``POST /models/unload``."""
+    """``POST /models/unload``; with ``sleep``, the model may sleep in host memory instead.
+
+    A neuron that cannot put it to sleep (sleep not configured, a CPU engine, no
+    room in ``sleep_memory_gb``), or an older one that ignores the field,
+    unloads it: the answer's ``state`` says which happened.
+    """
 
     model: str
+    sleep: bool = False
 
 
 class UnloadResponse(_Wire):
-    """The answer to an unload once the engine is gone and its memory given back."""
+    """The answer once the model's device memory is given back: gone, or asleep."""
 
     id: str
-    state: Literal["unloaded"] | str = "unloaded"
+    state: Literal["unloaded", "sleeping"] | str = "unloaded"
     freed_bytes: int = 0
+    host_memory_bytes: int = 0
+    """With ``state = "sleeping"``: host memory the sleeping model holds."""
 
 
 class EndpointResponse(_Wire):

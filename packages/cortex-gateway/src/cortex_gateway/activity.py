@@ -171,7 +171,11 @@ class Event(Struct, kw_only=True):
     """Why: an unload's reason (``lru``, ``priority``, ``idle``, ``defrag``, ``admin``), a
     failed load's or a down node's error (client-safe text)."""
     seconds: float | None = None
-    """How long a load took."""
+    """How long a load (or a wake) took."""
+    wake: bool = False
+    """A load that wakes a sleeping model (no engine start)."""
+    host_bytes: int | None = None
+    """What a model that ``slept`` holds in host memory."""
 
 
 class Timeline:
@@ -193,6 +197,8 @@ class Timeline:
         *,
         reason: str | None = None,
         seconds: float | None = None,
+        wake: bool = False,
+        host_bytes: int | None = None,
     ) -> Event:
         """Record an event and tell the listeners."""
         self.last += 1
@@ -204,6 +210,8 @@ class Timeline:
             model=model,
             reason=reason,
             seconds=None if seconds is None else round(seconds, 2),
+            wake=wake,
+            host_bytes=host_bytes,
         )
         self._events.append(event)
         for listener in list(self.listeners):
@@ -215,7 +223,15 @@ class Timeline:
         reason = event.reason
         if reason is None and event.error is not None:
             reason = printable(event.error, REASON_CHARS)
-        return self.add(event.kind, event.node, event.model, reason=reason, seconds=event.seconds)
+        return self.add(
+            event.kind,
+            event.node,
+            event.model,
+            reason=reason,
+            seconds=event.seconds,
+            wake=event.wake,
+            host_bytes=event.host_bytes,
+        )
 
     def since(self, seq: int = 0) -> list[Event]:
         """The events after ``seq``, oldest first."""

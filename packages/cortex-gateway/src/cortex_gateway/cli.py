@@ -246,12 +246,16 @@ def render_status(fleet: dict[str, Any]) -> str:
                 f" {_gib(device['memory_used']):>6} / {_gib(device['memory_total'])} GiB"
                 f"  {device['utilization']:.0f}%"
             )
+        if held := node.get("sleeping_bytes"):
+            lines.append(f"      host memory held by sleeping models: {_gib(held)} GiB")
     in_flight = {(i["node"], i["model"]): i["count"] for i in fleet.get("in_flight", [])}
     rows = []
     for node in fleet["nodes"]:
         for model in node["models"]:
             busy = max(model.get("in_flight", 0), in_flight.get((node["name"], model["id"]), 0))
             state = model["state"] + (f" ({model['phase']})" if model.get("phase") else "")
+            if model["state"] == "sleeping":
+                state += f" ({_gib(model.get('host_memory_bytes', 0))} GiB host)"
             if model.get("error"):
                 state += f": {model['error']}"
             task = str(model.get("task", "generate"))

@@ -35,7 +35,9 @@ __all__ = [
 ERROR_CHARS = 300
 """The longest error text shown (the rest is cut)."""
 HOLDING = ("ready", "loading", "unloading")
-"""The states in which a model holds (or is taking) memory."""
+"""The states in which a model holds (or is taking) device memory (a CPU node's: host memory)."""
+SLEEPING = "sleeping"
+"""A model asleep holds host memory only: drawn beside the GPUs, never in their bars."""
 UNAVAILABLE = "unavailable"
 """A model's state on a node that is down."""
 
@@ -43,8 +45,9 @@ UNAVAILABLE = "unavailable"
 class Segment(Struct, kw_only=True):
     """A part of a device's memory.
 
-    A model's (``ready``/``unloading``), a load's reservation (``loading``), or
-    memory in use by nothing the neuron reports (``other``).
+    A model's (``ready``/``unloading``), a load's reservation (``loading``), a
+    sleeping model's weights in host memory (``sleeping``), or memory in use by
+    nothing the neuron reports (``other``).
     """
 
     kind: str
@@ -77,7 +80,7 @@ class NodeCard(Struct, kw_only=True):
     cpu_only: bool = False
     devices: list[DeviceBar] = field(default_factory=list)
     host_models: list[Segment] = field(default_factory=list)
-    """On a CPU-only node: the models it holds, in host memory."""
+    """What models hold in host memory: every model on a CPU-only node; sleepers anywhere."""
 
 
 class Placement(Struct, kw_only=True):
@@ -93,6 +96,8 @@ class Placement(Struct, kw_only=True):
     in_flight: int = 0
     last_used: float | None = None
     memory_bytes: int = 0
+    host_memory_bytes: int = 0
+    """While ``sleeping``: the host memory its weights hold."""
 
 
 class ModelRow(Struct, kw_only=True):
@@ -166,12 +171,22 @@ def _card(node: NodeState, since: float | None, admin: bool) -> NodeCard:
         error=None if node.up else _text(node.error),
         cpu_only=cpu_only,
         devices=_bar(node),
-        host_models=[
-            Segment(kind=m.state, bytes=m.memory_bytes, model=printable(m.id))
-            for m in node.models
-            if cpu_only and m.state in HOLDING
-        ],
+        host_models=_host_models(node),
     )
+
+
+def _host_models(node: NodeState) -> list[Segment]:
+    """Models in host memory: sleepers (their weights), and every model on a CPU-only node."""
+    found = []
+    for info in node.models:
+        if info.state == SLEEPING:
+            held = info.host_memory_bytes
+        elif not node.devices and info.state in HOLDING:
+            held = info.memory_bytes
+        else:
+            continue
+        found.append(Segment(kind=info.state, bytes=held, model=printable(info.id)))
+    return found
 
 
 def _placement(node: NodeState, info: ModelInfo, started: float | None) -> Placement:
@@ -187,6 +202,7 @@ def _placement(node: NodeState, info: ModelInfo, started: float | None) -> Place
         in_flight=info.in_flight,
         last_used=info.last_used,
         memory_bytes=info.memory_bytes,
+        host_memory_bytes=info.host_memory_bytes if info.state == SLEEPING else 0,
     )
 
 

@@ -1,4 +1,4 @@
-"""What happened to the fleet, said once: loads, unloads, evictions, nodes up, down, restarted.
+"""What happened to the fleet, said once: loads, wakes, unloads, evictions, sleeps, nodes.
 
 The poller and the loads emit each :class:`FleetEvent` on one :class:`Events`
 stream, and whoever needs to know subscribes (llama-swap's ``event.On``): the
@@ -24,11 +24,13 @@ EventKind = Literal[
     "load_failed",
     "unloaded",
     "evicted",
+    "slept",
     "node_up",
     "node_down",
     "node_restarted",
 ]
-"""``unloaded``: an operator asked (reason ``admin``); ``evicted``: the gateway decided."""
+"""``unloaded``: an operator asked (reason ``admin``); ``evicted``: the gateway decided;
+``slept``: the gateway evicted it and the neuron put it to sleep instead of unloading it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,10 @@ class FleetEvent:
     """The neuron's version, when it came up."""
     source: str | None = None
     """The model's source, when a load started."""
+    wake: bool = False
+    """A load (started, done or failed) that wakes a sleeping model: no engine starts."""
+    host_bytes: int | None = None
+    """Host memory a model that ``slept`` holds there."""
 
 
 Listener = Callable[[FleetEvent], object]
@@ -86,15 +92,23 @@ def log_event(event: FleetEvent) -> None:
         fields["model"] = event.model
     match event.kind:
         case "load_started":
-            log.info("loading model", extra={**fields, "source": event.source})
+            what = "waking model" if event.wake else "loading model"
+            log.info(what, extra={**fields, "source": event.source})
         case "loaded":
             seconds = None if event.seconds is None else round(event.seconds, 1)
-            log.info("model loaded", extra={**fields, "seconds": seconds})
+            log.info(
+                "model woken" if event.wake else "model loaded",
+                extra={**fields, "seconds": seconds},
+            )
         case "load_failed":
             failure = {"url": event.url, "status": event.status, "code": event.code}
-            log.warning("load failed", extra={**fields, **failure, "error": event.error})
+            what = "wake failed" if event.wake else "load failed"
+            log.warning(what, extra={**fields, **failure, "error": event.error})
         case "unloaded" | "evicted":
             log.info(f"model {event.kind}", extra={**fields, "reason": event.reason})
+        case "slept":
+            held = {"reason": event.reason, "host_memory_bytes": event.host_bytes}
+            log.info("model slept", extra={**fields, **held})
         case "node_up":
             log.info("neuron up", extra={**fields, "url": event.url, "version": event.version})
         case "node_down":

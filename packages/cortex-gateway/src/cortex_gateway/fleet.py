@@ -62,6 +62,20 @@ class NodeState:
         info = self.model(model_id)
         return self.up and info is not None and info.state == "ready"
 
+    def asleep(self, model_id: str) -> ModelInfo | None:
+        """``model_id``'s entry if it sleeps here (up): a wake, not a cold load, brings it back.
+
+        A sleeper holds host memory (``host_memory_bytes``), not device memory; its
+        ``memory_bytes`` and ``devices`` are what waking takes back.
+        """
+        info = self.model(model_id)
+        return info if self.up and info is not None and info.state == "sleeping" else None
+
+    @property
+    def sleeping_bytes(self) -> int:
+        """Host memory the node's sleeping models hold, all together."""
+        return sum(m.host_memory_bytes for m in self.models if m.state == "sleeping")
+
     @property
     def memory_total(self) -> int:
         """Device memory on this node, all GPUs together (0 for a CPU-only node)."""
@@ -107,6 +121,10 @@ class Fleet:
     def locations(self, model_id: str) -> list[str]:
         """Up nodes where ``model_id`` is ready."""
         return [n.name for n in self.nodes.values() if n.ready(model_id)]
+
+    def sleeping(self, model_id: str) -> list[str]:
+        """Up nodes where ``model_id`` sleeps."""
+        return [n.name for n in self.nodes.values() if n.asleep(model_id) is not None]
 
     def loading(self, model_id: str) -> list[str]:
         """Up nodes where ``model_id`` is loading."""

@@ -140,9 +140,9 @@ class Lifecycle:
         return await self.loads.ensure_loaded(profile)
 
     async def unload(self, model_id: str, node: str | None = None) -> list[str]:
-        """Unload ``model_id`` from ``node``, or from everywhere it is; the nodes it left."""
+        """Unload ``model_id`` from ``node``, or from everywhere it is ready or sleeps."""
         fleet = self.poller.fleet
-        nodes = [node] if node else fleet.locations(model_id)
+        nodes = [node] if node else fleet.locations(model_id) + fleet.sleeping(model_id)
         nodes = [n for n in nodes if n in fleet.nodes and fleet.nodes[n].model(model_id)]
         for name in nodes:
             await self.loads.unload(name, model_id, "admin")

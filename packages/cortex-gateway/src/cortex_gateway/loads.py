@@ -48,11 +48,14 @@ from cortex_gateway.placement import (
 from cortex_gateway.poller import Poller
 from cortex_gateway.scheduling import Backoff, Blocked, backoff_s, closed_gates, in_backoff
 
-__all__ = ["EvictionReason", "Loads", "late"]
+__all__ = ["SLEEPS", "EvictionReason", "Loads", "late"]
 
 log = logging.getLogger(__name__)
 
 EvictionReason = Literal["lru", "priority", "idle", "defrag", "admin"]
+SLEEPS: frozenset[EvictionReason] = frozenset({"lru", "priority", "idle"})
+"""Unloads that ask the neuron to sleep the model where it can: it may be wanted back soon.
+A defragmentation moves a model off its GPU and an operator's unload means gone: no sleep."""
 PLACEMENT_POLL_S = 2.0
 """How long a cold load waits for fresh answers from its candidate nodes before it decides."""
 
@@ -229,7 +232,7 @@ class Loads:
             self._blocked.pop(profile.id, None)
             await self._evict_for(decision)
             attempt.tries += 1
-            failure = await self._load_on(decision.node, profile)
+            failure = await self._load_on(decision.node, profile, decision.wake)
             if failure is None:
                 self.backoffs.pop((decision.node, profile.id), None)
                 return decision.node
@@ -348,16 +351,17 @@ class Loads:
         if every and self._eviction_cycles % every == 0:
             self.background.spawn(self.defragment())
 
-    async def _load_on(self, node: str, profile: ModelProfile) -> LoadFailure | None:
-        """Ask ``node`` to load; ``None`` on success, else what went wrong."""
+    async def _load_on(self, node: str, profile: ModelProfile, wake: bool) -> LoadFailure | None:
+        """Ask ``node`` to load (``wake``: to wake it there); ``None`` on success, else why not."""
         client = self.poller.nodes[node].client
         request = LoadRequest(
             model=profile.qualified_id, options=dict(profile.engine), task=profile.task
         )
         started = time.monotonic()
-        self.events.emit(FleetEvent("load_started", node, profile.id, source=profile.source))
+        began = FleetEvent("load_started", node, profile.id, source=profile.source, wake=wake)
+        self.events.emit(began)
         try:
-            await client.load(request, self.settings.load_timeout_s)
+            info = await client.load(request, self.settings.load_timeout_s)
         except NeuronCallError as exc:
             failed = FleetEvent(
                 "load_failed",
@@ -368,6 +372,7 @@ class Loads:
                 url=client.base_url,
                 status=exc.upstream_status,
                 code=exc.code,
+                wake=wake,
             )
             self.events.emit(failed)
             if exc.upstream_status is None:
@@ -377,18 +382,21 @@ class Loads:
             code = printable(exc.code, 64) if exc.code else None
             return LoadFailure(node, code, str(exc), needed if isinstance(needed, int) else None)
         seconds = time.monotonic() - started
-        self.events.emit(FleetEvent("loaded", node, profile.id, seconds=seconds))
+        # The neuron's phases say what it did (a sleeper's load is a wake, planned or not).
+        woke = wake or "waking" in info.phase_seconds
+        self.events.emit(FleetEvent("loaded", node, profile.id, seconds=seconds, wake=woke))
         await self.poller.refresh(node)
         return None
 
     # --- unloads ------------------------------------------------------------------------
 
     async def unload(self, node: str, model_id: str, reason: EvictionReason) -> None:
-        """Unload ``model_id`` from ``node`` (its endpoint forgotten at once)."""
+        """Unload ``model_id`` from ``node`` (endpoint forgotten); ``SLEEPS`` ask for a sleep."""
         owner = self.poller.nodes[node]
         owner.forget(model_id)
+        answer = None
         try:
-            await owner.client.unload(model_id)
+            answer = await owner.client.unload(model_id, sleep=reason in SLEEPS)
         except NeuronCallError as exc:
             if exc.upstream_status != 404:
                 log.warning(
@@ -405,7 +413,10 @@ class Loads:
                 message = f"unloading {model_id!r} from {node!r} failed"
                 raise GatewayError(502, ErrorKind.UPSTREAM, message) from exc
         kind: EventKind = "unloaded" if reason == "admin" else "evicted"
-        self.events.emit(FleetEvent(kind, node, model_id, reason=reason))
+        held = None
+        if answer is not None and answer.state == "sleeping":
+            kind, held = "slept", answer.host_memory_bytes
+        self.events.emit(FleetEvent(kind, node, model_id, reason=reason, host_bytes=held))
         await owner.refresh()
 
     async def defragment(self) -> None:

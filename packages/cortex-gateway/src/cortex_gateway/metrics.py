@@ -47,6 +47,11 @@ class _FleetCollector(Collector):
             "GPU memory, as last polled",
             labels=["node", "gpu"],
         )
+        sleeping = GaugeMetricFamily(
+            "cortex_node_sleeping_bytes",
+            "Host memory the node's sleeping models hold, as last polled",
+            labels=["node"],
+        )
         in_flight = GaugeMetricFamily(
             "cortex_requests_in_flight", "Requests being served", labels=["model", "node"]
         )
@@ -54,6 +59,7 @@ class _FleetCollector(Collector):
         for node in status.fleet.nodes.values():
             up.add_metric([node.name], 1.0 if node.up else 0.0)
             models.add_metric([node.name], sum(1 for m in node.models if m.state == "ready"))
+            sleeping.add_metric([node.name], node.sleeping_bytes)
             for device in node.devices:
                 used.add_metric([node.name, str(device.index)], device.memory_used)
                 total.add_metric([node.name, str(device.index)], device.memory_total)
@@ -66,7 +72,7 @@ class _FleetCollector(Collector):
         )
         for model, count in dict(status.waiting).items():
             waiting.add_metric([model if model in status.catalogue else OTHER], count)
-        yield from (up, models, used, total, in_flight, waiting)
+        yield from (up, models, sleeping, used, total, in_flight, waiting)
         if self._loop is not None:
             # Scraped from a worker thread: all_tasks copes with the set changing meanwhile.
             tasks = len(asyncio.all_tasks(self._loop))
@@ -155,27 +161,29 @@ class GatewayMetrics:
         )
         self.loads = Counter(
             "cortex_model_loads",
-            "Loads the gateway asked for",
-            ["model", "node", "outcome"],
+            "Loads the gateway asked for: cold (an engine start) or a wake from sleep",
+            ["model", "node", "outcome", "kind"],
             registry=r,
         )
         self.load_seconds = Histogram(
             "cortex_model_load_seconds",
-            "Time a load took on the neuron",
-            ["model", "node", "outcome"],
+            "Time a load (cold, or a wake) took on the neuron",
+            ["model", "node", "outcome", "kind"],
             buckets=_LOAD_BUCKETS,
             registry=r,
         )
         self.unloads = Counter(
             "cortex_model_unloads",
-            "Unloads the gateway made, by reason (lru, priority, idle, defrag, admin)",
-            ["model", "node", "reason"],
+            "Unloads the gateway made, by reason (lru, priority, idle, defrag, admin) and"
+            " outcome (unloaded, or slept: the neuron put the model to sleep)",
+            ["model", "node", "reason", "outcome"],
             registry=r,
         )
         self.evictions = Counter(
             "cortex_model_evictions",
-            "Unloads the gateway decided on by itself, by reason (lru, priority, idle, defrag)",
-            ["model", "node", "reason"],
+            "Unloads the gateway decided on by itself, by reason (lru, priority, idle, defrag)"
+            " and outcome (unloaded, slept)",
+            ["model", "node", "reason", "outcome"],
             registry=r,
         )
         self._children: dict[tuple[Labels, int], tuple[Any, ...]] = {}
@@ -264,15 +272,16 @@ class GatewayMetrics:
 
     def observe_event(self, event: FleetEvent) -> None:
         """Count the loads and unloads on the fleet's event stream."""
+        where = (self.model_label(event.model), self.node_label(event.node))
         match event.kind:
             case "loaded" | "load_failed":
                 outcome = "ready" if event.kind == "loaded" else "failed"
-                labels = (self.model_label(event.model), self.node_label(event.node), outcome)
+                labels = (*where, outcome, "wake" if event.wake else "cold")
                 self.loads.labels(*labels).inc()
                 self.load_seconds.labels(*labels).observe(event.seconds or 0.0)
-            case "unloaded" | "evicted":
-                reason = event.reason or ""
-                labels = (self.model_label(event.model), self.node_label(event.node), reason)
+            case "unloaded" | "evicted" | "slept":
+                outcome = "slept" if event.kind == "slept" else "unloaded"
+                labels = (*where, event.reason or "", outcome)
                 self.unloads.labels(*labels).inc()
-                if event.kind == "evicted":
+                if event.kind != "unloaded":
                     self.evictions.labels(*labels).inc()

@@ -83,8 +83,11 @@ class NeuronApi(Protocol):
         """``POST /models/load``, waiting up to ``limit_s`` seconds for the model to be ready."""
         ...
 
-    async def unload(self, model_id: str) -> UnloadResponse:
-        """``POST /models/unload``."""
+    async def unload(self, model_id: str, *, sleep: bool = False) -> UnloadResponse:
+        """``POST /models/unload``; with ``sleep`` the neuron may put the model to sleep instead.
+
+        The answer's ``state`` says which it did: ``unloaded`` or ``sleeping``.
+        """
         ...
 
     async def endpoint(self, model_id: str) -> str:

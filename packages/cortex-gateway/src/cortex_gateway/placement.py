@@ -10,7 +10,7 @@ I/O, so every rule is testable with plain data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,12 +48,14 @@ class Placement:
     """Load on ``node`` after unloading ``evict`` there (in that order).
 
     ``waits_for``: the models among ``evict`` that have requests in flight; the
-    load waits until they have drained.
+    load waits until they have drained. ``wake``: the model sleeps on ``node``,
+    so the load is a wake (seconds, no engine start), not a cold load.
     """
 
     node: str
     evict: tuple[str, ...] = ()
     waits_for: tuple[str, ...] = ()
+    wake: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,20 @@ def _tp(profile: ModelProfile) -> int:
 def _fits(free: Sequence[int], needed: int, tp: int) -> bool:
     share = -(-needed // tp)
     return sum(1 for f in free if f >= share) >= tp
+
+
+def _sharing(victims: Sequence[ModelInfo], sleeper: ModelInfo) -> list[ModelInfo]:
+    """The victims on a GPU the sleeper wakes on."""
+    return [v for v in victims if not v.devices or set(v.devices) & set(sleeper.devices)]
+
+
+def _room(free: Mapping[int, int], sleeper: ModelInfo | None, needed: int | None, tp: int) -> bool:
+    """Room for a cold load of ``needed`` bytes, or for ``sleeper`` to wake on its own GPUs."""
+    if sleeper is None:
+        return needed is not None and _fits(list(free.values()), needed, tp)
+    devices = sleeper.devices or list(free)[:1]
+    share = -(-sleeper.memory_bytes // max(len(devices), 1))
+    return all(free.get(index, 0) >= share for index in devices)
 
 
 def evictable(
@@ -114,14 +130,15 @@ def eviction_order(
     return sorted(victims, key=key)
 
 
-def _free_after(devices: Sequence[Device], freed: Sequence[ModelInfo]) -> list[int]:
+def _free_after(devices: Sequence[Device], freed: Sequence[ModelInfo]) -> dict[int, int]:
+    """Free memory by GPU index once ``freed`` are unloaded."""
     free = {d.index: d.memory_free for d in devices}
     for info in freed:
         share = info.memory_bytes // max(len(info.devices), 1)
         for index in info.devices or list(free)[:1]:
             if index in free:
                 free[index] += share
-    return list(free.values())
+    return free
 
 
 def place(
@@ -144,6 +161,11 @@ def place(
     free memory wins. With ``wait_for_busy``, models with requests in flight
     may be chosen too (after every idle one, and as few as possible): the load
     then waits for them to drain (``Placement.waits_for``).
+
+    A node where the model sleeps wakes it (``Placement.wake``): its own
+    devices must have room for what it takes back. A wake costs seconds where
+    a cold load costs an engine start, so it wins over any cold load that does
+    not keep requests waiting less, evictions or not.
     """
     needed = needed_bytes if needed_bytes is not None else profile.memory_bytes
     tp = _tp(profile)
@@ -151,12 +173,14 @@ def place(
     if not candidates:
         allowed = ", ".join(profile.nodes) if profile.nodes else "any node"
         return Unplaceable(f"no node that may hold {profile.id!r} ({allowed}) is up")
-    options: list[tuple[int, int, int, Placement]] = []
+    options: list[tuple[int, int, int, int, Placement]] = []
     for node in candidates:
-        if needed is None or not node.devices:
-            options.append((0, 0, -node.memory_free, Placement(node.name)))
+        sleeper = node.asleep(profile.id)
+        cost = 0 if sleeper is not None else 1  # a wake, far below a cold load
+        if sleeper is None and (needed is None or not node.devices):
+            options.append((0, cost, 0, -node.memory_free, Placement(node.name)))
             continue
-        if not node.could_hold(needed, tp):
+        if sleeper is None and needed is not None and not node.could_hold(needed, tp):
             continue
         idle = eviction_order(
             evictable(node, catalogue, in_flight, keep=profile.id), catalogue, strategy
@@ -170,24 +194,28 @@ def place(
             if wait_for_busy
             else []
         )
+        if sleeper is not None and sleeper.devices:
+            # Room is needed on the sleeper's own GPUs: only what is there frees it.
+            idle, busy = _sharing(idle, sleeper), _sharing(busy, sleeper)
         victims = idle + busy
         chosen: list[ModelInfo] = []
-        while not _fits(_free_after(node.devices, chosen), needed, tp):
+        while not _room(_free_after(node.devices, chosen), sleeper, needed, tp):
             if len(chosen) == len(victims):
                 break
             chosen.append(victims[len(chosen)])
         else:
-            free = sum(_free_after(node.devices, chosen))
+            free = sum(_free_after(node.devices, chosen).values())
             waits = tuple(v.id for v in chosen[len(idle) :])
-            placement = Placement(node.name, tuple(v.id for v in chosen), waits)
-            options.append((len(waits), len(chosen), -free, placement))
+            evict = tuple(v.id for v in chosen)
+            placement = Placement(node.name, evict, waits, wake=sleeper is not None)
+            options.append((len(waits), cost, len(chosen), -free, placement))
     if not options:
         figure = f" ({needed / GIB:.1f} GiB)" if needed else ""
         return Unplaceable(
             f"model {profile.id!r}{figure} cannot be placed: no allowed node has room,"
             " even after evicting every unpinned model"
         )
-    return min(options, key=lambda o: o[:3])[3]
+    return min(options, key=lambda o: o[:4])[4]
 
 
 # --- after a failed load ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import MODEL_STATES
+from cortex_core.tasks import Task
 from cortex_core.text import printable
 from cortex_gateway.fleet import Fleet, InFlight, NodeState, in_flight_on
 
@@ -60,7 +61,10 @@ class Hold:
 
 @dataclass(frozen=True, slots=True)
 class ColdLoad:
-    """The model is in the catalogue but loaded nowhere: place and load it."""
+    """The model is in the catalogue, or sleeps somewhere, but is ready nowhere: place it.
+
+    Placement wakes it where it sleeps (``Placement.wake``) or loads it cold.
+    """
 
     profile: ModelProfile
 
@@ -177,9 +181,22 @@ def route(
                 f"model '{printable(model_id)}' is '{printable(info.state, 32)}' on"
                 f" {node.name!r}, a state this gateway cannot route to"
             )
-    profile = catalogue.profile(model_id)
+    profile = catalogue.profile(model_id) or _sleeper(model_id, fleet)
     if profile is not None:
         return ColdLoad(profile)
     if any(n.model(model_id) is not None for n in fleet.nodes.values()):
         return NoNode(f"model '{printable(model_id)}' is only on nodes that are down or failed")
     return NotFound(f"model '{printable(model_id)}' does not exist")
+
+
+def _sleeper(model_id: str, fleet: Fleet) -> ModelProfile | None:
+    """How to wake a model outside the catalogue (loaded by hand, then evicted to sleep).
+
+    Only where it sleeps: the gateway never loads such a model cold by itself.
+    """
+    nodes = fleet.sleeping(model_id)
+    info = fleet.nodes[nodes[0]].model(model_id) if nodes else None
+    if info is None:
+        return None
+    task: Task = "embed" if info.task == "embed" else "generate"
+    return ModelProfile(id=model_id, source=info.source, nodes=nodes, task=task)

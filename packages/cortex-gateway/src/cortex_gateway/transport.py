@@ -112,9 +112,9 @@ class NeuronClient:
         limits = aiohttp.ClientTimeout(total=limit_s, connect=5)
         return await self._call("POST", "/models/load", ModelInfo, request, limits)
 
-    async def unload(self, model_id: str) -> UnloadResponse:
-        """``POST /models/unload``."""
-        request = UnloadRequest(model=model_id)
+    async def unload(self, model_id: str, *, sleep: bool = False) -> UnloadResponse:
+        """``POST /models/unload``; with ``sleep``, the model may sleep instead (see the answer)."""
+        request = UnloadRequest(model=model_id, sleep=sleep)
         return await self._call("POST", "/models/unload", UnloadResponse, request, UNLOAD_TIMEOUT)
 
     async def endpoint(self, model_id: str) -> str:

@@ -47,6 +47,7 @@ MAX_FAMILIES = frozenset(
     {
         "cortex_node_up",
         "cortex_node_models_loaded",
+        "cortex_node_sleeping_bytes",
         "cortex_node_gpu_memory_used_bytes",
         "cortex_node_gpu_memory_total_bytes",
     }

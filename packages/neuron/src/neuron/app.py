@@ -130,7 +130,7 @@ class NeuronApp:
         except WireError as exc:
             return _neuron_error(NeuronError("invalid_request", exc.message), "unload")
         try:
-            return _json(await self.registry.unload(body.model))
+            return _json(await self.registry.unload(body.model, sleep=body.sleep))
         except NeuronError as exc:
             return _neuron_error(exc, "unload", model=body.model)
 
@@ -152,6 +152,7 @@ class NeuronApp:
             error = NeuronError("invalid_request", "give exactly one of `messages` or `prompt`")
             return _neuron_error(error, "tokenize", model=body.model)
         try:
+            await self.registry.woken(body.model)
             entry, engine = self.registry.acquire(body.model)
         except NeuronError as exc:
             return _neuron_error(exc, "tokenize", model=body.model)
@@ -199,8 +200,15 @@ class NeuronApp:
         except WireError as exc:
             return _openai_error(400, exc.message, "invalid_request_error", handler, **rid)
         try:
+            # A request wakes a sleeping model (and waits for it), as a load does.
+            await self.registry.woken(route.model)
             entry, engine = self.registry.acquire(route.model)
         except NeuronError as exc:
+            if exc.code != "not_loaded":
+                # The wake failed or found no room: the neuron's status, the OpenAI envelope.
+                return _openai_error(
+                    exc.status, exc.message, "server_error", handler, model=route.model, **rid
+                )
             return _openai_error(
                 404, exc.message, "not_found_error", handler, model=route.model, **rid
             )

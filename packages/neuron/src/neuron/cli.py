@@ -34,6 +34,7 @@ from neuron import __version__, runtime
 from neuron.cpu import read_cpu
 from neuron.devices import read_devices
 from neuron.runtime import NO_ENGINE_EXIT, EngineKind, NoEngine
+from neuron.sleep import refusal
 
 DEFAULT_CONFIG = "/etc/neuron/neuron.toml"
 
@@ -85,6 +86,7 @@ def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> Non
     except ConfigError as exc:
         _fail(str(exc), 2)
     if os.environ.get("NEURON_TEST_ENGINE") != "scripted":
+        _refuse_sleep_here(path, config)
         argv = ["serve", "--config", str(path), "--log-format", log_format]
         _enter_engine(config, [*argv, "--log-level", log_level])
     try:  # now: a port in use is one line, before anything starts
@@ -93,6 +95,18 @@ def serve(config_path: str | None, log_format: LogFormat, log_level: str) -> Non
         _fail(str(exc), 1)
     configure_logging(log_format, log_level.upper())
     run_loop(_serve(config, token, bind))
+
+
+def _refuse_sleep_here(path: Path, config: NeuronConfig) -> None:
+    """Exit with one line when ``sleep_memory_gb`` is set where engines cannot sleep (CPU).
+
+    Checked before and again after entering ``engine_env`` (whose vLLM build decides).
+    """
+    from neuron.vllm_engine import sleep_support
+
+    gpus = len(read_devices())
+    if reason := refusal(config.neuron.sleep_memory_gb, gpus, sleep_support()):
+        _fail(str(ConfigError(path, "neuron.sleep_memory_gb", reason)), 2)
 
 
 def _enter_engine(config: NeuronConfig, argv: list[str]) -> None:
@@ -158,7 +172,8 @@ async def _serve(config: NeuronConfig, token: str | None, bind: str) -> None:
     if os.environ.get("NEURON_TEST_ENGINE") == "scripted":
         app = _scripted_app(config, token)
     else:
-        app = create_app(config, VllmEngineFactory(run_dir), token=token)
+        factory = VllmEngineFactory(run_dir, Path(config.neuron.cache_dir))
+        app = create_app(config, factory, token=token)
     try:
         # Starlette's ASGI types and hypercorn's differ only in how they spell them.
         asgi: Any = app
@@ -250,6 +265,15 @@ def check(config_path: str | None) -> None:
     click.echo(f"engine: {engine}")
     click.echo(f"devices: {_devices_line()}")
     click.echo(f"cpu: {read_cpu().line()}")
+    if (gb := config.neuron.sleep_memory_gb) is not None:
+        from neuron.vllm_engine import sleep_support
+
+        reason = refusal(gb, len(read_devices()), sleep_support())
+        click.echo(
+            f"sleep: up to {gb:g} GiB of host memory for sleeping models"
+            if reason is None
+            else f"sleep: refused, `neuron serve` will not start: {reason}"
+        )
 
 
 def _devices_line() -> str:

@@ -7,7 +7,7 @@ engine for unit tests.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ __all__ = [
     "EngineStats",
     "InvalidOptionError",
     "JsonReply",
+    "PhaseCallback",
     "Reply",
     "StreamReply",
 ]
@@ -39,8 +40,16 @@ class EngineSpec:
     """GPU indices (NVML order) to pin the engine to; empty: the CPU engine."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Engine options: the neuron's ``[engine]`` with the load's own on top."""
+    source: str = ""
+    """The source the model came from: engines of one model from two sources share no cache."""
+    sleep: bool = False
+    """Start the engine able to sleep (:meth:`Engine.sleep`): the neuron may put it to sleep."""
     task: str = "generate"
     """``generate``: a generating engine; ``embed``: a pooling engine serving embeddings."""
+
+
+PhaseCallback = Callable[[str], None]
+"""Told the name of each phase of an engine start as it begins (``serving``, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,18 @@ class Engine(Protocol):
         """Stop the engine and give back its processes and memory."""
         ...
 
+    async def sleep(self) -> None:
+        """Free the device memory: weights to host memory, KV cache dropped (vLLM's level 1).
+
+        Only for an engine started with ``EngineSpec.sleep``; raise
+        :class:`EngineError` if it cannot.
+        """
+        ...
+
+    async def wake_up(self) -> None:
+        """Take the device memory back after :meth:`sleep`; then it serves again."""
+        ...
+
 
 class EngineFactory(Protocol):
     """Starts engines and answers what they support, without starting one."""
@@ -154,6 +175,13 @@ class EngineFactory(Protocol):
         """Why this engine cannot load GGUF weights, or ``None`` if it can."""
         ...
 
-    async def start(self, spec: EngineSpec) -> Engine:
-        """Start an engine for ``spec``; raise :class:`EngineError` with the engine's reason."""
+    def sleep_support(self) -> str | None:
+        """Why engines here cannot sleep, or ``None`` if they can (on GPUs)."""
+        ...
+
+    async def start(self, spec: EngineSpec, on_phase: PhaseCallback | None = None) -> Engine:
+        """Start an engine for ``spec``; raise :class:`EngineError` with the engine's reason.
+
+        ``on_phase`` hears the phases after ``starting`` (``serving``: the OpenAI layers).
+        """
         ...

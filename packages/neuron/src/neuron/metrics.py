@@ -8,13 +8,14 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cortex_core.neuron_api import Device
-from neuron.registry import Registry
+from cortex_core.neuron_api import MODEL_STATES, Device
+from neuron.registry import LoadEvent, Registry
 
 __all__ = ["NeuronMetrics"]
 
-_STATES = ("loading", "ready", "unloading", "failed")
+_STATES = sorted(MODEL_STATES)
 _LOAD_BUCKETS = (1, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200)
+_PHASE_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 8, 12, 20, 30, 45, 60, 90, 120, 300, 600)
 
 
 class _Collector(Collector):
@@ -46,6 +47,11 @@ class _Collector(Collector):
         memory = GaugeMetricFamily(
             "neuron_model_memory_bytes", "Memory planned for each model", labels=["model"]
         )
+        host = GaugeMetricFamily(
+            "neuron_model_host_memory_bytes",
+            "Host memory a sleeping model's weights hold",
+            labels=["model"],
+        )
         running = GaugeMetricFamily(
             "neuron_engine_requests_running", "Requests the engine is running", labels=["model"]
         )
@@ -66,6 +72,7 @@ class _Collector(Collector):
                 state.add_metric([model_id, name], 1.0 if entry.state == name else 0.0)
             in_flight.add_metric([model_id], entry.in_flight)
             memory.add_metric([model_id], entry.plan.needed_bytes if entry.plan else 0)
+            host.add_metric([model_id], entry.host_bytes if entry.state == "sleeping" else 0)
             if entry.engine is not None:
                 stats = entry.engine.stats()
                 running.add_metric([model_id], stats.running)
@@ -73,7 +80,7 @@ class _Collector(Collector):
                 kv.add_metric([model_id], stats.kv_cache_usage)
                 prompt.add_metric([model_id], stats.prompt_tokens)
                 generated.add_metric([model_id], stats.generation_tokens)
-        yield from (state, in_flight, memory, running, waiting, kv, prompt, generated)
+        yield from (state, in_flight, memory, host, running, waiting, kv, prompt, generated)
 
 
 class NeuronMetrics:
@@ -89,7 +96,19 @@ class NeuronMetrics:
             buckets=_LOAD_BUCKETS,
             registry=self.registry,
         )
-        registry.on_load = self._observe_load
+        self.phase_seconds = Histogram(
+            "neuron_load_seconds",
+            "Seconds each phase of a load (or a wake) took",
+            ["model", "phase"],
+            buckets=_PHASE_BUCKETS,
+            registry=self.registry,
+        )
+        registry.subscribe(self._observe_load)
 
-    def _observe_load(self, model: str, outcome: str, seconds: float) -> None:
-        self.load_seconds.labels(model=model, outcome=outcome).observe(seconds)
+    def _observe_load(self, event: LoadEvent) -> None:
+        if event.kind == "load":
+            self.load_seconds.labels(model=event.model, outcome=event.outcome).observe(
+                event.seconds
+            )
+        for phase, seconds in event.phases.items():
+            self.phase_seconds.labels(model=event.model, phase=phase).observe(seconds)

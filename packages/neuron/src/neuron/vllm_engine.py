@@ -4,12 +4,22 @@ This is the only module that imports vLLM. Chat templates, sampling, tool-call
 and reasoning parsing and SSE framing are vLLM's; this module only turns bytes
 into vLLM requests and vLLM replies into bytes. vLLM's module paths move
 between releases: they are pinned to the version in ``VLLM_VERSION``.
+
+Process model. vLLM's own starts an ``EngineCore`` interpreter that starts a
+``Worker`` interpreter, each importing torch and vLLM afresh: most of a CPU
+load's minute. A CPU engine of one process (no tensor or pipeline parallel)
+is *forked* instead: its ``EngineCore`` comes from the neuron's engine host
+(:mod:`neuron.enginehost`, vLLM already imported there) and runs the worker in
+itself (vLLM's single-process executor), so a load pays for the model, not
+for interpreters. GPU engines keep vLLM's own process model, and the engine
+option ``engine_process = "vllm"`` asks for it anywhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import importlib
 import importlib.metadata
@@ -19,7 +29,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +45,14 @@ from neuron.engine import (
     EngineStats,
     InvalidOptionError,
     JsonReply,
+    PhaseCallback,
     Reply,
     StreamReply,
 )
+from neuron.enginehost import EngineHost, HostLaunch, Threads, parse_cpu_list
 from neuron.runtime import VLLM_VERSION
 
-__all__ = ["VLLM_VERSION", "VllmEngine", "VllmEngineFactory"]
+__all__ = ["ENGINE_PROCESS", "VLLM_VERSION", "VllmEngine", "VllmEngineFactory", "sleep_support"]
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +61,25 @@ log = logging.getLogger(__name__)
 _CONTROLLED = frozenset({"model", "served_model_name", "tokenizer", "disable_log_stats"})
 # Options of vLLM's OpenAI layer rather than of the engine.
 _SERVING_OPTIONS = frozenset({"tool_call_parser", "reasoning_parser", "chat_template"})
-_NEURON_OPTIONS = frozenset({"gguf_file"})
-"""Options the neuron itself reads: ``gguf_file`` picks the GGUF file of a repository."""
+ENGINE_PROCESS = "engine_process"
+"""The option choosing the process model: ``forked`` (from the engine host) or ``vllm``."""
+_NEURON_OPTIONS = frozenset({"gguf_file", ENGINE_PROCESS})
+"""Options the neuron itself reads: ``gguf_file`` picks the GGUF file of a repository;
+``engine_process`` the process model."""
+_PROCESS_MODELS = ("forked", "vllm")
+_PARALLEL_OPTIONS = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size")
+# What a forked engine process imports from the host instead of at its start.
+_HOST_PRELOAD = (
+    "torch",
+    "vllm",
+    "vllm.v1.engine.core",
+    "vllm.v1.executor.uniproc_executor",
+    "vllm.v1.worker.cpu_worker",
+)
+_LAUNCH: contextvars.ContextVar[HostLaunch | None] = contextvars.ContextVar(
+    "neuron_engine_launch", default=None
+)
+"""Set while an engine is being made in the forked process model: where its processes come from."""
 GGUF_PLUGIN = "vllm-gguf-plugin"
 """Where vLLM's GGUF support lives since 0.24 (CUDA and ROCm kernels, Triton fallbacks)."""
 # Parsers for model families whose chat templates call tools or think in known
@@ -131,6 +160,30 @@ class _Vllm:
             f.name for f in dataclasses.fields(self.AsyncEngineArgs) if f.init
         )
         self.architectures = frozenset(self.ModelRegistry.get_supported_archs())
+        self.cpu: bool = load("vllm.platforms", "current_platform").is_cpu()
+        self.OMPProcessManager = load("vllm.utils.ompmultiprocessing", "OMPProcessManager")
+        # vLLM starts its EngineCore through this module's get_mp_context(): while an
+        # engine is made in the forked model, that context is the engine host's.
+        launcher: Any = importlib.import_module("vllm.v1.engine.utils")
+        own = launcher.get_mp_context
+
+        def get_mp_context() -> Any:
+            launch = _LAUNCH.get()
+            return launch if launch is not None else own()
+
+        launcher.get_mp_context = get_mp_context
+
+    def threads(self, config: Any) -> Threads:
+        """The CPU vLLM would give its one CPU worker (``VLLM_CPU_OMP_THREADS_BIND``)."""
+        bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+        if bind == "nobind":
+            return Threads()
+        if bind != "auto":
+            cpus = parse_cpu_list(bind)
+            return Threads(len(cpus), cpus)
+        # vLLM's own choice for its worker: a core each, one left to the engine's loop.
+        cpu_lists = self.OMPProcessManager(config).cpu_lists
+        return Threads(len(cpu_lists[0])) if cpu_lists else Threads()
 
     def validate(self, request_type: Any, body: bytes) -> Any:
         """``body`` as vLLM's ``request_type`` (a model, or a union of them); ``ValueError``."""
@@ -179,15 +232,99 @@ class _StatsRecorder:
 
 
 def _engine_processes() -> set[psutil.Process]:
-    # The multiprocessing resource tracker is shared by every engine: not one of theirs.
+    # The multiprocessing resource tracker and the engine host serve every engine:
+    # not one of theirs.
     found = set()
     for child in psutil.Process().children(recursive=True):
         try:
-            if "resource_tracker" not in " ".join(child.cmdline()):
-                found.add(child)
+            command = " ".join(child.cmdline())
         except psutil.Error:
             continue
+        if "resource_tracker" not in command and "multiprocessing.forkserver" not in command:
+            found.add(child)
     return found
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or, for ``None``, remove) environment variables, and put them back after."""
+
+    def put(changes: Mapping[str, str | None]) -> None:
+        for key, value in changes.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        put(values)
+        yield
+    finally:
+        put(saved)
+
+
+def _environments(
+    spec: EngineSpec, rpc_dir: Path, cache: Path
+) -> tuple[dict[str, str | None], dict[str, str]]:
+    """An engine start's environment: the neuron's while it starts the engine, and its processes'.
+
+    The engine's processes take the environment at their start, so it is set per engine.
+    """
+    # vLLM's processes leave files in TMPDIR when they fail; keep them in our folder.
+    env: dict[str, str | None] = {"VLLM_RPC_BASE_PATH": str(rpc_dir), "TMPDIR": str(rpc_dir)}
+    if spec.devices:
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.devices))
+    # Only the engine's processes use the model's own caches: the neuron's keeps vLLM's
+    # notes on each architecture (``modelinfos``), worth an interpreter start each.
+    caches = {
+        "VLLM_CACHE_ROOT": str(cache / "vllm"),
+        "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
+        "TRITON_CACHE_DIR": str(cache / "triton"),
+    }
+    if not spec.devices and "VLLM_USE_AOT_COMPILE" not in os.environ:
+        # vLLM 0.32's CPU build cannot load the AOT artifacts it saves ("'function'
+        # object has no attribute 'finalize_loading'") and compiles again; its
+        # ordinary compile cache loads: a compiled model's next start reuses it.
+        caches["VLLM_USE_AOT_COMPILE"] = "0"
+    return env, caches
+
+
+def _cache_files(folder: Path) -> tuple[int, int]:
+    """Files under ``folder`` and their bytes."""
+    count = size = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                count += 1
+                size += path.stat().st_size
+    return count, size
+
+
+def _make_engine(
+    lib: _Vllm,
+    config: Any,
+    args: Any,
+    recorder: _StatsRecorder,
+    launch: HostLaunch | None,
+    env: Mapping[str, str],
+) -> Any:
+    """``AsyncLLM`` for ``config``; its processes fork from ``launch``'s host when given.
+
+    vLLM's own processes are spawned with ``env`` (a forked one has it from ``launch``).
+    """
+    token = _LAUNCH.set(launch)
+    try:
+        with contextlib.nullcontext() if launch is not None else _environ(env):
+            return lib.AsyncLLM.from_vllm_config(
+                config,
+                stat_loggers=[recorder.logger_factory(lib.StatLoggerBase)],
+                enable_log_requests=args.enable_log_requests,
+                disable_log_stats=args.disable_log_stats,
+            )
+    finally:
+        _LAUNCH.reset(token)
 
 
 def _reason(exc: BaseException) -> str:
@@ -202,16 +339,25 @@ def _reason(exc: BaseException) -> str:
 
 
 class VllmEngineFactory:
-    """Starts vLLM engines, one at a time, each with its own processes and socket folder."""
+    """Starts vLLM engines, one at a time, each with its own processes and socket folder.
 
-    def __init__(self, run_dir: Path) -> None:
+    ``cache_dir`` holds each model's compilation and kernel caches
+    (``<cache_dir>/engines/<source>/<org>--<name>``), so its next load reuses them.
+    """
+
+    def __init__(self, run_dir: Path, cache_dir: Path | None = None) -> None:
         self._run_dir = run_dir
+        self._cache_dir = cache_dir if cache_dir is not None else run_dir / "cache"
         self._vllm: _Vllm | None = None
         self._import_lock = asyncio.Lock()
         self._start_lock = asyncio.Lock()
+        self._host = EngineHost(_HOST_PRELOAD)
 
     async def prepare(self) -> None:
-        """Import vLLM in a thread, so the event loop keeps serving meanwhile."""
+        """Start the engine host (CPU build) and import vLLM in a thread, side by side."""
+        if _cpu_build():
+            # Its imports run beside the neuron's own: both are paid before the first load.
+            await asyncio.to_thread(self._host.start)
         await self._lib()
 
     async def _lib(self) -> _Vllm:
@@ -245,6 +391,25 @@ class VllmEngineFactory:
         controlled = sorted(set(options) & _CONTROLLED)
         if controlled:
             raise InvalidOptionError(f"set by the neuron, not an option: {', '.join(controlled)}")
+        process = options.get(ENGINE_PROCESS)
+        if process is not None and process not in _PROCESS_MODELS:
+            raise InvalidOptionError(
+                f"{ENGINE_PROCESS} must be one of {', '.join(_PROCESS_MODELS)}, not {process!r}"
+            )
+        if process == "forked" and not self._forkable(options):
+            raise InvalidOptionError(
+                f'{ENGINE_PROCESS} = "forked" runs CPU engines of one process; GPU and'
+                " parallel engines keep vLLM's own processes"
+            )
+
+    def _forkable(self, options: Mapping[str, Any]) -> bool:
+        """Whether an engine with ``options`` can be forked: the CPU build, one process."""
+        one = all(options.get(k, 1) in (1, None) for k in _PARALLEL_OPTIONS)
+        return self._vllm is not None and self._vllm.cpu and one
+
+    def sleep_support(self) -> str | None:
+        """Why engines here cannot sleep (see :func:`sleep_support`)."""
+        return sleep_support()
 
     def gguf_support(self) -> str | None:
         """Why GGUF weights cannot load here: vLLM's CPU build, or no GGUF plugin."""
@@ -265,12 +430,16 @@ class VllmEngineFactory:
             )
         return None
 
-    async def start(self, spec: EngineSpec) -> Engine:
+    async def start(self, spec: EngineSpec, on_phase: PhaseCallback | None = None) -> Engine:
         """Start ``AsyncLLM`` in a thread and build vLLM's OpenAI layer over it."""
         lib = await self._lib()
         self.check_options(spec.options)
         options = dict(spec.options)
         serving = {k: options.pop(k) for k in _SERVING_OPTIONS if k in options}
+        process = options.pop(ENGINE_PROCESS, None)
+        forked = process != "vllm" and not spec.devices and self._forkable(options)
+        if spec.sleep:
+            options["enable_sleep_mode"] = True
         model = str(spec.path)
         if gguf_file := options.pop("gguf_file", None):
             # The plugin takes the .gguf path as the model; a config.json beside it
@@ -292,67 +461,121 @@ class VllmEngineFactory:
         rpc_dir = self._run_dir / "rpc" / spec.model_id.replace("/", "--")
         shutil.rmtree(rpc_dir, ignore_errors=True)
         rpc_dir.mkdir(parents=True)
+        cache = self._engine_cache(spec)
+        cache.mkdir(parents=True, exist_ok=True)
+        cached = await asyncio.to_thread(_cache_files, cache)
+        env, caches = _environments(spec, rpc_dir, cache)
+        started_at = time.monotonic()
         async with self._start_lock:
-            # The engine's processes inherit the environment at spawn: set it per engine.
-            saved = {
-                k: os.environ.get(k)
-                for k in (
-                    "CUDA_VISIBLE_DEVICES",
-                    "CUDA_DEVICE_ORDER",
-                    "VLLM_RPC_BASE_PATH",
-                    "TMPDIR",
-                )
-            }
-            os.environ["VLLM_RPC_BASE_PATH"] = str(rpc_dir)
-            # vLLM's processes leave files in TMPDIR when they fail; keep them in our folder.
-            os.environ["TMPDIR"] = str(rpc_dir)
-            if spec.devices:
-                os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order
-                os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, spec.devices))
-            before = _engine_processes()
-            try:
-                args = lib.AsyncEngineArgs(
-                    model=model, served_model_name=[spec.model_id], **options
-                )
-                building = asyncio.ensure_future(
-                    asyncio.to_thread(
-                        lib.AsyncLLM.from_engine_args,
-                        args,
-                        stat_loggers=[recorder.logger_factory(lib.StatLoggerBase)],
-                    )
-                )
+            with _environ(env):
+                before = _engine_processes()
+                launch: HostLaunch | None = None
+
+                def ours() -> set[psutil.Process]:
+                    # Forked: exactly the processes the launch made; else every new one.
+                    if launch is None:
+                        return _engine_processes() - before
+                    return _processes(p.pid for p in launch.processes)
+
                 try:
-                    engine = await asyncio.shield(building)
-                except asyncio.CancelledError:
-                    # A start cannot be stopped midway: let it finish, then stop
-                    # what it started, so no engine outlives the load that wanted it.
-                    log.info(
-                        "load cancelled; stopping its engine once started",
-                        extra={"model": spec.model_id},
+                    args = lib.AsyncEngineArgs(
+                        model=model, served_model_name=[spec.model_id], **options
                     )
-                    with contextlib.suppress(Exception):
-                        started = await building
-                        await asyncio.to_thread(started.shutdown)
-                    await _reap(_engine_processes() - before)
+                    config = await asyncio.to_thread(args.create_engine_config)
+                    if forked:
+                        # One process: the worker runs in the EngineCore forked from the host.
+                        config.parallel_config.distributed_executor_backend = "uni"
+                        engine_env = {**os.environ, **caches}
+                        launch = self._host.launch(engine_env, lib.threads(config))
+                    building = asyncio.ensure_future(
+                        asyncio.to_thread(_make_engine, lib, config, args, recorder, launch, caches)
+                    )
+                    try:
+                        engine = await asyncio.shield(building)
+                    except asyncio.CancelledError:
+                        # A start cannot be stopped midway: let it finish, then stop
+                        # what it started, so no engine outlives the load that wanted it.
+                        log.info(
+                            "load cancelled; stopping its engine once started",
+                            extra={"model": spec.model_id},
+                        )
+                        with contextlib.suppress(Exception):
+                            started = await building
+                            await asyncio.to_thread(started.shutdown)
+                        await _reap(ours())
+                        shutil.rmtree(rpc_dir, ignore_errors=True)
+                        raise
+                except Exception as exc:
+                    await _reap(ours())
                     shutil.rmtree(rpc_dir, ignore_errors=True)
-                    raise
-            except Exception as exc:
-                await _reap(_engine_processes() - before)
-                shutil.rmtree(rpc_dir, ignore_errors=True)
-                raise EngineError(_reason(exc)) from exc
-            finally:
-                for key, value in saved.items():
-                    if value is None:
-                        os.environ.pop(key, None)
-                    else:
-                        os.environ[key] = value
-            processes = frozenset(_engine_processes() - before)
+                    raise EngineError(_reason(exc)) from exc
+                processes = frozenset(ours())
+        log.info(
+            "engine started",
+            extra={
+                "model": spec.model_id,
+                "process_model": "forked" if forked else "vllm",
+                "pids": sorted(p.pid for p in processes),
+                "seconds": round(time.monotonic() - started_at, 1),
+            },
+        )
+        if on_phase is not None:
+            on_phase("serving")
         try:
-            return await _build(lib, engine, spec, serving, recorder, processes, rpc_dir)
+            built = await _build(lib, engine, spec, serving, recorder, processes, rpc_dir)
         except Exception as exc:
             await asyncio.to_thread(engine.shutdown)
             await _reap(set(processes))
             raise EngineError(_reason(exc)) from exc
+        await asyncio.to_thread(_log_cache, spec.model_id, cache, cached)
+        return built
+
+    def _engine_cache(self, spec: EngineSpec) -> Path:
+        """The model's own compilation and kernel caches (per source, as the weights are)."""
+        source = spec.source or "default"
+        return self._cache_dir / "engines" / source / spec.model_id.replace("/", "--")
+
+
+def sleep_support() -> str | None:
+    """Why vLLM here cannot sleep: its sleep mode is CUDA's (and ROCm's), not the CPU build's."""
+    if _cpu_build():
+        return "vLLM's CPU build has no sleep mode (it needs GPUs)"
+    return None
+
+
+def _cpu_build() -> bool:
+    """Whether the engine here is vLLM's CPU build (from its metadata: no import)."""
+    try:
+        importlib.metadata.version("vllm-cpu")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _processes(pids: Iterable[int | None]) -> set[psutil.Process]:
+    """The processes of these pids that exist (a pid is ``None`` before its process starts)."""
+    found = set()
+    for pid in pids:
+        if pid is not None:
+            with contextlib.suppress(psutil.Error):
+                found.add(psutil.Process(pid))
+    return found
+
+
+def _log_cache(model: str, cache: Path, before: tuple[int, int]) -> None:
+    """Say what the engine found in its caches, and what it added."""
+    files, size = _cache_files(cache)
+    log.info(
+        "engine caches",
+        extra={
+            "model": model,
+            "path": str(cache),
+            "reused_files": before[0],
+            "reused_bytes": before[1],
+            "new_files": max(files - before[0], 0),
+            "new_bytes": max(size - before[1], 0),
+        },
+    )
 
 
 async def _reap(processes: set[psutil.Process] | frozenset[psutil.Process]) -> None:
@@ -668,6 +891,16 @@ class VllmEngine:
     def stats(self) -> EngineStats:
         """What vLLM last reported for this engine."""
         return self._recorder.stats
+
+    async def sleep(self) -> None:
+        """Sleep at vLLM's level 1: weights to host memory, KV cache dropped."""
+        if not self._engine.model_config.enable_sleep_mode:
+            raise EngineError("the engine was not started with sleep mode")
+        await self._engine.sleep(level=1)
+
+    async def wake_up(self) -> None:
+        """Wake: weights back on the device, a KV cache again."""
+        await self._engine.wake_up()
 
     async def shutdown(self) -> None:
         """Shut vLLM down, then make sure its processes are gone and its sockets removed."""

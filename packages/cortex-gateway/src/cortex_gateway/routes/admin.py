@@ -61,6 +61,7 @@ class AdminRoutes:
                 "last_seen": node.last_seen,
                 "error": node.error,
                 "devices": to_builtins(list(node.devices)),
+                "sleeping_bytes": node.sleeping_bytes,
                 "models": to_builtins(list(node.models)),
             }
             for node in status.fleet.nodes.values()

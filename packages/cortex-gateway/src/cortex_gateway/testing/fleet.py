@@ -13,8 +13,9 @@ processes::
 Each :class:`ScriptedNode` keeps its models' states, device memory and
 requests in flight as a neuron would, answers the management API (loads take
 ``load_s``, fail as scripted, and are refused with ``insufficient_memory``
-and the neuron's own figure when they do not fit), and answers inference with
-a fixed reply, as JSON or as a real SSE stream. Tests queue other answers
+and the neuron's own figure when they do not fit; with ``sleep_memory_gib``,
+an eviction's unload puts a GPU model to sleep and its next load wakes it),
+and answers inference with a fixed reply, as JSON or as a real SSE stream. Tests queue other answers
 (errors, broken or hanging streams) and faults (a node down, a model gone
 behind the gateway's back, a state from a newer neuron).
 """
@@ -86,6 +87,8 @@ class ScriptedModel:
     id: str
     memory_gib: float = 1.0
     load_s: float = 0.0
+    wake_s: float = 0.0
+    """Seconds a wake from sleep takes."""
     fail: ErrorCode | None = None
     """Every load of this model fails with this neuron error code."""
 
@@ -179,10 +182,13 @@ class ScriptedNode:
         answer_delay_s: float = 0.0,
         version: str = "0.0.0+scripted",
         token: str | None = None,
+        sleep_memory_gib: float | None = None,
     ) -> None:
         """A node with GPUs of ``gpus`` GiB each (none: a CPU node with ``host_memory_gib``).
 
-        With ``token``, every call but health needs it (401 otherwise).
+        With ``token``, every call but health needs it (401 otherwise). With
+        ``sleep_memory_gib`` (a neuron's ``sleep_memory_gb``), models on its GPUs
+        may sleep, all together holding at most that much host memory.
         """
         self.name = name
         self.token = token
@@ -201,8 +207,12 @@ class ScriptedNode:
         """Answers for the next inference requests, in order; then the default reply."""
         self.loads = 0
         """Loads that succeeded (each one an engine start on a real neuron)."""
+        self.wakes = 0
+        """Loads that woke a sleeping model (no engine start)."""
+        self.sleep_memory = None if sleep_memory_gib is None else int(sleep_memory_gib * GIB)
         self.calls: list[str] = []
-        """Management calls received, as ``"<call> <model>"`` (``"models"`` for polls)."""
+        """Management calls received, as ``"<call> <model>"`` (``"models"`` for polls; ``sleep``
+        for an unload that asked for a sleep, whatever the node did)."""
         self.requests: list[ScriptedRequest] = []
         self.open_requests = 0
         """Inference requests not yet answered in full or closed."""
@@ -237,9 +247,14 @@ class ScriptedNode:
     def put(
         self, model_id: str, state: str, *, memory_gib: float = 1.0, task: str = "generate"
     ) -> None:
-        """Hold ``model_id`` in ``state`` (any string: a newer neuron's states too)."""
+        """Hold ``model_id`` in ``state`` (any string: a newer neuron's states too).
+
+        A ``sleeping`` model holds host memory, not device memory.
+        """
         memory = int(memory_gib * GIB)
-        self._memory[model_id] = [memory]
+        asleep = state == "sleeping"
+        if not asleep:
+            self._memory[model_id] = [memory]
         self.models[model_id] = ModelInfo(
             id=model_id,
             state=state,
@@ -248,6 +263,7 @@ class ScriptedNode:
             loaded_at=time.time(),
             last_used=time.time(),
             task=task,
+            host_memory_bytes=memory if asleep else 0,
         )
 
     # --- what a neuron reports ---------------------------------------------------------
@@ -301,7 +317,13 @@ class ScriptedNode:
     async def load(
         self, model: ScriptedModel, options: Mapping[str, Any], task: str = "generate"
     ) -> ModelInfo:
-        """Preflight, then start (taking ``load_s``) for ``task``; fail as ``model`` says."""
+        """Preflight, then start (taking ``load_s``) for ``task``; fail as ``model`` says.
+
+        A sleeping model wakes instead (taking ``wake_s``), on its own GPUs.
+        """
+        asleep = self.models.get(model.id)
+        if asleep is not None and asleep.state == "sleeping":
+            return await self._wake(model, asleep)
         needed = int(model.memory_gib * GIB)
         tp = options.get("tensor_parallel_size", 1)
         tp = tp if isinstance(tp, int) and tp > 0 else 1
@@ -359,13 +381,51 @@ class ScriptedNode:
         self.loads += 1
         return ready
 
-    def unload(self, model_id: str) -> UnloadResponse:
-        """Give the model's memory back."""
-        info = self.models.pop(model_id, None)
-        self._memory.pop(model_id, None)
+    def unload(self, model_id: str, *, sleep: bool = False) -> UnloadResponse:
+        """Give the model's memory back; with ``sleep``, put it to sleep where it may."""
+        info = self.models.get(model_id)
         if info is None:
             raise _neuron_error("not_loaded", f"{model_id} is not loaded")
+        self._memory.pop(model_id, None)
+        if sleep and info.state == "ready" and self._room_to_sleep(info.memory_bytes):
+            info.state, info.host_memory_bytes = "sleeping", info.memory_bytes
+            return UnloadResponse(
+                id=model_id,
+                state="sleeping",
+                freed_bytes=info.memory_bytes,
+                host_memory_bytes=info.host_memory_bytes,
+            )
+        del self.models[model_id]
         return UnloadResponse(id=model_id, freed_bytes=info.memory_bytes)
+
+    def _room_to_sleep(self, host_bytes: int) -> bool:
+        """Whether a model holding ``host_bytes`` may sleep: least recently used sleepers go."""
+        if self.sleep_memory is None or not self.gpus or host_bytes > self.sleep_memory:
+            return False
+        sleepers = sorted(
+            (m for m in self.models.values() if m.state == "sleeping"),
+            key=lambda m: m.last_used or 0.0,
+        )
+        while sum(m.host_memory_bytes for m in sleepers) + host_bytes > self.sleep_memory:
+            del self.models[sleepers.pop(0).id]
+        return True
+
+    async def _wake(self, model: ScriptedModel, info: ModelInfo) -> ModelInfo:
+        """Take the sleeper's device memory back on its own GPUs; ready after ``wake_s``."""
+        share = info.memory_bytes // max(len(info.devices), 1)
+        used = self.used()
+        if any(self.gpus[i] - used[i] < share for i in info.devices):
+            details = {"needed_bytes": info.memory_bytes, "devices": []}
+            message = f"{model.id} cannot wake on {self.name}: its GPUs are full"
+            raise _neuron_error("insufficient_memory", message, details)
+        self._memory[model.id] = [share] * len(info.devices)
+        info.state, info.phase = "loading", "waking"
+        if model.wake_s:
+            await asyncio.sleep(model.wake_s)
+        info.state, info.phase, info.host_memory_bytes = "ready", None, 0
+        info.phase_seconds, info.last_used = {"waking": model.wake_s}, time.time()
+        self.wakes += 1
+        return info
 
     # --- inference ---------------------------------------------------------------------
 
@@ -539,11 +599,11 @@ class ScriptedClient:
         except TimeoutError:
             raise NeuronCallError("TimeoutError") from None
 
-    async def unload(self, model_id: str) -> UnloadResponse:
-        """Unload a model."""
+    async def unload(self, model_id: str, *, sleep: bool = False) -> UnloadResponse:
+        """Unload a model, or with ``sleep`` put it to sleep where the node may."""
         await self._enter()
-        self.node.calls.append(f"unload {model_id}")
-        return self.node.unload(model_id)
+        self.node.calls.append(f"{'sleep' if sleep else 'unload'} {model_id}")
+        return self.node.unload(model_id, sleep=sleep)
 
     async def endpoint(self, model_id: str) -> str:
         """Where the model's OpenAI API is: on loopback, as a neuron advertises it by default."""

@@ -257,15 +257,16 @@ function nodeCard(node) {
   if (node.endpoint) facts.push(node.endpoint);
   if (facts.length) card.append(el("div", { class: "muted small", text: facts.join(" · ") }));
   if (node.error) card.append(el("div", { class: "small err", text: node.error }));
-  if (node.cpu_only) {
-    card.append(el("div", { class: "muted small", text: "CPU only (no GPU): models run in host memory" }));
-    if (node.host_models.length) {
-      card.append(el("div", { class: "legend" }, ...node.host_models.map((m) =>
-        el("span", { "data-model": m.model }, el("i", { class: "seg " + (m.kind === "loading" ? "loading" : colour(m.model)) }),
-          m.model + (m.kind === "ready" ? "" : " (" + m.kind + ")") + (m.bytes ? " " + gib(m.bytes) : "")))));
-    }
-  }
+  if (node.cpu_only) card.append(el("div", { class: "muted small", text: "CPU only (no GPU): models run in host memory" }));
   for (const device of node.devices) card.append(deviceBar(device));
+  // Sleeping models hold host memory, not a GPU's: listed apart from the bars.
+  if (node.host_models.length) {
+    if (!node.cpu_only) card.append(el("div", { class: "muted small", text: "host memory" }));
+    card.append(el("div", { class: "legend host" }, ...node.host_models.map((m) =>
+      el("span", { "data-model": m.model, "data-kind": m.kind, "data-bytes": m.bytes },
+        el("i", { class: "seg " + (m.kind === "loading" ? "loading" : colour(m.model)) + (m.kind === "sleeping" ? " sleeping" : "") }),
+        m.model + (m.kind === "ready" ? "" : " (" + m.kind + ")") + (m.bytes ? " " + gib(m.bytes) : "")))));
+  }
   return card;
 }
 
@@ -341,6 +342,8 @@ function whereCell(model) {
     if (p.state === "loading" && (p.phase || p.since)) {
       detail = el("span", { class: "muted small", "data-phase": p.phase || "", "data-elapsed": p.since || "" });
       tickElapsed(detail);
+    } else if (p.state === "sleeping" && p.host_memory_bytes) {
+      detail = el("span", { class: "muted small", text: " " + gib(p.host_memory_bytes) + " in host memory" });
     }
     const place = el("span", { class: "place", "data-node": p.node, "data-state": p.state },
       el("b", { text: p.node }), " ", el("span", { class: "state " + p.state, text: p.state }), detail);
@@ -458,18 +461,22 @@ async function act(verb, model, node) {
 
 const KIND_TEXT = {
   load_started: "load started", loaded: "loaded", load_failed: "load failed", unloaded: "unloaded",
-  evicted: "evicted", node_up: "node up", node_down: "node down", node_restarted: "node restarted",
+  evicted: "evicted", slept: "slept", node_up: "node up", node_down: "node down", node_restarted: "node restarted",
 };
+// A load that woke a sleeping model (no engine start) says so.
+const WAKE_TEXT = { load_started: "waking", loaded: "woke", load_failed: "wake failed" };
 
 function addTimeline(events) {
   const list = $("timeline");
   for (const event of events) {
     const parts = [];
     if (event.seconds !== null && event.seconds !== undefined) parts.push("in " + event.seconds + " s");
-    if (event.reason) parts.push(event.kind === "evicted" || event.kind === "unloaded" ? "reason: " + event.reason : event.reason);
-    const item = el("li", { "data-kind": event.kind, "data-seq": event.seq },
+    if (event.reason) parts.push(["evicted", "unloaded", "slept"].includes(event.kind) ? "reason: " + event.reason : event.reason);
+    if (event.host_bytes) parts.push(gib(event.host_bytes) + " in host memory");
+    const text = (event.wake && WAKE_TEXT[event.kind]) || KIND_TEXT[event.kind] || event.kind;
+    const item = el("li", { "data-kind": event.kind, "data-seq": event.seq, "data-wake": event.wake ? "true" : "false" },
       el("time", { text: clock(event.time) }),
-      el("span", { class: "kind " + event.kind, text: KIND_TEXT[event.kind] || event.kind }),
+      el("span", { class: "kind " + event.kind, text }),
       el("b", { text: event.node }),
       event.model ? el("span", { class: "model-id", text: event.model }) : null,
       parts.length ? el("span", { class: "muted", text: parts.join(" · ") }) : null);

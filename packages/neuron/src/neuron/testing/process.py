@@ -42,11 +42,15 @@ class NeuronProcess(ServiceProcess):
                 continue
         return total
 
+    leftovers: tuple[int, ...] = ()
+    """Processes below the daemon still running 10 s after it exited (then killed)."""
+
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (engines are stopped gracefully), then reap any engine process left."""
         children = self.children()
         code = super().stop(timeout)
         _, alive = psutil.wait_procs(children, timeout=10)
+        self.leftovers = tuple(p.pid for p in alive)
         for process in alive:
             process.kill()
         return code

@@ -2,7 +2,8 @@
 
 Use it where a test is about the neuron's own logic (registry, routes, errors),
 not about inference: it starts instantly or when a test says so, answers with
-fixed text, streams real SSE framing, and can be told to fail or die.
+fixed text, streams real SSE framing, sleeps and wakes on demand (as vLLM's
+sleep mode does on GPUs), and can be told to fail or die.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from neuron.engine import (
     EngineStats,
     InvalidOptionError,
     JsonReply,
+    PhaseCallback,
     Reply,
     StreamReply,
 )
@@ -40,6 +42,7 @@ ENGINE_OPTIONS = frozenset(
         "tool_call_parser",
         "reasoning_parser",
         "gguf_file",
+        "engine_process",
         "runner",
         "convert",
     }
@@ -49,12 +52,18 @@ ENGINE_OPTIONS = frozenset(
 class ScriptedEngine:
     """Answers every request with ``reply`` (word by word when streaming)."""
 
-    def __init__(self, spec: EngineSpec, reply: str, chunk_delay: float) -> None:
+    def __init__(
+        self, spec: EngineSpec, reply: str, chunk_delay: float, wake_delay: float = 0.0
+    ) -> None:
         self.spec = spec
         self.reply = reply
         self.chunk_delay = chunk_delay
+        self.wake_delay = wake_delay
         self.dead = False
         self.stopped = False
+        self.asleep = False
+        self.sleeps = 0
+        self.wakes = 0
         self.requests: list[dict[str, Any]] = []
 
     @property
@@ -69,6 +78,7 @@ class ScriptedEngine:
 
     async def chat(self, body: bytes) -> Reply:
         """A chat completion (or its stream) saying ``reply``."""
+        self._awake()
         request = json.loads(body)
         self.requests.append(request)
         if request.get("stream"):
@@ -77,6 +87,7 @@ class ScriptedEngine:
 
     async def completion(self, body: bytes) -> Reply:
         """A legacy completion (or its stream) saying ``reply``."""
+        self._awake()
         request = json.loads(body)
         self.requests.append(request)
         if request.get("stream"):
@@ -177,6 +188,25 @@ class ScriptedEngine:
         """Mark the engine stopped."""
         self.stopped = True
 
+    async def sleep(self) -> None:
+        """Fall asleep, if started able to."""
+        if not self.spec.sleep:
+            raise EngineError("this engine was not started able to sleep")
+        self.asleep = True
+        self.sleeps += 1
+
+    async def wake_up(self) -> None:
+        """Wake after ``wake_delay`` seconds."""
+        if self.wake_delay:
+            await asyncio.sleep(self.wake_delay)
+        self.asleep = False
+        self.wakes += 1
+
+    def _awake(self) -> None:
+        # A real engine asleep has no weights on the device: serving then is a neuron bug.
+        if self.asleep:
+            raise EngineError("a request reached a sleeping engine")
+
 
 @dataclass
 class ScriptedFactory:
@@ -195,6 +225,10 @@ class ScriptedFactory:
     starts: int = 0
     gguf_refusal: str | None = None
     """If set, GGUF weights are refused with this reason (as vLLM's CPU build refuses them)."""
+    sleep_refusal: str | None = None
+    """If set, engines cannot sleep, for this reason (as vLLM's CPU build cannot)."""
+    wake_delay: float = 0.0
+    """Seconds each wake takes."""
 
     async def prepare(self) -> None:
         """Nothing to import."""
@@ -213,7 +247,13 @@ class ScriptedFactory:
         """The configured refusal, if any."""
         return self.gguf_refusal
 
-    async def start(self, spec: EngineSpec) -> ScriptedEngine:
+    def sleep_support(self) -> str | None:
+        """The configured refusal, if any."""
+        return self.sleep_refusal
+
+    async def start(
+        self, spec: EngineSpec, on_phase: PhaseCallback | None = None
+    ) -> ScriptedEngine:
         """Start (after the gate, if any) or fail as configured."""
         self.starts += 1
         if self.start_delay:
@@ -222,6 +262,8 @@ class ScriptedFactory:
             await self.gate.wait()
         if self.fail_with is not None:
             raise EngineError(self.fail_with)
-        engine = ScriptedEngine(spec, self.reply, self.chunk_delay)
+        if on_phase is not None:
+            on_phase("serving")
+        engine = ScriptedEngine(spec, self.reply, self.chunk_delay, self.wake_delay)
         self.started.append(engine)
         return engine
