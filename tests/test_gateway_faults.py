@@ -8,6 +8,7 @@ memory, nothing leaked: connections, tasks, file descriptors).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -447,3 +448,154 @@ def test_sighup_reloads_and_sigterm_drains(start_fleet: StartFleet, models_root:
     log = fleet.gateway.log()
     assert "requests cut at shutdown" in log
     assert "Traceback" not in log
+
+
+class FlappingProxy:
+    """A TCP proxy that accepts for ``period_s``, then refuses for as long, in turn, while flapping.
+
+    Connections it accepted keep forwarding whatever the listener does.
+    """
+
+    def __init__(self, host: str, period_s: float = 0.2) -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.period_s = period_s
+        self.target: tuple[str, int] | None = None
+        self.flapping = threading.Event()
+        self.refusals = 0
+        """Windows in which connections were refused."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Where the proxy listens (when it does)."""
+        return f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop listening for good."""
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with socket.create_server((self.host, self.port)) as server:
+                server.settimeout(0.02)
+                opened = time.monotonic()
+                while not self._stop.is_set() and (
+                    not self.flapping.is_set() or time.monotonic() - opened < self.period_s
+                ):
+                    try:
+                        conn, _ = server.accept()
+                    except TimeoutError:
+                        continue
+                    threading.Thread(target=self._forward, args=(conn,), daemon=True).start()
+            if self.flapping.is_set():
+                self.refusals += 1
+                self._stop.wait(self.period_s)
+
+    def _forward(self, conn: socket.socket) -> None:
+        try:
+            assert self.target is not None
+            upstream = socket.create_connection(self.target, timeout=30)
+        except (OSError, AssertionError):
+            conn.close()
+            return
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for side in (source, sink):
+                    with contextlib.suppress(OSError):
+                        side.shutdown(socket.SHUT_RDWR)
+
+        back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+        back.start()
+        pump(conn, upstream)
+        back.join(30)
+        conn.close()
+        upstream.close()
+
+
+@pytest.fixture
+def flapping() -> Iterator[FlappingProxy]:
+    """A flapping proxy on 127.0.0.20 (steady until told to flap)."""
+    proxy = FlappingProxy("127.0.0.20")
+    yield proxy
+    proxy.close()
+
+
+async def _streams_for(
+    url: str, seconds: float, workers: int, started: threading.Event
+) -> list[tuple[str, str]]:
+    """``workers`` clients streaming one chat after another for ``seconds``: (node, text) each.
+
+    ``started`` is set once every worker's first stream has begun.
+    """
+    body = {"model": "fake/small", "messages": QUESTION, "stream": True}
+    deadline = time.monotonic() + seconds
+    done: list[tuple[str, str]] = []
+    first = asyncio.Semaphore(0)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < deadline:
+            try:
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    text = ""
+                    async for chunk in response.aiter_text():
+                        if not text:
+                            first.release()
+                        text += chunk
+                    done.append((response.headers.get("x-cortex-node", ""), text))
+            except httpx.HTTPError as exc:
+                done.append(("", f"{type(exc).__name__}: {exc}"))
+
+    async def all_started() -> None:
+        for _ in range(workers):
+            await first.acquire()
+        started.set()
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await asyncio.gather(all_started(), *(worker(client) for _ in range(workers)))
+    return done
+
+
+def test_a_flapping_neuron_beside_a_stable_replica_loses_no_stream(
+    start_fleet: StartFleet, models_root: Path, flapping: FlappingProxy
+) -> None:
+    """A neuron whose management listener flaps every 200 ms: every stream finishes.
+
+    Its streams go to the address it advertises, which stays up; its polls go
+    through the proxy and fail about half the time. Before polls failing in a
+    row counted as evidence (and quiet requests with them), the first failed
+    poll cut every stream on that neuron.
+    """
+    fleet = start_fleet(
+        [
+            NeuronSpec("beast", "127.0.0.2", [24], management=flapping.url),
+            NeuronSpec("benjy", "127.0.0.3", [24]),
+        ],
+        CATALOGUE,
+        models_root=models_root,
+        env={"NEURON_TEST_CHUNK_DELAY": "1.0"},
+    )
+    host, port = fleet.neurons["beast"].url.removeprefix("http://").split(":")
+    flapping.target = (host, int(port))
+    until(lambda: node_up(fleet, "beast"))
+    load(fleet, "fake/small", "beast")
+    load(fleet, "fake/small", "benjy")
+    # The first streams spread over both nodes; the listener flaps as soon as they run.
+    served = asyncio.run(_streams_for(fleet.url, 14.0, 6, flapping.flapping))
+    flapping.flapping.clear()
+    cut = [text[-300:] for _, text in served if not text.endswith("data: [DONE]\n\n")]
+    assert not cut, (len(cut), len(served), cut[:3])
+    assert "error" not in "".join(text for _, text in served)
+    on_beast = sum(1 for node, _ in served if node == "beast")
+    assert on_beast >= 2, [node for node, _ in served]
+    assert flapping.refusals >= 20
+    assert "node poll failed" in fleet.gateway.log()

@@ -31,7 +31,14 @@ def nodes() -> list[ScriptedNode]:
 
 async def test_fleet_shows_nodes_devices_models_and_in_flight(tmp_path: Path) -> None:
     """/admin/fleet answers with a fresh poll: nodes, GPUs, models, loads, in-flight counts."""
-    async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+    async with serve(
+        tmp_path,
+        nodes(),
+        CATALOGUE,
+        models=MODELS,
+        poll_interval_s=3600,
+        down_after_failed_polls=1,
+    ) as gw:
         gw.node("beast").put("fake/a", "ready")
         fleet = (await gw.http.get("/admin/fleet")).json()
         beast, cpu = fleet["nodes"]

@@ -129,7 +129,9 @@ async def test_the_snapshot_shows_bars_cpu_hosts_models_aliases_and_failures(
 async def test_a_down_nodes_models_show_as_unavailable_until_it_is_back(tmp_path: Path) -> None:
     """What a node said of its models before it went down is not shown as ready."""
     nodes = fleet()
-    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+    async with serve(
+        tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600, down_after_failed_polls=1
+    ) as gw:
 
         async def placement() -> tuple[bool, str]:
             snap = (await gw.http.get("/ui/snapshot")).json()

@@ -73,6 +73,8 @@ class GatewaySection(_Config):
     models: str = "models.toml"
     """The catalogue; a relative path is relative to cortex.toml."""
     poll_interval_s: PositiveSeconds = 5.0
+    down_after_failed_polls: PositiveInt = 3
+    """Polls failing in a row that mark a neuron down; after one, it is only avoided."""
     load_timeout_s: PositiveSeconds = 900.0
     api_keys: list[str] = field(default_factory=list)
     """Inference routes and /v1/models: ``Authorization: Bearer`` or ``x-api-key``."""

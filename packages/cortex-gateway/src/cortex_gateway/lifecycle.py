@@ -6,7 +6,8 @@ of :class:`~cortex_gateway.leases.Lease` s, and does three things with them:
 route (``router.route`` on the fleet snapshot), lease (the node held in the
 same step as the decision) and wait (for a load, for a node, for room,
 bounded by ``max_waiting`` per model and ``load_timeout_s``). A node that
-goes down or restarts has its leases aborted at once.
+restarts, or is down by evidence with its requests gone quiet (see
+:mod:`~cortex_gateway.poller`), has its leases aborted at once.
 """
 
 from __future__ import annotations

@@ -3,18 +3,28 @@
 Each configured neuron has one :class:`Node` that owns all the gateway keeps
 about it, as llama-swap's ``Process`` owns one upstream: its management
 client, one :class:`NodeRecord` (the last answer, when it went up or down,
-its breaker, the endpoints of its models) and the polls and watcher in
-flight. What a new answer changes is decided by :func:`observe`, a pure
-function of the old record and the answer: the new record, the fleet events
-to emit, whether requests there are void, which prompt prefixes it forgot.
-The :class:`Poller` holds the nodes, the :class:`~cortex_gateway.fleet.Fleet`
+its failed polls in a row, its breaker, the endpoints of its models) and the
+polls and watcher in flight. What a new answer changes is decided by
+:func:`observe`, a pure function of the old record, the answer and the
+:class:`Evidence` beside it: the new record, the fleet events to emit, whether
+requests there are void, which prompt prefixes it forgot. The
+:class:`Poller` holds the nodes, the :class:`~cortex_gateway.fleet.Fleet`
 snapshot routing reads, and the signal that wakes whoever waits on a change.
+
+A node is down by evidence, not by one poll: a failed poll only makes it a
+node to use when no other can serve, until it answers again (it is asked
+again every ``WATCH_EVERY_S``); ``down_after_failed_polls`` failures in a row,
+or a failed poll while its breaker is open (a request could not reach it),
+mark it down. Its requests are failed only when they too have gone quiet: a
+node whose requests still receive bytes is not gone, whatever its
+management API says. A restart (a new ``started_at``) voids them at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +40,7 @@ __all__ = [
     "BREAKER_S",
     "WATCH_EVERY_S",
     "Changes",
+    "Evidence",
     "Node",
     "NodeRecord",
     "Poller",
@@ -38,12 +49,17 @@ __all__ = [
     "rewrite_loopback",
 ]
 
+log = logging.getLogger(__name__)
+
 LOOPBACK = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
 WATCH_EVERY_S = 1.0
 """How often a node is asked again while requests wait for a load under way there."""
 BREAKER_S = 10.0
 """How long a node that failed a request is used only when no other node can serve."""
 NOT_POLLED = "not polled yet"
+ANSWERING_WINDOW_S = 5.0
+"""The shortest look back for bytes from a node's requests when a poll of it fails: a stream
+at a token a second is answering; one silent this long on a node failing its polls is not."""
 
 
 def rewrite_loopback(url: str, neuron_endpoint: str) -> str:
@@ -69,10 +85,17 @@ class NodeRecord:
     """The OpenAI base URL of each model ready there, once asked for."""
     broken_until: float = 0.0
     """Until when (monotonic) it is used only if no other node can serve: it failed a request."""
+    failures: int = 0
+    """Polls that failed in a row, while it is not (yet) down: 0 once it answers."""
 
     def broken(self, now: float) -> bool:
         """Whether the breaker is open at ``now`` (monotonic)."""
         return self.broken_until > now
+
+    @property
+    def suspect(self) -> bool:
+        """Up, but its last poll failed: used only when no other node can serve."""
+        return self.failures > 0 and self.state.up
 
     def tripped(self, now: float) -> NodeRecord:
         """The record after a request could not reach the node at ``now`` (monotonic)."""
@@ -103,18 +126,50 @@ class Transition:
     """Models no longer ready on a node still up: their prompt caches went with them."""
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What else the gateway knew of a node when a poll of it failed."""
+
+    answering: bool = False
+    """Requests on the node received bytes since shortly before the poll: it is not gone."""
+    unreachable: bool = False
+    """A request could not reach the node lately (its breaker is open)."""
+
+
 def _ready(node: NodeState) -> set[str]:
     return {m.id for m in node.models if m.state == "ready"}
 
 
-def observe(record: NodeRecord, seen: NodeState, now: float) -> Transition:
+def observe(
+    record: NodeRecord,
+    seen: NodeState,
+    now: float,
+    *,
+    down_after: int = 1,
+    evidence: Evidence = Evidence(),
+) -> Transition:
     """The record after ``seen`` (a node's answer, or it marked down), and what that changes.
 
-    A node is announced up when it answers after not answering; down when
-    it stops answering, or when one never seen up fails differently; a
-    restart when its ``started_at`` changes. An endpoint is kept only while
-    its model is ready there.
+    A node that was up and fails a poll stays up, suspect, until
+    ``down_after`` polls failed in a row or ``evidence`` says a request could
+    not reach it; then it is down. A node down (or restarted) has its requests
+    void, unless ``evidence`` says they are still answered. A node is
+    announced up when it answers after not answering; down once, or when one
+    never seen up fails differently; a restart when its ``started_at``
+    changes. An endpoint is kept only while its model is ready there.
     """
+    if not seen.up:
+        failures = record.failures + 1
+        if record.state.up and failures < down_after and not evidence.unreachable:
+            return Transition(replace(record, failures=failures))
+        down = _changed(record, seen, now)
+        # Requests still answered there are left to finish: only a node gone has them failed.
+        void = record.state.last_seen is not None and not evidence.answering
+        return replace(down, record=replace(down.record, failures=failures), void=void)
+    return _changed(record, seen, now)
+
+
+def _changed(record: NodeRecord, seen: NodeState, now: float) -> Transition:
     old, url = record.state, seen.endpoint
     events: list[FleetEvent] = []
     since = record.since
@@ -191,6 +246,11 @@ class Node:
         self._applied = 0
         self._watchers = 0
         self._watch: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Task[None] | None = None
+        self.heard_at = -float("inf")
+        """When (monotonic) a request on the node last received bytes from it."""
+        self._polled_at: float | None = None
+        """When (monotonic) the latest poll began."""
 
     @property
     def state(self) -> NodeState:
@@ -206,12 +266,16 @@ class Node:
         self._asked += 1
         ticket = self._asked
         client = self.client
+        began = time.monotonic()
+        before, self._polled_at = self._polled_at, began
+        evidence = Evidence()
         try:
             health, devices, models = await asyncio.gather(
                 client.health(), client.devices(), client.models()
             )
         except NeuronCallError as exc:
             seen = self.state.down(str(exc))
+            evidence = self._evidence(began, before)
         else:
             seen = NodeState(
                 name=self.name,
@@ -226,19 +290,69 @@ class Node:
         if ticket < self._applied:
             return self.state
         self._applied = ticket
-        self._poller.apply(self, observe(self.record, seen, self._poller.clock()))
+        down_after = self._poller.down_after
+        transition = observe(
+            self.record, seen, self._poller.clock(), down_after=down_after, evidence=evidence
+        )
+        self._poller.apply(self, transition)
+        if transition.record.suspect:
+            if transition.record.failures == 1:
+                log.warning(
+                    "node poll failed",
+                    extra={
+                        "node": self.name,
+                        "url": self.state.endpoint,
+                        "error": seen.error,
+                        "down_after": down_after,
+                    },
+                )
+            self._recheck_soon()
         return seen
+
+    def _evidence(self, began: float, before: float | None) -> Evidence:
+        """What the node's requests and breaker say while a poll that began at ``began`` failed.
+
+        Its requests count as answered when bytes came since the poll before
+        this one began (or within ``ANSWERING_WINDOW_S``, whichever is longer).
+        """
+        window = max(began - before, ANSWERING_WINDOW_S) if before is not None else 0.0
+        now = time.monotonic()
+        return Evidence(
+            answering=began - self.heard_at <= window, unreachable=self.record.broken(now)
+        )
+
+    def heard(self) -> None:
+        """A request on the node received bytes from it: the node is there."""
+        self.heard_at = time.monotonic()
+
+    def _recheck_soon(self) -> None:
+        """Ask a suspect node again every ``WATCH_EVERY_S`` until it answers or is down."""
+        if self._recheck is None:
+            self._recheck = self._poller.background.spawn(self._rechecking())
+
+    async def _rechecking(self) -> None:
+        try:
+            while self.record.suspect:
+                await asyncio.sleep(WATCH_EVERY_S)
+                if self.record.suspect:
+                    await self.refresh()
+        finally:
+            self._recheck = None
 
     async def endpoint(self, model: str) -> str:
         """The OpenAI base URL of ``model`` here (cached until the model leaves).
 
-        A failed lookup polls the node before its :class:`NeuronCallError` goes on.
+        A failed lookup polls the node before its :class:`NeuronCallError` goes
+        on; one that is not a 404 (the node could not say) opens its breaker
+        first, so a failed poll then is evidence enough that the node is down.
         """
         url = self.record.endpoints.get(model)
         if url is None:
             try:
                 advertised = await self.client.endpoint(model)
-            except NeuronCallError:
+            except NeuronCallError as exc:
+                if exc.upstream_status != 404:
+                    self.trip()
                 await self.refresh()
                 raise
             url = rewrite_loopback(advertised, self.state.endpoint)
@@ -261,6 +375,7 @@ class Node:
 
     def reset(self) -> None:
         """A request reached the node."""
+        self.heard_at = time.monotonic()
         if self.record.broken_until:
             self.record = replace(self.record, broken_until=0.0)
 
@@ -303,6 +418,8 @@ class Poller:
     ) -> None:
         self.clock = clock
         self.events = events
+        self.down_after = config.cortex.gateway.down_after_failed_polls
+        """Failed polls in a row that mark a node down (``[gateway] down_after_failed_polls``)."""
         self.changes = Changes()
         self.background = Background()
         self.nodes = {
@@ -314,12 +431,14 @@ class Poller:
         self.fleet = Fleet({name: node.state for name, node in self.nodes.items()})
         """The fleet as last seen: an immutable snapshot, replaced on every change."""
         self._on_change = on_change
-        self._tripped: set[str] = set()
-        """Nodes whose breaker may be open (an index: most of the time, none)."""
+        self._avoided: set[str] = set()
+        """Nodes whose breaker may be open or that may be suspect (most of the time, none)."""
 
     def apply(self, node: Node, transition: Transition) -> None:
         """Take ``transition`` of ``node``: the fleet snapshot, the reaction, the events."""
         node.record = transition.record
+        if transition.record.suspect:
+            self._avoided.add(node.name)
         self.fleet = self.fleet.with_node(transition.record.state)
         self._on_change(node.name, transition)
         for event in transition.events:
@@ -343,15 +462,21 @@ class Poller:
 
     def tripped(self, name: str) -> None:
         """Note that ``name``'s breaker opened (called by its node)."""
-        self._tripped.add(name)
+        self._avoided.add(name)
 
     def broken(self) -> frozenset[str]:
-        """Nodes that failed a request in the last ``BREAKER_S`` seconds."""
-        if not self._tripped:
+        """Nodes to use only when no other can serve.
+
+        Those that failed a request in the last ``BREAKER_S`` seconds, and
+        those whose last poll failed (suspect, not yet down).
+        """
+        if not self._avoided:
             return frozenset()
         now = time.monotonic()
-        self._tripped = {n for n in self._tripped if self.nodes[n].record.broken(now)}
-        return frozenset(self._tripped)
+        self._avoided = {
+            n for n in self._avoided if (r := self.nodes[n].record).broken(now) or r.suspect
+        }
+        return frozenset(self._avoided)
 
     def since(self) -> dict[str, float]:
         """When each node last went up or down (Unix seconds), as this gateway saw it."""
