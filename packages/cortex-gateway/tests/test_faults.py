@@ -430,10 +430,10 @@ async def test_reload_takes_a_good_catalogue_and_refuses_a_broken_one(
     async with serve(tmp_path, [ScriptedNode("beast")], CATALOGUE, models=MODELS) as gw:
         models_toml = tmp_path / "models.toml"
         models_toml.write_text('[aliases]\n"helexa/small" = "fake/a"\n' + CATALOGUE)
-        assert gw.state.reload() is None
+        assert await gw.state.reload() is None
         assert (await gw.chat("helexa/small")).status_code == 200
         models_toml.write_text('[aliases]\n"helexa/small" = "fake/nowhere"\n' + CATALOGUE)
-        assert gw.state.reload() is not None
+        assert await gw.state.reload() is not None
         assert (await gw.chat("helexa/small")).status_code == 200
     messages = [r.getMessage() for r in caplog.records]
     assert "catalogue reloaded" in messages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ from cortex_core.runtime.loops import run as run_loop
 from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
+from cortex_gateway.reloads import guard
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
@@ -146,11 +148,16 @@ async def _serve(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, terminate)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
+    # SIGHUP never forces a reload that the guard refuses (docs/operations.md).
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_soon)
     if worker is not None:
-        # A reload asked of this worker (POST /admin/reload) is passed on to its siblings.
+        # A reload asked of this worker (POST /admin/reload) is passed on to its siblings:
+        # SIGUSR1, which only the supervisor sends a worker, when it was forced.
         supervisor = os.getppid()
-        gateway.on_reloaded = lambda: os.kill(supervisor, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGUSR1, functools.partial(gateway.reload_soon, force=True))
+        gateway.on_reloaded = lambda forced: os.kill(
+            supervisor, signal.SIGUSR1 if forced else signal.SIGHUP
+        )
 
     # Starlette's ASGI types and hypercorn's differ only in how they spell them.
     api_app: Any = api
@@ -342,6 +349,11 @@ reload_option = click.option(
     show_default=True,
     help="Tell the gateway to read the file again (POST /admin/reload).",
 )
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Remove the last alias, and have the gateway take a catalogue it would refuse.",
+)
 
 
 @main.group()
@@ -367,13 +379,20 @@ def alias_list(config_path: str | None) -> None:
 @gateway_option
 @key_option
 @reload_option
+@force_option
 @click.argument("name")
 @click.argument("target")
 def alias_set(
-    config_path: str | None, gateway: str, key: str | None, reload: bool, name: str, target: str
+    config_path: str | None,
+    gateway: str,
+    key: str | None,
+    reload: bool,
+    force: bool,
+    name: str,
+    target: str,
 ) -> None:
     """Point alias NAME at model TARGET (a [[models]] id), then reload the gateway."""
-    _edit_alias(_config_path(config_path), name, target, gateway, key, reload)
+    _edit_alias(_config_path(config_path), name, target, gateway, key, reload, force)
 
 
 @alias.command("rm")
@@ -381,25 +400,38 @@ def alias_set(
 @gateway_option
 @key_option
 @reload_option
+@force_option
 @click.argument("name")
 def alias_rm(
-    config_path: str | None, gateway: str, key: str | None, reload: bool, name: str
+    config_path: str | None, gateway: str, key: str | None, reload: bool, force: bool, name: str
 ) -> None:
     """Remove alias NAME, then reload the gateway."""
-    _edit_alias(_config_path(config_path), name, None, gateway, key, reload)
+    _edit_alias(_config_path(config_path), name, None, gateway, key, reload, force)
 
 
 def _edit_alias(
-    path: Path, name: str, target: str | None, gateway: str, key: str | None, reload: bool
+    path: Path,
+    name: str,
+    target: str | None,
+    gateway: str,
+    key: str | None,
+    reload: bool,
+    force: bool,
 ) -> None:
-    """Edit models.toml as ``cortex check`` would accept it, keeping its comments; then reload."""
+    """Edit models.toml as ``cortex check`` would accept it, keeping its comments; then reload.
+
+    Exits non-zero when the edit did not land (2) or the gateway did not take it (1).
+    """
     config = _load(path)  # the file as it stands must be valid before it is edited
 
-    def nodes_exist(catalogue: Catalogue) -> None:
+    def acceptable(catalogue: Catalogue) -> None:
         check_catalogue_nodes(config.path, config.models_path, config.cortex, catalogue)
+        # What the gateway's reload would refuse is refused here, before the file changes.
+        if not force and (why := guard(config.catalogue, catalogue, ())):
+            raise ConfigError(config.models_path, "aliases", f"{why}; --force to do it anyway")
 
     try:
-        save_alias(config.models_path, name, target, nodes_exist)
+        save_alias(config.models_path, name, target, acceptable)
     except ConfigError as exc:
         click.echo(f"cortex: {exc}", err=True)
         sys.exit(2)
@@ -407,7 +439,7 @@ def _edit_alias(
     click.echo(f"{change} in {config.models_path}")
     if not reload:
         return
-    answer = _request(gateway, "POST", "/admin/reload", key=key)
+    answer = _request(gateway, "POST", "/admin/reload", {"force": True} if force else {}, key=key)
     click.echo(
         f"the gateway at {gateway} reloaded: {answer['models']} model(s),"
         f" {len(answer['aliases'])} alias(es)"
