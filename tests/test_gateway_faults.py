@@ -599,3 +599,57 @@ def test_a_flapping_neuron_beside_a_stable_replica_loses_no_stream(
     assert on_beast >= 2, [node for node, _ in served]
     assert flapping.refusals >= 20
     assert "node poll failed" in fleet.gateway.log()
+
+
+def _trickle(url: str, limit_s: float) -> float:
+    """Send a request's headers a byte a second until the server hangs up: after how long."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"GET /health HTTP/1.1\r\nhost: {host}\r\nx-slow: ".encode() + b"a" * 200
+    with socket.create_connection((host, int(port)), timeout=limit_s) as sock:
+        sock.settimeout(1.0)
+        started = time.monotonic()
+        for byte in head:
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(1024) == b"":
+                    break
+            except TimeoutError:
+                pass  # still open: another byte
+            except OSError:
+                break
+            if time.monotonic() - started > limit_s:
+                break
+        return time.monotonic() - started
+
+
+def test_a_header_trickle_is_cut_and_connections_past_the_cap_are_refused(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """Slow headers are cut within 30 s (not at the 75 s keep-alive); past max_connections, 503.
+
+    A connection let go makes room for the next.
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        CATALOGUE,
+        models_root=models_root,
+        gateway="max_connections = 8",
+    )
+    assert _trickle(fleet.url, 40.0) < 30.0
+    host, port = fleet.url.removeprefix("http://").split(":")
+    until(lambda: client_connections(fleet) == 0, within_s=10)
+    held = [socket.create_connection((host, int(port))) for _ in range(8)]
+    try:
+        until(lambda: client_connections(fleet) == 8, within_s=10)
+        with socket.create_connection((host, int(port)), timeout=10) as extra:
+            extra.sendall(f"GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+            answer = extra.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer[:200]
+        assert b"retry-after: 1" in answer
+        held.pop().close()
+        until(lambda: client_connections(fleet) <= 7, within_s=10)
+        assert httpx.get(f"{fleet.url}/health").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert "connections refused: too many open" in fleet.gateway.log()

@@ -98,6 +98,11 @@ class GatewaySection(_Config):
     """On SIGTERM, how long requests in flight may finish (``/health`` answers 503 meanwhile)."""
     workers: PositiveInt = 1
     """Gateway processes sharing the listen socket (the metrics port shows their sum)."""
+    header_timeout_s: PositiveSeconds = 10.0
+    """A request's headers must arrive in full within this of their first byte (the
+    connection is closed otherwise); an idle connection is kept 75 s."""
+    max_connections: PositiveInt = 4096
+    """Client connections open at once, per gateway process; beyond it, a 503 and close."""
 
 
 class EvictionSection(_Config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -29,6 +30,8 @@ from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 from cortex_gateway.reloads import guard
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
@@ -128,8 +131,15 @@ async def _serve(
 ) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
 
-    from cortex_core.runtime.serving import server_config
+    from cortex_core.runtime.serving import raise_descriptor_limit, server_config
     from cortex_gateway.app import create_apps
+
+    settings = config.cortex.gateway
+    if (short := raise_descriptor_limit(settings.max_connections)) is not None:
+        log.warning(
+            "too few file descriptors for max_connections",
+            extra={"limit": short, "max_connections": settings.max_connections},
+        )
 
     api, metrics, gateway = create_apps(config)
     stop = asyncio.Event()
@@ -163,8 +173,15 @@ async def _serve(
     api_app: Any = api
     metrics_app: Any = metrics
     # The drain has already given requests shutdown_grace_s; hypercorn's grace only flushes.
-    api_settings = server_config(api_bind, graceful_timeout_s=5.0)
-    metrics_settings = server_config(metrics_bind, graceful_timeout_s=5.0)
+    api_settings = server_config(
+        api_bind,
+        graceful_timeout_s=5.0,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+    )
+    metrics_settings = server_config(
+        metrics_bind, graceful_timeout_s=5.0, header_timeout_s=settings.header_timeout_s
+    )
     await asyncio.gather(
         hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
         hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
