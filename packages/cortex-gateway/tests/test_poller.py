@@ -1,10 +1,10 @@
-"""A node's record and what each answer changes: pure transitions over plain data."""
+"""A node's record and what each answer changes (records.py): pure transitions over plain data."""
 
 from __future__ import annotations
 
 from cortex_core.neuron_api import ModelInfo
 from cortex_gateway.fleet import NodeState
-from cortex_gateway.poller import BREAKER_S, Evidence, NodeRecord, observe
+from cortex_gateway.records import BREAKER_S, Evidence, NodeRecord, observe
 
 URL = "http://beast:13131"
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
-import logging
 import os
-import signal
 import sys
 import time
 import urllib.error
@@ -30,8 +26,6 @@ from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 from cortex_gateway.reloads import guard
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
@@ -106,7 +100,9 @@ def serve(
     if worker is not None and api_fd is not None and metrics_fd is not None:
         # One of a supervisor's workers: its sockets are inherited, already bound.
         configure_logging(log_format, log_level.upper())
-        run_loop(_serve(config, f"fd://{api_fd}", f"fd://{metrics_fd}", worker=worker))
+        from cortex_gateway.daemon import serve as serve_gateway
+
+        run_loop(serve_gateway(config, f"fd://{api_fd}", f"fd://{metrics_fd}", worker=worker))
         return
     try:  # now: a port in use is one line, before anything starts
         api_bind = bind_listen(config.cortex.gateway.listen)
@@ -123,69 +119,9 @@ def serve(
         api = int(api_bind.removeprefix("fd://"))
         run_loop(Supervisor(count, path.resolve(), api, metrics_bind, args).run())
         return
-    run_loop(_serve(config, api_bind, metrics_bind))
+    from cortex_gateway.daemon import serve as serve_gateway
 
-
-async def _serve(
-    config: GatewayConfig, api_bind: str, metrics_bind: str, *, worker: int | None = None
-) -> None:
-    from hypercorn.asyncio import serve as hypercorn_serve
-
-    from cortex_core.runtime.serving import raise_descriptor_limit, server_config
-    from cortex_gateway.app import create_apps
-
-    settings = config.cortex.gateway
-    if (short := raise_descriptor_limit(settings.max_connections)) is not None:
-        log.warning(
-            "too few file descriptors for max_connections",
-            extra={"limit": short, "max_connections": settings.max_connections},
-        )
-
-    api, metrics, gateway = create_apps(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
-
-    async def drain_then_stop() -> None:
-        await gateway.drain(config.cortex.gateway.shutdown_grace_s)
-        stop.set()
-
-    def terminate() -> None:
-        if stopping:  # a second signal: stop now
-            stop.set()
-            return
-        stopping.append(asyncio.create_task(drain_then_stop()))
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, terminate)
-    # SIGHUP never forces a reload that the guard refuses (docs/operations.md).
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload_soon)
-    if worker is not None:
-        # A reload asked of this worker (POST /admin/reload) is passed on to its siblings:
-        # SIGUSR1, which only the supervisor sends a worker, when it was forced.
-        supervisor = os.getppid()
-        loop.add_signal_handler(signal.SIGUSR1, functools.partial(gateway.reload_soon, force=True))
-        gateway.on_reloaded = lambda forced: os.kill(
-            supervisor, signal.SIGUSR1 if forced else signal.SIGHUP
-        )
-
-    # Starlette's ASGI types and hypercorn's differ only in how they spell them.
-    api_app: Any = api
-    metrics_app: Any = metrics
-    # The drain has already given requests shutdown_grace_s; hypercorn's grace only flushes.
-    api_settings = server_config(
-        api_bind,
-        graceful_timeout_s=5.0,
-        header_timeout_s=settings.header_timeout_s,
-        max_connections=settings.max_connections,
-    )
-    metrics_settings = server_config(
-        metrics_bind, graceful_timeout_s=5.0, header_timeout_s=settings.header_timeout_s
-    )
-    await asyncio.gather(
-        hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
-        hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
-    )
+    run_loop(serve_gateway(config, api_bind, metrics_bind))
 
 
 @main.command()

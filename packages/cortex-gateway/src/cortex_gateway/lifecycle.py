@@ -27,8 +27,9 @@ from cortex_gateway.fleet import Fleet, FleetStatus, NodeState
 from cortex_gateway.leases import Lease, Leases
 from cortex_gateway.loads import Loads, late
 from cortex_gateway.neurons import Neurons
-from cortex_gateway.poller import Poller, Transition
+from cortex_gateway.poller import Poller
 from cortex_gateway.prefix import PrefixIndex
+from cortex_gateway.records import Transition
 from cortex_gateway.router import (
     ColdLoad,
     Decision,
