@@ -182,9 +182,20 @@ def test_fleet_cards_bars_and_a_load_unload_and_eviction_from_the_page(
 def test_a_stopped_neuron_turns_its_card_down_within_two_poll_intervals(
     tmp_path: Path, open_page: Any
 ) -> None:
-    """The card says down (with the error) soon after the neuron stops, and up when it is back."""
+    """The card says down (with the error) soon after the neuron stops, and up when it is back.
+
+    Down at its first failed poll (down_after_failed_polls = 1): the page's
+    promptness is what is measured, not the gateway's threshold.
+    """
     poll = 1.0
-    with LiveGateway(tmp_path, two_nodes(), CATALOGUE, models=MODELS, poll_interval_s=poll) as gw:
+    with LiveGateway(
+        tmp_path,
+        two_nodes(),
+        CATALOGUE,
+        models=MODELS,
+        poll_interval_s=poll,
+        down_after_failed_polls=1,
+    ) as gw:
         page = open_page(gw.url + "/ui")
         page.wait_for_selector('[data-node="b"][data-up="true"]')
         stopped = time.monotonic()
@@ -202,7 +213,14 @@ def test_a_down_neurons_models_show_unavailable_until_it_is_back(
 ) -> None:
     """A model on a stopped neuron reads unavailable, not ready, and has no unload button."""
     poll = 1.0
-    with LiveGateway(tmp_path, two_nodes(), CATALOGUE, models=MODELS, poll_interval_s=poll) as gw:
+    with LiveGateway(
+        tmp_path,
+        two_nodes(),
+        CATALOGUE,
+        models=MODELS,
+        poll_interval_s=poll,
+        down_after_failed_polls=1,
+    ) as gw:
         page = open_page(gw.url + "/ui")
         place = 'tr[data-model="fake/small"] .place[data-node="a"]'
         page.wait_for_selector(place + '[data-state="ready"]')

@@ -103,6 +103,8 @@ class GatewaySection(_Config):
     connection is closed otherwise); an idle connection is kept 75 s."""
     max_connections: PositiveInt = 4096
     """Client connections open at once, per gateway process; beyond it, a 503 and close."""
+    max_dashboard_streams: PositiveInt = 64
+    """Dashboard event streams (/ui/events) open at once, per process; beyond, 503."""
 
 
 class EvictionSection(_Config):

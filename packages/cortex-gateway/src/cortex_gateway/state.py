@@ -15,6 +15,7 @@ from cortex_core.catalogue import Catalogue
 from cortex_core.config import GatewayConfig, GatewaySection
 from cortex_gateway import __version__
 from cortex_gateway.activity import Series, Timeline
+from cortex_gateway.dashboard_feed import Feed
 from cortex_gateway.events import Events, log_event
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
@@ -44,6 +45,8 @@ class Running:
     lifecycle: Lifecycle
     metrics: GatewayMetrics
     pipeline: Pipeline
+    feed: Feed
+    """What every open dashboard page is sent (made once per tick for all of them)."""
     poller: asyncio.Task[None]
 
 
@@ -103,6 +106,11 @@ class Gateway:
         return self.running.series
 
     @property
+    def feed(self) -> Feed:
+        """The dashboard's live feed."""
+        return self.running.feed
+
+    @property
     def settings(self) -> GatewaySection:
         """``[gateway]`` of ``cortex.toml``."""
         return self.config.cortex.gateway
@@ -122,10 +130,11 @@ class Gateway:
         series = Series()
         outcomes = Outcomes(metrics, series)
         pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes)
+        feed = Feed(lifecycle.status, timeline, series, self.settings.max_dashboard_streams)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
         self._running = Running(
-            neurons, events, timeline, series, lifecycle, metrics, pipeline, poller
+            neurons, events, timeline, series, lifecycle, metrics, pipeline, feed, poller
         )
         log.info(
             "gateway started",
@@ -217,6 +226,7 @@ class Gateway:
         running.poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running.poller
+        await running.feed.close()
         await running.lifecycle.close()
         await running.neurons.aclose()
         log.info("gateway stopped")
