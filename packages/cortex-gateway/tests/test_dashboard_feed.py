@@ -154,3 +154,56 @@ async def test_a_page_that_does_not_read_is_dropped_not_buffered_for() -> None:
     assert ended == ["slow", "done"]
     assert len(sent) == 3
     assert not any(m.get("more_body") is False for m in sent)
+
+
+async def test_a_page_of_a_new_kind_waits_for_the_next_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user page joining while only admin pages are open gets its snapshot at the next tick.
+
+    It waits for that frame: it does not spin on the one it cannot use (which
+    would hold the event loop, and the feed with it, for good).
+    """
+    async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, poll_interval_s=60) as gw:
+        ui = UiRoutes(gw.state)
+        feed = ui.feed
+        feed.join(admin=True)
+        await until(lambda: feed.frame is not None)
+        asked = 0
+        next_frame = feed.next_frame
+
+        async def counted(after: int, within_s: float) -> Any:
+            nonlocal asked
+            asked += 1
+            assert asked < 50, "the stream asks for frames without waiting"
+            return await next_frame(after, within_s)
+
+        monkeypatch.setattr(feed, "next_frame", counted)
+        feed.join(admin=False)
+        stream = ui.stream(admin=False)
+        assert (await anext(stream)).startswith(b"retry: ")
+        snapshot = await anext(stream)  # at once: nothing lets the feed tick in between
+        assert snapshot.startswith(b"event: snapshot")
+        assert b'"admin":false' in snapshot
+        await stream.aclose()  # type: ignore[attr-defined]
+        feed.leave(admin=False)
+        feed.leave(admin=True)
+
+
+async def test_the_feed_stops_with_the_gateway_while_pages_are_open(tmp_path: Path) -> None:
+    """A gateway stopping with dashboards open stops the feed, even as a new kind of page wakes it.
+
+    (Python 3.11's wait_for, which the tick once waited in, returned the
+    wake-up and dropped the cancellation that came with it: the feed, and the
+    gateway's stop, never ended.)
+    """
+    async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, poll_interval_s=60) as gw:
+        feed = gw.state.feed
+        feed.join(admin=True)
+        await until(lambda: feed.frame is not None)
+        feed.join(admin=False)  # wakes the tick at once, for its snapshot
+        closing = asyncio.ensure_future(feed.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        assert done, "the feed did not stop"
+        feed.leave(admin=False)
+        feed.leave(admin=True)

@@ -217,7 +217,7 @@ def _placement(node: NodeState, info: ModelInfo, started: float | None, admin: b
     return Placement(
         node=node.name,
         state=state,
-        phase=_text(info.phase),
+        phase=_text(info.phase, admin),
         since=since,
         error=_text(info.error, admin) if info.state == "failed" else None,
         in_flight=info.in_flight,

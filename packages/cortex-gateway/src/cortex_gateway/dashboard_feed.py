@@ -189,7 +189,8 @@ class Feed:
                 return None
             waiting = self._next
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(waiting.wait(), left)
+                async with asyncio.timeout(left):
+                    await waiting.wait()
         return self.frame
 
     # --- frames -----------------------------------------------------------------------
@@ -201,8 +202,11 @@ class Feed:
         while True:
             self._woken.clear()
             self._publish(self.make(self.frame))
+            # asyncio.timeout, not wait_for: 3.11's wait_for can miss a cancellation that
+            # meets its own timeout, and the feed would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), TICK_S)
+                async with asyncio.timeout(TICK_S):
+                    await self._woken.wait()
 
     def _publish(self, frame: Frame) -> None:
         self.frame = frame

@@ -159,12 +159,15 @@ class UiRoutes:
         gateway, life, feed = self.gateway, self.gateway.lifecycle, self.feed
         yield f"retry: {RETRY_MS}\n\n".encode()
         sent = _Sent()
+        seen = 0
         while not (life.stopping or gateway.draining):
-            frame = await feed.next_frame(sent.frame, HEARTBEAT_S)
-            if frame is None or admin not in frame.shown:
+            frame = await feed.next_frame(seen, HEARTBEAT_S)
+            if frame is None:
                 continue
-            for event in sent.due(frame, admin, feed):
-                yield event
+            seen = frame.seq
+            if admin in frame.shown:  # else the page came between two frames: the next has it
+                for event in sent.due(frame, admin, feed):
+                    yield event
 
 
 class _Sent:
