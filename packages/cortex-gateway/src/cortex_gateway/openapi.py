@@ -210,7 +210,7 @@ def openapi_document() -> dict[str, Any]:
                 "summary": "Read models.toml again (aliases and profiles), as SIGHUP does",
                 "requestBody": {**json_body(ref[ReloadRequest]), "required": False},
                 "responses": answers(
-                    ref[ReloadAnswer], openai_error, [401, 403, 409, 415, 422, 500, 503]
+                    ref[ReloadAnswer], openai_error, [400, 401, 403, 409, 415, 422, 500, 503]
                 ),
             }
         },
