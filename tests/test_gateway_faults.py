@@ -185,6 +185,8 @@ class _Misbehaving(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     mode = "garbage"
+    models_body: bytes | None = None
+    """What /models answers, when set (else one model, ready)."""
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
@@ -203,6 +205,13 @@ class _Misbehaving(BaseHTTPRequestHandler):
             self._json({"status": "ok", "name": "odd", "version": "9"})
         elif self.path == "/devices":
             self._json({"devices": []})
+        elif self.path == "/models" and (body := type(self).models_body) is not None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the gateway may hang up: what it should do
+                self.wfile.write(body)
         elif self.path == "/models":
             self._json({"models": [{"id": "fake/odd", "state": "ready"}]})
         elif self.path.endswith("/endpoint"):
@@ -653,3 +662,105 @@ def test_a_header_trickle_is_cut_and_connections_past_the_cap_are_refused(
         for sock in held:
             sock.close()
     assert "connections refused: too many open" in fleet.gateway.log()
+
+
+def _large_catalogue(models: int) -> str:
+    """A models.toml of ``models`` profiles more than CATALOGUE's (about 63 bytes each)."""
+    return CATALOGUE + "".join(
+        f'\n[[models]]\nid = "org/model-{i:05d}"\nmemory_gb = 4\npriority = {i % 100}\n'
+        for i in range(models)
+    )
+
+
+class _HealthProbe:
+    """A thread asking /health over and over on one connection: the slowest answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst = 0.0
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                assert client.get("/health").status_code == 200
+                self.worst = max(self.worst, time.monotonic() - started)
+                self.count += 1
+                time.sleep(0.005)
+
+
+def test_a_large_reload_leaves_health_answering_and_an_empty_one_is_refused(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """4 MB of models.toml reloads without holding /health up; an empty file is refused.
+
+    bench/dashboard.py prints the figures (the issue's target: /health under
+    100 ms); the bound here tells a stall from normal work: on main the file
+    was parsed on the event loop and /health waited for it (1.2 s here).
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        '[aliases]\n"helexa/small" = "fake/small"\n' + CATALOGUE,
+        models_root=models_root,
+    )
+    models_toml = fleet.workdir / "models.toml"
+    large = '[aliases]\n"helexa/small" = "fake/small"\n' + _large_catalogue(66_000)
+    assert len(large) > 4_000_000
+    models_toml.write_text(large)
+    with _HealthProbe(fleet.url) as probe, fleet.http() as client:
+        answer = client.post("/admin/reload", json={})
+        time.sleep(1.0)  # and the polls after it, with 66,001 models in force
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["models"] == 66_001
+    assert probe.count > 10
+    print(f"/health at worst {probe.worst * 1000:.0f} ms during the reload")
+    assert probe.worst < 0.5, probe.worst
+    models_toml.write_text("")
+    os.kill(fleet.gateway.pid, signal.SIGHUP)
+    until(lambda: "it would remove every model (66001 in force)" in fleet.gateway.log())
+    with fleet.http() as client:
+        refused = client.post("/admin/reload", json={})
+        assert refused.status_code == 409
+        assert client.get("/v1/models/helexa%2Fsmall").status_code == 200
+
+
+def test_a_40_mb_models_answer_marks_the_node_bad_without_stalling_the_loop(
+    start_fleet: StartFleet,
+    models_root: Path,
+    misbehaving: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A neuron answering /models with 40 MB: it is down ("answer too large"), /health answers.
+
+    On main every poll read and decoded the 40 MB on the event loop (the
+    node then looked up, with 680,000 models) and /health waited for it.
+    """
+    models = [{"id": f"fake/m{i:06d}", "state": "ready", "memory_bytes": 1} for i in range(680_000)]
+    body = json.dumps({"models": models}).encode()
+    assert 38 << 20 < len(body) <= 40 << 20
+    monkeypatch.setattr(_Misbehaving, "models_body", body + b" " * ((40 << 20) - len(body)))
+    host, port = _address(misbehaving)
+    fleet = start_fleet(
+        [], "", models_root=models_root, extra_neurons=[("odd", f"http://{host}:{port}")]
+    )
+
+    def refused() -> bool:
+        nodes: list[dict[str, Any]] = fleet.fleet_state()["nodes"]  # type: ignore[assignment]
+        return not nodes[0]["up"] and "answer too large" in (nodes[0]["error"] or "")
+
+    with _HealthProbe(fleet.url) as probe:
+        until(refused, within_s=30)
+        time.sleep(2.0)  # a few more polls of the 40 MB
+    assert probe.count > 10
+    assert probe.worst < 0.5, probe.worst
