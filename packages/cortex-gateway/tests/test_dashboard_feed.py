@@ -118,6 +118,7 @@ async def test_pages_past_the_cap_are_503_with_retry_after(tmp_path: Path) -> No
         refused = await gw.http.get("/ui/events")
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "5"
+        assert refused.headers["connection"] == "close"
         message = refused.json()["error"]["message"]
         assert message == "2 dashboards are open on this gateway process; try again later"
         await until(lambda: feed.frame is not None)

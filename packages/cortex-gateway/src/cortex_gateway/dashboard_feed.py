@@ -156,7 +156,8 @@ class Feed:
                 503,
                 ErrorKind.UNAVAILABLE,
                 f"{self.limit} dashboards are open on this gateway process; try again later",
-                headers={"retry-after": str(RETRY_AFTER_S)},
+                # and the connection goes: a page waiting to retry holds nothing here
+                headers={"retry-after": str(RETRY_AFTER_S), "connection": "close"},
                 open=self.open,
             )
         self.pages[admin] += 1
