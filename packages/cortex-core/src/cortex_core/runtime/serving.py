@@ -203,6 +203,10 @@ async def _bounded_run(self: Any) -> None:
     if connections is not None and not connections.admit():
         await _refuse(self.reader, self.writer)
         return
+    # Between requests (waiting for one), as hypercorn's Updated events say; and when (loop
+    # time) the headers of the request whose first byte came are due.
+    self.cortex_between = True
+    self.cortex_headers_by = None
     try:
         await _HYPERCORN["run"](self)
     finally:
@@ -220,39 +224,34 @@ async def _protocol_send(self: Any, event: Any) -> None:
     await _HYPERCORN["protocol_send"](self, event)
 
 
-def _read_timeout(self: Any, now: float) -> float | None:
-    """How long the next read may wait: hypercorn's own limit, or what is left for headers."""
-    timeout: float | None = self.config.read_timeout
-    due: float | None = getattr(self, "cortex_headers_by", None)
-    if due is not None and getattr(self, "cortex_between", True):
-        timeout = due - now if timeout is None else min(timeout, due - now)
-    return timeout
-
-
 async def _read_data(self: Any) -> None:
     from hypercorn.asyncio.tcp_server import MAX_RECV
     from hypercorn.events import Closed, RawData
 
     header_s: float | None = getattr(self.config, "header_timeout_s", None)
     loop = asyncio.get_running_loop()
-    while not self.reader.at_eof():
-        timeout = _read_timeout(self, loop.time())
+    reader, handle = self.reader, self.protocol.handle
+    while not reader.at_eof():
+        timeout: float | None = self.config.read_timeout
+        due: float | None = self.cortex_headers_by
+        if due is not None:
+            left = due - loop.time()
+            timeout = left if timeout is None else min(timeout, left)
         try:
             if timeout is not None and timeout <= 0:
                 raise TimeoutError
-            data = await asyncio.wait_for(self.reader.read(MAX_RECV), timeout)
+            data = await asyncio.wait_for(reader.read(MAX_RECV), timeout)
         except TimeoutError:
-            if getattr(self, "cortex_headers_by", None) is not None:
+            if self.cortex_headers_by is not None:
                 self.config.connections.headers_late()
             break
         except (ConnectionError, OSError, ssl.SSLError):
             break
-        between = header_s is not None and data and getattr(self, "cortex_between", True)
-        if between and getattr(self, "cortex_headers_by", None) is None:
+        if header_s is not None and data and self.cortex_between and due is None:
             # The first byte of a request: its headers are due from now.
-            self.cortex_headers_by = loop.time() + header_s  # type: ignore[operator]
-        await self.protocol.handle(RawData(data))
-    await self.protocol.handle(Closed())
+            self.cortex_headers_by = loop.time() + header_s
+        await handle(RawData(data))
+    await handle(Closed())
     idle = getattr(self, "idle_task", None)
     if idle is not None:
         await idle.stop()
