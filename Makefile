@@ -116,6 +116,10 @@ bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded agai
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
 	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)
 
+.PHONY: bench-dashboard
+bench-dashboard: ## Open dashboards' cost: requests/s with 0 and 50, /health with 4,000 streams, RSS; before (BEFORE=ref, default the branch's base) and after
+	PYTHONPATH=. $(UV) run --no-sync python bench/dashboard.py $(if $(BEFORE),--before $(BEFORE)) $(BENCH_ARGS)
+
 .PHONY: soak
 soak: ## Bounded mixed soak through a real gateway: requests, errors, RSS, fds at start and end
 	PYTHONPATH=. $(UV) run --no-sync python scripts/soak.py $(SOAK_ARGS)
