@@ -120,6 +120,10 @@ bench-swap: ## Model swaps on a real CPU neuron: vLLM's process model against fo
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
 	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)
 
+.PHONY: bench-dashboard
+bench-dashboard: ## Open dashboards' cost: requests/s with 0 and 50, /health with 4,000 streams, RSS; before (BEFORE=ref, default the branch's base) and after
+	PYTHONPATH=. $(UV) run --no-sync python bench/dashboard.py $(if $(BEFORE),--before $(BEFORE)) $(BENCH_ARGS)
+
 .PHONY: soak
 soak: ## Bounded mixed soak through a real gateway: requests, errors, RSS, fds at start and end
 	PYTHONPATH=. $(UV) run --no-sync python scripts/soak.py $(SOAK_ARGS)

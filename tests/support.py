@@ -45,6 +45,9 @@ class NeuronSpec:
     gpus: list[float] = field(default_factory=list)
     real: bool = False
     memory_limit_gb: float | None = None
+    management: str | None = None
+    """The gateway reaches its management API here (a proxy of the test's own); the neuron
+    then advertises its own address for inference, which the gateway reaches directly."""
 
 
 @dataclass
@@ -152,9 +155,10 @@ def launch(
     for spec in neurons:
         config = workdir / f"{spec.name}.toml"
         limit = f"memory_limit_gb = {spec.memory_limit_gb}\n" if spec.memory_limit_gb else ""
+        advertised = spec.host if spec.management else "localhost"
         config.write_text(
             f'[neuron]\nname = "{spec.name}"\nlisten = "{spec.host}:{port}"\n'
-            f'advertise_url = "http://localhost:{port}"\n'
+            f'advertise_url = "http://{advertised}:{port}"\n'
             f'cache_dir = "{workdir / spec.name}"\ndefault_source = "local"\n{limit}'
             f'[sources.local]\npath = "{root}"\n'
         )
@@ -167,9 +171,8 @@ def launch(
         processes[spec.name] = NeuronProcess(
             config, f"http://{spec.host}:{port}", workdir / f"{spec.name}.log", neuron_env
         )
-        entries.append(
-            f'[[neurons]]\nname = "{spec.name}"\nendpoint = "http://{spec.host}:{port}"\n'
-        )
+        endpoint = spec.management or f"http://{spec.host}:{port}"
+        entries.append(f'[[neurons]]\nname = "{spec.name}"\nendpoint = "{endpoint}"\n')
     for name, endpoint in extra_neurons or []:
         entries.append(f'[[neurons]]\nname = "{name}"\nendpoint = "{endpoint}"\n')
     api, metrics = free_port(), free_port()

@@ -5,7 +5,10 @@ No timings are asserted: these keep ``make bench`` working, not fast.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -13,7 +16,10 @@ import pytest
 from bench.http11 import ChunkedReader
 from bench.loadgen import run, summary
 from bench.mock_neuron import FAST, MODELS, PACED, serve
+from bench.pages import Pages
 from cortex_core.testing import free_port
+from cortex_gateway.testing import ScriptedNode
+from cortex_gateway.testing.live import LiveGateway
 from cortex_gateway.transport import NeuronClient
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -79,3 +85,18 @@ def test_chunked_bodies_are_read_across_any_cut() -> None:
         assert reader.done
         assert got == [b"abc", b"hello"]
         assert rest == b"NEXT"
+
+
+async def test_the_pages_hold_dashboard_streams_and_count_what_comes(tmp_path: Path) -> None:
+    """bench/pages.py's pages: each gets its status (503 past the cap) and reads what comes."""
+    with LiveGateway(tmp_path, [ScriptedNode("a")], "", max_dashboard_streams=2) as gw:
+        pages = Pages(gw.url, 3)
+        stop = asyncio.Event()
+        held = [asyncio.ensure_future(pages.page(stop)) for _ in range(3)]
+        deadline = time.monotonic() + 10
+        while sum(pages.statuses.values()) < 3 or pages.received < 1000:
+            assert time.monotonic() < deadline, pages.statuses
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.gather(*held)
+    assert pages.statuses == {"200": 2, "503": 1}

@@ -221,12 +221,28 @@ def test_a_sleeper_is_host_memory_beside_the_bars_and_its_wake_is_in_the_timelin
         wait_for(lambda: models_bytes(page, "a") == 4 * GIB)
 
 
+def stopping(tmp_path: Path, poll: float) -> LiveGateway:
+    """Two nodes polled every ``poll`` s, each down at its first failed poll.
+
+    The page's promptness is what these tests measure, not the gateway's
+    threshold (``down_after_failed_polls``, 3 by default).
+    """
+    return LiveGateway(
+        tmp_path,
+        two_nodes(),
+        CATALOGUE,
+        models=MODELS,
+        poll_interval_s=poll,
+        down_after_failed_polls=1,
+    )
+
+
 def test_a_stopped_neuron_turns_its_card_down_within_two_poll_intervals(
     tmp_path: Path, open_page: Any
 ) -> None:
     """The card says down (with the error) soon after the neuron stops, and up when it is back."""
     poll = 1.0
-    with LiveGateway(tmp_path, two_nodes(), CATALOGUE, models=MODELS, poll_interval_s=poll) as gw:
+    with stopping(tmp_path, poll) as gw:
         page = open_page(gw.url + "/ui")
         page.wait_for_selector('[data-node="b"][data-up="true"]')
         stopped = time.monotonic()
@@ -244,7 +260,7 @@ def test_a_down_neurons_models_show_unavailable_until_it_is_back(
 ) -> None:
     """A model on a stopped neuron reads unavailable, not ready, and has no unload button."""
     poll = 1.0
-    with LiveGateway(tmp_path, two_nodes(), CATALOGUE, models=MODELS, poll_interval_s=poll) as gw:
+    with stopping(tmp_path, poll) as gw:
         page = open_page(gw.url + "/ui")
         place = 'tr[data-model="fake/small"] .place[data-node="a"]'
         page.wait_for_selector(place + '[data-state="ready"]')

@@ -8,6 +8,7 @@ memory, nothing leaked: connections, tasks, file descriptors).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -184,6 +185,8 @@ class _Misbehaving(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     mode = "garbage"
+    models_body: bytes | None = None
+    """What /models answers, when set (else one model, ready)."""
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
@@ -202,6 +205,13 @@ class _Misbehaving(BaseHTTPRequestHandler):
             self._json({"status": "ok", "name": "odd", "version": "9"})
         elif self.path == "/devices":
             self._json({"devices": []})
+        elif self.path == "/models" and (body := type(self).models_body) is not None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):  # the gateway may hang up: what it should do
+                self.wfile.write(body)
         elif self.path == "/models":
             self._json({"models": [{"id": "fake/odd", "state": "ready"}]})
         elif self.path.endswith("/endpoint"):
@@ -447,3 +457,310 @@ def test_sighup_reloads_and_sigterm_drains(start_fleet: StartFleet, models_root:
     log = fleet.gateway.log()
     assert "requests cut at shutdown" in log
     assert "Traceback" not in log
+
+
+class FlappingProxy:
+    """A TCP proxy that accepts for ``period_s``, then refuses for as long, in turn, while flapping.
+
+    Connections it accepted keep forwarding whatever the listener does.
+    """
+
+    def __init__(self, host: str, period_s: float = 0.2) -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.period_s = period_s
+        self.target: tuple[str, int] | None = None
+        self.flapping = threading.Event()
+        self.refusals = 0
+        """Windows in which connections were refused."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        """Where the proxy listens (when it does)."""
+        return f"http://{self.host}:{self.port}"
+
+    def close(self) -> None:
+        """Stop listening for good."""
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with socket.create_server((self.host, self.port)) as server:
+                server.settimeout(0.02)
+                opened = time.monotonic()
+                while not self._stop.is_set() and (
+                    not self.flapping.is_set() or time.monotonic() - opened < self.period_s
+                ):
+                    try:
+                        conn, _ = server.accept()
+                    except TimeoutError:
+                        continue
+                    threading.Thread(target=self._forward, args=(conn,), daemon=True).start()
+            if self.flapping.is_set():
+                self.refusals += 1
+                self._stop.wait(self.period_s)
+
+    def _forward(self, conn: socket.socket) -> None:
+        try:
+            assert self.target is not None
+            upstream = socket.create_connection(self.target, timeout=30)
+        except (OSError, AssertionError):
+            conn.close()
+            return
+
+        def pump(source: socket.socket, sink: socket.socket) -> None:
+            try:
+                while data := source.recv(65536):
+                    sink.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for side in (source, sink):
+                    with contextlib.suppress(OSError):
+                        side.shutdown(socket.SHUT_RDWR)
+
+        back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+        back.start()
+        pump(conn, upstream)
+        back.join(30)
+        conn.close()
+        upstream.close()
+
+
+@pytest.fixture
+def flapping() -> Iterator[FlappingProxy]:
+    """A flapping proxy on 127.0.0.20 (steady until told to flap)."""
+    proxy = FlappingProxy("127.0.0.20")
+    yield proxy
+    proxy.close()
+
+
+async def _streams_for(
+    url: str, seconds: float, workers: int, started: threading.Event
+) -> list[tuple[str, str]]:
+    """``workers`` clients streaming one chat after another for ``seconds``: (node, text) each.
+
+    ``started`` is set once every worker's first stream has begun.
+    """
+    body = {"model": "fake/small", "messages": QUESTION, "stream": True}
+    deadline = time.monotonic() + seconds
+    done: list[tuple[str, str]] = []
+    first = asyncio.Semaphore(0)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while time.monotonic() < deadline:
+            try:
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    text = ""
+                    async for chunk in response.aiter_text():
+                        if not text:
+                            first.release()
+                        text += chunk
+                    done.append((response.headers.get("x-cortex-node", ""), text))
+            except httpx.HTTPError as exc:
+                done.append(("", f"{type(exc).__name__}: {exc}"))
+
+    async def all_started() -> None:
+        for _ in range(workers):
+            await first.acquire()
+        started.set()
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await asyncio.gather(all_started(), *(worker(client) for _ in range(workers)))
+    return done
+
+
+def test_a_flapping_neuron_beside_a_stable_replica_loses_no_stream(
+    start_fleet: StartFleet, models_root: Path, flapping: FlappingProxy
+) -> None:
+    """A neuron whose management listener flaps every 200 ms: every stream finishes.
+
+    Its streams go to the address it advertises, which stays up; its polls go
+    through the proxy and fail about half the time. Before polls failing in a
+    row counted as evidence (and quiet requests with them), the first failed
+    poll cut every stream on that neuron.
+    """
+    fleet = start_fleet(
+        [
+            NeuronSpec("beast", "127.0.0.2", [24], management=flapping.url),
+            NeuronSpec("benjy", "127.0.0.3", [24]),
+        ],
+        CATALOGUE,
+        models_root=models_root,
+        env={"NEURON_TEST_CHUNK_DELAY": "1.0"},
+    )
+    host, port = fleet.neurons["beast"].url.removeprefix("http://").split(":")
+    flapping.target = (host, int(port))
+    until(lambda: node_up(fleet, "beast"))
+    load(fleet, "fake/small", "beast")
+    load(fleet, "fake/small", "benjy")
+    # The first streams spread over both nodes; the listener flaps as soon as they run.
+    served = asyncio.run(_streams_for(fleet.url, 14.0, 6, flapping.flapping))
+    flapping.flapping.clear()
+    cut = [text[-300:] for _, text in served if not text.endswith("data: [DONE]\n\n")]
+    assert not cut, (len(cut), len(served), cut[:3])
+    assert "error" not in "".join(text for _, text in served)
+    on_beast = sum(1 for node, _ in served if node == "beast")
+    assert on_beast >= 2, [node for node, _ in served]
+    assert flapping.refusals >= 20
+    assert "node poll failed" in fleet.gateway.log()
+
+
+def _trickle(url: str, limit_s: float) -> float:
+    """Send a request's headers a byte a second until the server hangs up: after how long."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"GET /health HTTP/1.1\r\nhost: {host}\r\nx-slow: ".encode() + b"a" * 200
+    with socket.create_connection((host, int(port)), timeout=limit_s) as sock:
+        sock.settimeout(1.0)
+        started = time.monotonic()
+        for byte in head:
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(1024) == b"":
+                    break
+            except TimeoutError:
+                pass  # still open: another byte
+            except OSError:
+                break
+            if time.monotonic() - started > limit_s:
+                break
+        return time.monotonic() - started
+
+
+def test_a_header_trickle_is_cut_and_connections_past_the_cap_are_refused(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """Slow headers are cut within 30 s (not at the 75 s keep-alive); past max_connections, 503.
+
+    A connection let go makes room for the next.
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        CATALOGUE,
+        models_root=models_root,
+        gateway="max_connections = 8",
+    )
+    assert _trickle(fleet.url, 40.0) < 30.0
+    host, port = fleet.url.removeprefix("http://").split(":")
+    until(lambda: client_connections(fleet) == 0, within_s=10)
+    held = [socket.create_connection((host, int(port))) for _ in range(8)]
+    try:
+        until(lambda: client_connections(fleet) == 8, within_s=10)
+        with socket.create_connection((host, int(port)), timeout=10) as extra:
+            extra.sendall(f"GET /health HTTP/1.1\r\nhost: {host}\r\n\r\n".encode())
+            answer = extra.makefile("rb").read()
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer[:200]
+        assert b"retry-after: 1" in answer
+        held.pop().close()
+        until(lambda: client_connections(fleet) <= 7, within_s=10)
+        assert httpx.get(f"{fleet.url}/health").status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+    assert "connections refused: too many open" in fleet.gateway.log()
+
+
+def _large_catalogue(models: int) -> str:
+    """A models.toml of ``models`` profiles more than CATALOGUE's (about 63 bytes each)."""
+    return CATALOGUE + "".join(
+        f'\n[[models]]\nid = "org/model-{i:05d}"\nmemory_gb = 4\npriority = {i % 100}\n'
+        for i in range(models)
+    )
+
+
+class _HealthProbe:
+    """A thread asking /health over and over on one connection: the slowest answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst = 0.0
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self._stop.is_set():
+                started = time.monotonic()
+                assert client.get("/health").status_code == 200
+                self.worst = max(self.worst, time.monotonic() - started)
+                self.count += 1
+                time.sleep(0.005)
+
+
+def test_a_large_reload_leaves_health_answering_and_an_empty_one_is_refused(
+    start_fleet: StartFleet, models_root: Path
+) -> None:
+    """4 MB of models.toml reloads without holding /health up; an empty file is refused.
+
+    bench/dashboard.py prints the figures (the issue's target: /health under
+    100 ms); the bound here tells a stall from normal work: on main the file
+    was parsed on the event loop and /health waited for it (1.2 s here).
+    """
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        '[aliases]\n"helexa/small" = "fake/small"\n' + CATALOGUE,
+        models_root=models_root,
+    )
+    models_toml = fleet.workdir / "models.toml"
+    large = '[aliases]\n"helexa/small" = "fake/small"\n' + _large_catalogue(66_000)
+    assert len(large) > 4_000_000
+    models_toml.write_text(large)
+    with _HealthProbe(fleet.url) as probe, fleet.http() as client:
+        answer = client.post("/admin/reload", json={})
+        time.sleep(1.0)  # and the polls after it, with 66,001 models in force
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["models"] == 66_001
+    assert probe.count > 10
+    print(f"/health at worst {probe.worst * 1000:.0f} ms during the reload")
+    assert probe.worst < 0.5, probe.worst
+    models_toml.write_text("")
+    os.kill(fleet.gateway.pid, signal.SIGHUP)
+    until(lambda: "it would remove every model (66001 in force)" in fleet.gateway.log())
+    with fleet.http() as client:
+        refused = client.post("/admin/reload", json={})
+        assert refused.status_code == 409
+        assert client.get("/v1/models/helexa%2Fsmall").status_code == 200
+
+
+def test_a_40_mb_models_answer_marks_the_node_bad_without_stalling_the_loop(
+    start_fleet: StartFleet,
+    models_root: Path,
+    misbehaving: ThreadingHTTPServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A neuron answering /models with 40 MB: it is down ("answer too large"), /health answers.
+
+    On main every poll read and decoded the 40 MB on the event loop (the
+    node then looked up, with 680,000 models) and /health waited for it.
+    """
+    models = [{"id": f"fake/m{i:06d}", "state": "ready", "memory_bytes": 1} for i in range(680_000)]
+    body = json.dumps({"models": models}).encode()
+    assert 38 << 20 < len(body) <= 40 << 20
+    monkeypatch.setattr(_Misbehaving, "models_body", body + b" " * ((40 << 20) - len(body)))
+    host, port = _address(misbehaving)
+    fleet = start_fleet(
+        [], "", models_root=models_root, extra_neurons=[("odd", f"http://{host}:{port}")]
+    )
+
+    def refused() -> bool:
+        nodes: list[dict[str, Any]] = fleet.fleet_state()["nodes"]  # type: ignore[assignment]
+        return not nodes[0]["up"] and "answer too large" in (nodes[0]["error"] or "")
+
+    with _HealthProbe(fleet.url) as probe:
+        until(refused, within_s=30)
+        time.sleep(2.0)  # a few more polls of the 40 MB
+    assert probe.count > 10
+    assert probe.worst < 0.5, probe.worst

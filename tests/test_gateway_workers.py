@@ -94,7 +94,7 @@ def test_two_workers_serve_one_port_and_sum_their_metrics(
     # A reload asked of one worker reaches both.
     (fleet.workdir / "models.toml").write_text(MODELS + '\n[aliases]\n"tier/x" = "fake/a"\n')
     with fleet.http() as client:
-        assert client.post("/admin/reload").status_code == 200
+        assert client.post("/admin/reload", json={}).status_code == 200
 
     def everyone_has_the_alias() -> bool:
         for _ in range(8):

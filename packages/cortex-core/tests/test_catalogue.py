@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+import multiprocessing
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,6 +120,47 @@ def test_save_alias_refuses_invalid_edit(write: Write) -> None:
     with pytest.raises(ConfigError, match="no such alias"):
         save_alias(path, "helexa/none", None)
     assert path.read_text() == MODELS
+
+
+def _set_alias(path: Path, index: int) -> None:
+    """One writer's edit (run in a process of its own)."""
+    save_alias(path, f"tier/{index}", "Qwen/Qwen3-8B")
+
+
+def test_concurrent_edits_from_many_processes_all_land(write: Write) -> None:
+    """Twenty processes set twenty aliases at once: all twenty are in the file afterwards.
+
+    Without the lock, each read-modify-write raced the others (and all shared
+    one temporary file): most edits were lost, though every writer succeeded.
+    """
+    path = write("models.toml", MODELS)
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=_set_alias, args=(path, i)) for i in range(20)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [w.exitcode for w in writers] == [0] * 20
+    aliases = load_catalogue(path).aliases
+    assert {f"tier/{i}" for i in range(20)} <= set(aliases)
+    assert "# The tiers clients choose from." in path.read_text()
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_an_edit_waits_for_the_one_under_way(write: Write, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another holds the lock, an edit waits; past EDIT_LOCK_WAIT_S it gives up, saying so."""
+    path = write("models.toml", MODELS)
+    monkeypatch.setattr("cortex_core.catalogue.EDIT_LOCK_WAIT_S", 0.2)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="another edit has held it"):
+            save_alias(path, "tier/late", "Qwen/Qwen3-8B")
+    finally:
+        os.close(folder)
+    assert path.read_text() == MODELS
+    save_alias(path, "tier/late", "Qwen/Qwen3-8B")
+    assert "tier/late" in load_catalogue(path).aliases
 
 
 @pytest.fixture

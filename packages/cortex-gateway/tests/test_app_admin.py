@@ -31,7 +31,14 @@ def nodes() -> list[ScriptedNode]:
 
 async def test_fleet_shows_nodes_devices_models_and_in_flight(tmp_path: Path) -> None:
     """/admin/fleet answers with a fresh poll: nodes, GPUs, models, loads, in-flight counts."""
-    async with serve(tmp_path, nodes(), CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+    async with serve(
+        tmp_path,
+        nodes(),
+        CATALOGUE,
+        models=MODELS,
+        poll_interval_s=3600,
+        down_after_failed_polls=1,
+    ) as gw:
         gw.node("beast").put("fake/a", "ready")
         fleet = (await gw.http.get("/admin/fleet")).json()
         beast, cpu = fleet["nodes"]
@@ -149,11 +156,15 @@ async def test_reload_applies_a_new_alias_at_once_and_refuses_a_broken_file(
     async with serve(
         tmp_path, nodes(), CATALOGUE, models=MODELS, api_keys=["user"], admin_keys=["admin"]
     ) as gw:
-        admin = {"authorization": "Bearer admin"}
+        admin = {"authorization": "Bearer admin", "content-type": "application/json"}
         models_toml = tmp_path / "models.toml"
         models_toml.write_text('[aliases]\n"tier/one" = "fake/b"\n' + CATALOGUE)
         user = await gw.http.post("/admin/reload", headers={"authorization": "Bearer user"})
         assert user.status_code == 403
+        # No body and no content type: what a page of another site may send unasked.
+        bare = await gw.http.post("/admin/reload", headers={"authorization": "Bearer admin"})
+        assert bare.status_code == 415
+        assert "tier/one" not in gw.state.config.catalogue
 
         response = await gw.http.post("/admin/reload", headers=admin)
         assert response.status_code == 200, response.text

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from gateway_harness import serve, until
 
-from cortex_gateway.dashboard import stamped
 from cortex_gateway.routes.ui import UiRoutes
 from cortex_gateway.testing import ScriptedModel, ScriptedNode
 
@@ -139,7 +138,9 @@ async def test_the_snapshot_says_each_models_task(tmp_path: Path) -> None:
 async def test_a_down_nodes_models_show_as_unavailable_until_it_is_back(tmp_path: Path) -> None:
     """What a node said of its models before it went down is not shown as ready."""
     nodes = fleet()
-    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+    async with serve(
+        tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600, down_after_failed_polls=1
+    ) as gw:
 
         async def placement() -> tuple[bool, str]:
             snap = (await gw.http.get("/ui/snapshot")).json()
@@ -216,10 +217,12 @@ def events(chunks: list[bytes]) -> list[tuple[str, Any]]:
 async def test_the_stream_sends_snapshot_timeline_and_activity_then_changes_only(
     tmp_path: Path,
 ) -> None:
-    """The first events carry everything; then a change (a node down) is sent; a drain ends it."""
+    """The first events carry everything; then only what changed (a node down); a drain ends it."""
     nodes = fleet()
     async with serve(tmp_path, nodes, CATALOGUE, models=MODELS) as gw:
-        stream = UiRoutes(gw.state).stream(admin=True)
+        ui = UiRoutes(gw.state)
+        ui.feed.join(admin=True)
+        stream = ui.stream(admin=True)
         chunks = [await anext(stream) for _ in range(4)]
         assert chunks[0].startswith(b"retry: ")
         first = events(chunks)
@@ -231,28 +234,40 @@ async def test_the_stream_sends_snapshot_timeline_and_activity_then_changes_only
         later: list[bytes] = []
         while not any(kind == "timeline" for kind, _ in events(later)):
             later.append(await anext(stream))
-        sent = dict(events(later))
-        assert [e["kind"] for e in sent["timeline"]] == ["node_down"]
-        down = {n["name"]: n["up"] for n in sent["snapshot"]["nodes"]}
-        assert down == {"a": True, "cpu": False}
+        sent = events(later)
+        assert "snapshot" not in [kind for kind, _ in sent]
+        timeline = [data for kind, data in sent if kind == "timeline"]
+        assert [e["kind"] for e in timeline[-1]] == ["node_down"]
+        changed = [data for kind, data in sent if kind == "changes"]
+        assert {n["name"]: n["up"] for c in changed for n in c["nodes"]} == {"cpu": False}
+        assert all(c["time"] > 0 for c in changed)
         gw.state.draining = True
         rest = [chunk async for chunk in stream]
         assert len(rest) <= 3  # what was due; then the stream ends
         gw.state.draining = False
+        ui.feed.leave(admin=True)
 
 
-async def test_one_snapshot_is_shared_until_something_changes(tmp_path: Path) -> None:
-    """Built once per change for every open page; stamped with the time at each sending."""
-    async with serve(tmp_path, fleet(), CATALOGUE, models=MODELS, poll_interval_s=60) as gw:
+async def test_a_key_that_is_not_an_admin_key_sees_no_address(tmp_path: Path) -> None:
+    """Neither as a node's endpoint nor inside its error text or a timeline event's reason."""
+    nodes = fleet()
+    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, down_after_failed_polls=1) as gw:
+        nodes[1].stop()
+        await gw.state.lifecycle.refresh("cpu")
         ui = UiRoutes(gw.state)
-        first = ui._snapshot(admin=True)
-        assert ui._snapshot(admin=True) is first
-        assert ui._snapshot(admin=False) is not first  # no endpoints for other keys
-        lease = gw.state.lifecycle.leases.take("a", "fake/small")
-        changed = ui._snapshot(admin=True)
-        assert changed is not first
-        assert json.loads(changed)["models"][0]["in_flight"] == 1
-        lease.release()
-        sent = json.loads(stamped(ui._snapshot(admin=True), 1234.5))
-        assert sent["time"] == 1234.5
-        assert sent["models"][0]["in_flight"] == 0
+        for admin in (True, False):
+            ui.feed.join(admin)
+            stream = ui.stream(admin)
+            sent = dict(events([await anext(stream) for _ in range(4)]))
+            card = {n["name"]: n for n in sent["snapshot"]["nodes"]}["cpu"]
+            reasons = [e["reason"] for e in sent["timeline"] if e["kind"] == "node_down"]
+            if admin:
+                assert "cannot connect to http://cpu.scripted:13131" in card["error"]
+                assert card["endpoint"] == "http://cpu.scripted:13131"
+                assert "http://cpu.scripted:13131" in reasons[0]
+            else:
+                assert card["endpoint"] is None
+                assert card["error"] == "ClientConnectorError: cannot connect to <address>"
+                assert reasons == ["ClientConnectorError: cannot connect to <address>"]
+            await stream.aclose()  # type: ignore[attr-defined]
+            ui.feed.leave(admin)

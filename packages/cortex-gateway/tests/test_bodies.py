@@ -8,7 +8,7 @@ import pytest
 
 from cortex_core.wire import WireError
 from cortex_gateway.bodies import MAX_RELAYED_MESSAGE, relayable_message, rewrite_model
-from cortex_gateway.poller import rewrite_loopback
+from cortex_gateway.records import rewrite_loopback
 
 # --- rewrite_model ----------------------------------------------------------------------------
 

@@ -124,3 +124,18 @@ def test_list_says_when_there_are_none(config: Path) -> None:
     (config.parent / "models.toml").write_text("# nothing yet\n")
     code, out, _ = cortex("alias", "list", "--config", str(config))
     assert (code, out) == (0, f"no aliases in {config.parent / 'models.toml'}\n")
+
+
+def test_removing_the_last_alias_takes_force(config: Path) -> None:
+    """As the gateway's reload would refuse it: exit 2 and nothing changed, unless --force."""
+    models = config.parent / "models.toml"
+    code, _, err = cortex("alias", "rm", "--config", str(config), "--no-reload", "helexa/small")
+    assert code == 2
+    assert "it would remove every alias (1 in force); --force to do it anyway" in err
+    assert models.read_text() == MODELS
+    code, out, _ = cortex(
+        "alias", "rm", "--config", str(config), "--no-reload", "--force", "helexa/small"
+    )
+    assert code == 0
+    assert "helexa/small removed" in out
+    assert '"helexa/small" =' not in models.read_text()

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.anyio
 def quick_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """The lifecycle's fixed waits, shortened: the tests are about what happens, not when."""
     monkeypatch.setattr("cortex_gateway.poller.WATCH_EVERY_S", 0.1)
+    monkeypatch.setattr("cortex_gateway.poller.ANSWERING_WINDOW_S", 0.05)
     monkeypatch.setattr("cortex_gateway.state.FLUSH_S", 0.05)
 
 
@@ -100,8 +101,12 @@ async def test_a_silent_stream_ends_after_stream_idle_timeout(tmp_path: Path) ->
         assert gw.in_flight == {}
 
 
-async def test_a_node_going_down_ends_its_streams_at_once(tmp_path: Path) -> None:
-    """The poll finds the node down: streams on it end with an error event, not a timeout."""
+async def test_a_node_down_by_its_polls_ends_its_silent_streams(tmp_path: Path) -> None:
+    """Polls failing past the threshold and a stream gone quiet: it ends with an error event.
+
+    One failed poll is enough to have the node asked again and again (every
+    WATCH_EVERY_S) until it is down; no timeout is waited out.
+    """
     async with serve(
         tmp_path, [ScriptedNode("beast")], CATALOGUE, models=MODELS, poll_interval_s=3600
     ) as gw:
@@ -116,6 +121,71 @@ async def test_a_node_going_down_ends_its_streams_at_once(tmp_path: Path) -> Non
         events = events_of(response.text)
         assert events[-1]["error"]["message"] == "the model server stopped answering"
         assert gw.in_flight == {}
+        assert gw.state.lifecycle.poller.nodes["beast"].record.failures == 3
+
+
+async def test_one_failed_poll_cuts_no_stream(tmp_path: Path) -> None:
+    """A poll that fails once: the streams there finish; new requests prefer the other node.
+
+    The node is asked again at once and, answering, is used as before.
+    """
+    nodes = [ScriptedNode("one", chunk_delay_s=0.02), ScriptedNode("two")]
+    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+        await ready_on(gw, "one", "two")
+        one = gw.node("one")
+        one.answers.append(StreamAnswer(WORDS, delay_s=0.1))
+        streaming = asyncio.ensure_future(gw.chat("fake/a", stream=True))
+        await until(lambda: one.open_requests == 1)
+        one.management_refused = True
+        await gw.state.lifecycle.refresh("one")
+        assert gw.state.lifecycle.poller.broken() == {"one"}
+        assert (await gw.chat("fake/a")).headers["x-cortex-node"] == "two"
+        one.management_refused = False
+        response = await asyncio.wait_for(streaming, 5)
+        assert [e["choices"][0]["delta"]["content"] for e in events_of(response.text)] == [
+            "one",
+            " two",
+            " three",
+        ]
+        await until(lambda: not gw.state.lifecycle.poller.broken())
+        assert gw.state.lifecycle.fleet.nodes["one"].up
+
+
+async def test_a_node_whose_polls_fail_keeps_the_streams_it_still_answers(
+    tmp_path: Path,
+) -> None:
+    """Polls failing past the threshold mark the node down, but streams receiving bytes finish.
+
+    Its management API is gone, not the node: nothing new goes there meanwhile.
+    """
+    nodes = [ScriptedNode("one"), ScriptedNode("two")]
+    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+        await ready_on(gw, "one", "two")
+        one = gw.node("one")
+        many = [chat_chunk("fake/a", {"content": f" {i}"}) for i in range(40)]
+        one.answers.append(StreamAnswer(many, delay_s=0.02))
+        streaming = asyncio.ensure_future(gw.chat("fake/a", stream=True))
+        await until(lambda: one.open_requests == 1)
+        one.management_refused = True
+        await gw.state.lifecycle.refresh("one")
+        await until(lambda: not gw.state.lifecycle.fleet.nodes["one"].up)
+        assert (await gw.chat("fake/a")).headers["x-cortex-node"] == "two"
+        response = await asyncio.wait_for(streaming, 5)
+        events = events_of(response.text)
+        assert [e["choices"][0]["delta"]["content"] for e in events] == [f" {i}" for i in range(40)]
+
+
+async def test_a_failed_poll_after_a_refused_request_is_down_at_once(tmp_path: Path) -> None:
+    """Two kinds of evidence, a refused request and a failed poll: down without more polls."""
+    nodes = [ScriptedNode("one"), ScriptedNode("two")]
+    async with serve(tmp_path, nodes, CATALOGUE, models=MODELS, poll_interval_s=3600) as gw:
+        await ready_on(gw, "one", "two")
+        gw.node("one").stop()
+        responses = [await gw.chat("fake/a") for _ in range(2)]
+        assert [r.status_code for r in responses] == [200, 200]
+        node = gw.state.lifecycle.poller.nodes["one"]
+        assert not node.state.up
+        assert node.record.failures == 1
 
 
 async def test_a_request_waiting_for_headers_moves_to_a_replica_when_its_node_dies(
@@ -360,10 +430,10 @@ async def test_reload_takes_a_good_catalogue_and_refuses_a_broken_one(
     async with serve(tmp_path, [ScriptedNode("beast")], CATALOGUE, models=MODELS) as gw:
         models_toml = tmp_path / "models.toml"
         models_toml.write_text('[aliases]\n"helexa/small" = "fake/a"\n' + CATALOGUE)
-        assert gw.state.reload() is None
+        assert await gw.state.reload() is None
         assert (await gw.chat("helexa/small")).status_code == 200
         models_toml.write_text('[aliases]\n"helexa/small" = "fake/nowhere"\n' + CATALOGUE)
-        assert gw.state.reload() is not None
+        assert await gw.state.reload() is not None
         assert (await gw.chat("helexa/small")).status_code == 200
     messages = [r.getMessage() for r in caplog.records]
     assert "catalogue reloaded" in messages

@@ -1,10 +1,10 @@
-"""A node's record and what each answer changes: pure transitions over plain data."""
+"""A node's record and what each answer changes (records.py): pure transitions over plain data."""
 
 from __future__ import annotations
 
 from cortex_core.neuron_api import ModelInfo
 from cortex_gateway.fleet import NodeState
-from cortex_gateway.poller import BREAKER_S, NodeRecord, observe
+from cortex_gateway.records import BREAKER_S, Evidence, NodeRecord, observe
 
 URL = "http://beast:13131"
 
@@ -85,3 +85,54 @@ def test_an_endpoint_is_kept_and_forgotten_by_model() -> None:
     assert record.endpoints == {}
     assert known.without_endpoint("a").endpoints == {"b": "v"}
     assert known.without_endpoint("zzz") is known
+
+
+def test_a_failed_poll_makes_a_node_suspect_not_down() -> None:
+    """Below the threshold the node stays up with what it said, counted; an answer clears it."""
+    record = NodeRecord(node("a"), since=1.0, endpoints={"a": "http://beast:8000/v1"})
+    first = observe(record, record.state.down("timed out"), now=20.0, down_after=3)
+    assert first.record.state.up
+    assert first.record.suspect
+    assert first.record.failures == 1
+    assert first.record.endpoints == record.endpoints
+    assert (first.events, first.void) == ((), False)
+    second = observe(first.record, first.record.state.down("refused"), now=21.0, down_after=3)
+    assert second.record.failures == 2
+    assert second.record.state.up
+    back = observe(second.record, node("a"), now=22.0, down_after=3)
+    assert (back.record.failures, back.record.suspect, back.events) == (0, False, ())
+
+
+def test_failed_polls_past_the_threshold_mark_it_down_and_void_quiet_requests() -> None:
+    """The third failure in a row: down, one event, requests void unless still answered."""
+    record = NodeRecord(node("a"), since=1.0, failures=2)
+    quiet = observe(record, record.state.down("refused"), now=30.0, down_after=3)
+    assert not quiet.record.state.up
+    assert [e.kind for e in quiet.events] == ["node_down"]
+    assert quiet.void
+    answered = observe(
+        record,
+        record.state.down("refused"),
+        now=30.0,
+        down_after=3,
+        evidence=Evidence(answering=True),
+    )
+    assert not answered.record.state.up
+    assert not answered.void
+    later = observe(answered.record, answered.record.state.down("refused"), 31.0, down_after=3)
+    assert later.void
+    assert later.events == ()
+
+
+def test_a_failed_poll_with_the_breaker_open_is_down_at_once() -> None:
+    """A request could not reach it and a poll failed: two kinds of evidence, down now."""
+    record = NodeRecord(node("a"), since=1.0)
+    change = observe(
+        record,
+        record.state.down("refused"),
+        now=5.0,
+        down_after=3,
+        evidence=Evidence(unreachable=True),
+    )
+    assert not change.record.state.up
+    assert change.void

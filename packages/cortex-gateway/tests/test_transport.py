@@ -213,3 +213,40 @@ async def test_nothing_listening_is_an_upstream_error() -> None:
             )
     finally:
         await neurons.aclose()
+
+
+async def test_a_management_answer_past_the_cap_fails_the_call() -> None:
+    """40 MB of /models, declared or streamed: a node error, not 40 MB in memory.
+
+    A large answer under the cap still decodes (in a thread).
+    """
+    modes = ["streamed", "declared", "fits"]
+
+    async def huge(request: web.Request) -> web.StreamResponse:
+        mode = modes.pop(0)
+        if mode == "fits":
+            return json_answer({"models": [{**MODEL, "id": f"org/m{i}"} for i in range(5000)]})
+        filler = b" " * (1 << 20)
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        if mode == "declared":
+            response.content_length = 40 * len(filler) + 14
+        await response.prepare(request)
+        await response.write(b'{"models": []')
+        for _ in range(40):
+            await response.write(filler)
+        await response.write(b"}")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.add_routes([web.get("/models", huge)])
+    neurons = HttpNeurons()
+    async with TestServer(app, host="127.0.0.1") as running:
+        try:
+            client = neurons.client("n", str(running.make_url("/")))
+            for _ in range(2):
+                with pytest.raises(NeuronCallError, match="answer too large: over 16 MiB"):
+                    await client.models()
+            assert len((await client.models()).models) == 5000
+        finally:
+            await neurons.aclose()

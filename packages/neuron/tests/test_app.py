@@ -184,6 +184,11 @@ def test_a_token_guards_every_route_but_health_and_metrics(config: NeuronConfig)
         assert client.get("/models", headers=keyed).status_code == 200
         loaded = client.post("/models/load", json={"model": "test/tiny"}, headers=keyed)
         assert loaded.status_code == 200
+        # The scheme is case-insensitive (RFC 7235); the token is not.
+        for scheme in ("bearer", "BEARER", "BeArEr"):
+            assert client.get("/models", headers={"authorization": f"{scheme} s3cret"}).is_success
+        assert client.get("/models", headers={"authorization": "bearer S3CRET"}).status_code == 401
+        assert client.get("/models", headers={"authorization": "Basic s3cret"}).status_code == 401
 
 
 def test_devices_empty(neuron: Neuron) -> None:

@@ -27,10 +27,18 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {problem}")
 
 
+MAX_CONFIG_BYTES = 16 * 1024 * 1024
+"""The largest configuration file read (``models.toml`` included): past it, a ConfigError."""
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, raising :class:`ConfigError` for a missing or malformed one."""
+    """Parse a TOML file, raising :class:`ConfigError` for a missing, too large or malformed one."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(path, None, f"larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(path, None, "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:

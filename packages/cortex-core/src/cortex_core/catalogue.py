@@ -7,9 +7,12 @@ name a concrete model so clients can pick a tier without hard-coding ids.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ from cortex_core.tasks import Task
 from cortex_core.units import GIB, PositiveGiB
 
 __all__ = [
+    "EDIT_LOCK_WAIT_S",
     "Catalogue",
     "CatalogueError",
     "ModelProfile",
@@ -29,6 +33,9 @@ __all__ = [
     "load_catalogue",
     "save_alias",
 ]
+
+EDIT_LOCK_WAIT_S = 30.0
+"""How long an edit of ``models.toml`` waits for another one under way to finish."""
 
 
 class CatalogueError(ValueError):
@@ -188,12 +195,59 @@ def save_alias(
 ) -> Catalogue:
     """Set (or, with ``target=None``, remove) an alias in ``models.toml``, keeping comments.
 
-    The edited file is validated (and given to ``check``, which may raise
-    :class:`ConfigError` too) before it replaces the old one, atomically and
-    with the old one's permissions; an edit that would make it invalid raises
-    :class:`ConfigError` and leaves the file as it was.
+    Edits are serialised across processes (an exclusive lock on the file's
+    folder, held from reading the file to replacing it), so concurrent edits
+    each land. The edited file is validated (and given to ``check``, which may
+    raise :class:`ConfigError` too) before it replaces the old one, atomically,
+    through a temporary file of its own and with the old one's permissions; it
+    is read back before the lock is let go. An edit that would make it invalid,
+    or that did not land, raises :class:`ConfigError` and leaves the file as it was.
     """
     path = Path(path)
+    with _edit_lock(path):
+        catalogue = _edit_alias(path, alias, target, check)
+        try:
+            landed = tomlkit.parse(path.read_text(encoding="utf-8")).get("aliases", {})
+        except (OSError, tomlkit.exceptions.ParseError) as exc:
+            raise ConfigError(path, None, f"cannot read it back: {exc}") from None
+        if landed.get(alias) != target:
+            raise ConfigError(path, f"aliases.{toml_key(alias)}", "the edit did not land")
+    return catalogue
+
+
+@contextlib.contextmanager
+def _edit_lock(path: Path) -> Iterator[None]:
+    """Hold the exclusive edit lock of ``path`` (a ``flock`` on its folder, which stays put).
+
+    The file itself is replaced by each edit, so a lock on it would not keep
+    the next writer out.
+    """
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot open its folder: {exc.strerror or exc}") from None
+    try:
+        deadline = time.monotonic() + EDIT_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ConfigError(
+                        path,
+                        None,
+                        f"another edit has held it for {EDIT_LOCK_WAIT_S:.0f} s; try again",
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(folder)  # lets the lock go
+
+
+def _edit_alias(
+    path: Path, alias: str, target: str | None, check: Callable[[Catalogue], None] | None
+) -> Catalogue:
     try:
         document = tomlkit.parse(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -214,9 +268,22 @@ def save_alias(
     catalogue = _catalogue(tomlkit.parse(text).unwrap(), path)
     if check is not None:
         check(catalogue)
-    tmp = path.with_name(f".{path.name}.tmp")
+    _replace(path, text)
+    return catalogue
+
+
+def _replace(path: Path, text: str) -> None:
+    """Put ``text`` in place of ``path`` at once, through a temporary file of this writer's own."""
     try:
-        tmp.write_text(text, encoding="utf-8")
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot write: {exc.strerror or exc}") from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
         shutil.copymode(path, tmp)
         with contextlib.suppress(OSError):  # the group (root:cortex); only root may set it
             stat = path.stat()
@@ -225,4 +292,3 @@ def save_alias(
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ConfigError(path, None, f"cannot write: {exc.strerror or exc}") from None
-    return catalogue

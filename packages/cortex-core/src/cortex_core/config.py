@@ -73,6 +73,8 @@ class GatewaySection(_Config):
     models: str = "models.toml"
     """The catalogue; a relative path is relative to cortex.toml."""
     poll_interval_s: PositiveSeconds = 5.0
+    down_after_failed_polls: PositiveInt = 3
+    """Polls failing in a row that mark a neuron down; after one, it is only avoided."""
     load_timeout_s: PositiveSeconds = 900.0
     api_keys: list[str] = field(default_factory=list)
     """Inference routes and /v1/models: ``Authorization: Bearer`` or ``x-api-key``."""
@@ -96,6 +98,13 @@ class GatewaySection(_Config):
     """On SIGTERM, how long requests in flight may finish (``/health`` answers 503 meanwhile)."""
     workers: PositiveInt = 1
     """Gateway processes sharing the listen socket (the metrics port shows their sum)."""
+    header_timeout_s: PositiveSeconds = 10.0
+    """A request's headers must arrive in full within this of their first byte (the
+    connection is closed otherwise); an idle connection is kept 75 s."""
+    max_connections: PositiveInt = 4096
+    """Client connections open at once, per gateway process; beyond it, a 503 and close."""
+    max_dashboard_streams: PositiveInt = 64
+    """Dashboard event streams (/ui/events) open at once, per process; beyond, 503."""
 
 
 class EvictionSection(_Config):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import signal
 import sys
 import time
 import urllib.error
@@ -27,6 +25,7 @@ from cortex_core.runtime.loops import run as run_loop
 from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
+from cortex_gateway.reloads import guard
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
@@ -101,7 +100,9 @@ def serve(
     if worker is not None and api_fd is not None and metrics_fd is not None:
         # One of a supervisor's workers: its sockets are inherited, already bound.
         configure_logging(log_format, log_level.upper())
-        run_loop(_serve(config, f"fd://{api_fd}", f"fd://{metrics_fd}", worker=worker))
+        from cortex_gateway.daemon import serve as serve_gateway
+
+        run_loop(serve_gateway(config, f"fd://{api_fd}", f"fd://{metrics_fd}", worker=worker))
         return
     try:  # now: a port in use is one line, before anything starts
         api_bind = bind_listen(config.cortex.gateway.listen)
@@ -118,50 +119,9 @@ def serve(
         api = int(api_bind.removeprefix("fd://"))
         run_loop(Supervisor(count, path.resolve(), api, metrics_bind, args).run())
         return
-    run_loop(_serve(config, api_bind, metrics_bind))
+    from cortex_gateway.daemon import serve as serve_gateway
 
-
-async def _serve(
-    config: GatewayConfig, api_bind: str, metrics_bind: str, *, worker: int | None = None
-) -> None:
-    from hypercorn.asyncio import serve as hypercorn_serve
-
-    from cortex_core.runtime.serving import server_config
-    from cortex_gateway.app import create_apps
-
-    api, metrics, gateway = create_apps(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[None]] = []
-
-    async def drain_then_stop() -> None:
-        await gateway.drain(config.cortex.gateway.shutdown_grace_s)
-        stop.set()
-
-    def terminate() -> None:
-        if stopping:  # a second signal: stop now
-            stop.set()
-            return
-        stopping.append(asyncio.create_task(drain_then_stop()))
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, terminate)
-    loop.add_signal_handler(signal.SIGHUP, gateway.reload)
-    if worker is not None:
-        # A reload asked of this worker (POST /admin/reload) is passed on to its siblings.
-        supervisor = os.getppid()
-        gateway.on_reloaded = lambda: os.kill(supervisor, signal.SIGHUP)
-
-    # Starlette's ASGI types and hypercorn's differ only in how they spell them.
-    api_app: Any = api
-    metrics_app: Any = metrics
-    # The drain has already given requests shutdown_grace_s; hypercorn's grace only flushes.
-    api_settings = server_config(api_bind, graceful_timeout_s=5.0)
-    metrics_settings = server_config(metrics_bind, graceful_timeout_s=5.0)
-    await asyncio.gather(
-        hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
-        hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
-    )
+    run_loop(serve_gateway(config, api_bind, metrics_bind))
 
 
 @main.command()
@@ -349,6 +309,11 @@ reload_option = click.option(
     show_default=True,
     help="Tell the gateway to read the file again (POST /admin/reload).",
 )
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Remove the last alias, and have the gateway take a catalogue it would refuse.",
+)
 
 
 @main.group()
@@ -374,13 +339,20 @@ def alias_list(config_path: str | None) -> None:
 @gateway_option
 @key_option
 @reload_option
+@force_option
 @click.argument("name")
 @click.argument("target")
 def alias_set(
-    config_path: str | None, gateway: str, key: str | None, reload: bool, name: str, target: str
+    config_path: str | None,
+    gateway: str,
+    key: str | None,
+    reload: bool,
+    force: bool,
+    name: str,
+    target: str,
 ) -> None:
     """Point alias NAME at model TARGET (a [[models]] id), then reload the gateway."""
-    _edit_alias(_config_path(config_path), name, target, gateway, key, reload)
+    _edit_alias(_config_path(config_path), name, target, gateway, key, reload, force)
 
 
 @alias.command("rm")
@@ -388,25 +360,38 @@ def alias_set(
 @gateway_option
 @key_option
 @reload_option
+@force_option
 @click.argument("name")
 def alias_rm(
-    config_path: str | None, gateway: str, key: str | None, reload: bool, name: str
+    config_path: str | None, gateway: str, key: str | None, reload: bool, force: bool, name: str
 ) -> None:
     """Remove alias NAME, then reload the gateway."""
-    _edit_alias(_config_path(config_path), name, None, gateway, key, reload)
+    _edit_alias(_config_path(config_path), name, None, gateway, key, reload, force)
 
 
 def _edit_alias(
-    path: Path, name: str, target: str | None, gateway: str, key: str | None, reload: bool
+    path: Path,
+    name: str,
+    target: str | None,
+    gateway: str,
+    key: str | None,
+    reload: bool,
+    force: bool,
 ) -> None:
-    """Edit models.toml as ``cortex check`` would accept it, keeping its comments; then reload."""
+    """Edit models.toml as ``cortex check`` would accept it, keeping its comments; then reload.
+
+    Exits non-zero when the edit did not land (2) or the gateway did not take it (1).
+    """
     config = _load(path)  # the file as it stands must be valid before it is edited
 
-    def nodes_exist(catalogue: Catalogue) -> None:
+    def acceptable(catalogue: Catalogue) -> None:
         check_catalogue_nodes(config.path, config.models_path, config.cortex, catalogue)
+        # What the gateway's reload would refuse is refused here, before the file changes.
+        if not force and (why := guard(config.catalogue, catalogue, ())):
+            raise ConfigError(config.models_path, "aliases", f"{why}; --force to do it anyway")
 
     try:
-        save_alias(config.models_path, name, target, nodes_exist)
+        save_alias(config.models_path, name, target, acceptable)
     except ConfigError as exc:
         click.echo(f"cortex: {exc}", err=True)
         sys.exit(2)
@@ -414,7 +399,7 @@ def _edit_alias(
     click.echo(f"{change} in {config.models_path}")
     if not reload:
         return
-    answer = _request(gateway, "POST", "/admin/reload", key=key)
+    answer = _request(gateway, "POST", "/admin/reload", {"force": True} if force else {}, key=key)
     click.echo(
         f"the gateway at {gateway} reloaded: {answer['models']} model(s),"
         f" {len(answer['aliases'])} alias(es)"

@@ -6,13 +6,17 @@ the page renders: one card per neuron with a memory bar per device, one row
 per catalogue model and alias.
 Texts that came from the fleet (model ids, errors) stay texts: the page
 never inserts them as HTML; here they are only made printable and bounded.
+Keys that are not admin keys see no node's address: not as its endpoint,
+nor inside an error text (:func:`without_addresses`).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 
+import msgspec
 from msgspec import Struct, field
 
 from cortex_core.neuron_api import ModelInfo
@@ -28,8 +32,10 @@ __all__ = [
     "Placement",
     "Segment",
     "Snapshot",
+    "redacted",
     "snapshot",
     "stamped",
+    "without_addresses",
 ]
 
 ERROR_CHARS = 300
@@ -129,8 +135,40 @@ class Snapshot(Struct, kw_only=True):
     models: list[ModelRow]
 
 
-def _text(value: str | None) -> str | None:
-    return None if value is None else printable(value, ERROR_CHARS)
+ADDRESS = "<address>"
+_ADDRESSES = re.compile(
+    r"[a-z][a-z0-9+.-]*://[^\s'\"<>]+"  # a URL
+    r"|\[[0-9a-f:.]+\](?::\d+)?"  # [v6]:port
+    # v6 as aiohttp writes it (::1:13131): with a "::" or four colons, unlike a time
+    r"|(?<![\w:])(?=[0-9a-f:]*::|(?:[0-9a-f]*:){4})(?:[0-9a-f]{0,4}:){2,8}[0-9a-f]{0,5}(?![\w:])"
+    r"|\b(?:\d{1,3}\.){3}\d{1,3}(?::\d+)?\b"  # v4(:port)
+    # host:port, the host with a letter in it (a time such as 10:30:12 is not an address)
+    r"|\b(?=[a-z0-9.-]*[a-z])[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*"
+    r":\d{1,5}\b",
+    re.IGNORECASE,
+)
+
+
+def without_addresses(text: str) -> str:
+    """``text`` with every URL, IP address and ``host:port`` in it replaced by ``<address>``.
+
+    For keys that may not see where the nodes are: aiohttp's errors name the
+    host and port they could not reach ("Cannot connect to host 10.0.0.5:13131").
+    """
+    return _ADDRESSES.sub(ADDRESS, text)
+
+
+def _text(value: str | None, admin: bool = True) -> str | None:
+    if value is None:
+        return None
+    return printable(value if admin else without_addresses(value), ERROR_CHARS)
+
+
+def redacted(event: Event) -> Event:
+    """A timeline event as a key that is not an admin key sees it: no address in its reason."""
+    if event.reason is None:
+        return event
+    return msgspec.structs.replace(event, reason=without_addresses(event.reason))
 
 
 def _bar(node: NodeState) -> list[DeviceBar]:
@@ -168,7 +206,7 @@ def _card(node: NodeState, since: float | None, admin: bool) -> NodeCard:
         since=since,
         version=printable(node.version, 64),
         endpoint=node.endpoint if admin else None,
-        error=None if node.up else _text(node.error),
+        error=None if node.up else _text(node.error, admin),
         cpu_only=cpu_only,
         devices=_bar(node),
         host_models=_host_models(node),
@@ -189,16 +227,16 @@ def _host_models(node: NodeState) -> list[Segment]:
     return found
 
 
-def _placement(node: NodeState, info: ModelInfo, started: float | None) -> Placement:
+def _placement(node: NodeState, info: ModelInfo, started: float | None, admin: bool) -> Placement:
     since = info.loaded_at if info.state == "ready" else started
     # A down node serves nothing, whatever it said of its models before it went.
     state = printable(info.state, 32) if node.up else UNAVAILABLE
     return Placement(
         node=node.name,
         state=state,
-        phase=_text(info.phase),
+        phase=_text(info.phase, admin),
         since=since,
-        error=_text(info.error) if info.state == "failed" else None,
+        error=_text(info.error, admin) if info.state == "failed" else None,
         in_flight=info.in_flight,
         last_used=info.last_used,
         memory_bytes=info.memory_bytes,
@@ -233,7 +271,7 @@ def snapshot(
         concrete = entry.alias_of or entry.id
         profile = catalogue.profile(concrete)
         placements = [
-            _placement(node, info, started.get((node.name, concrete)))
+            _placement(node, info, started.get((node.name, concrete)), admin)
             for node in fleet.nodes.values()
             if (info := node.model(concrete)) is not None
         ]

@@ -36,6 +36,7 @@ class ErrorKind(enum.StrEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
     OVERLOADED = "overloaded"
     UNAVAILABLE = "unavailable"
     UPSTREAM = "upstream"
@@ -56,6 +57,7 @@ _OPENAI_TYPES: dict[ErrorKind, str] = {
     ErrorKind.UNAUTHORIZED: "authentication_error",
     ErrorKind.FORBIDDEN: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
+    ErrorKind.CONFLICT: "invalid_request_error",
     ErrorKind.OVERLOADED: "rate_limit_error",
     ErrorKind.UNAVAILABLE: "service_unavailable",
     ErrorKind.UPSTREAM: "upstream_error",

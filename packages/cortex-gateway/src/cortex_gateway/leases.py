@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from cortex_gateway.neurons import NeuronApi, NeuronCallError
+from cortex_gateway.neurons import NeuronApi
 
 __all__ = ["Lease", "Leases", "NodeReports"]
 
@@ -45,6 +45,10 @@ class NodeReports(Protocol):
 
     def reset(self) -> None:
         """A request reached the node."""
+        ...
+
+    def heard(self) -> None:
+        """A request received bytes from the node (it is not gone, whatever its polls say)."""
         ...
 
 
@@ -118,21 +122,20 @@ class Lease:
     async def endpoint(self) -> str:
         """The model's OpenAI base URL on the node (:attr:`url` from then on).
 
-        A node that could not say (anything but a 404) has its breaker opened;
-        the :class:`~cortex_gateway.neurons.NeuronCallError` goes on.
+        A node that could not say (anything but a 404) has its breaker opened
+        by its owner; the :class:`~cortex_gateway.neurons.NeuronCallError` goes on.
         """
-        node = self._node()
-        try:
-            self.url = await node.endpoint(self.model)
-        except NeuronCallError as exc:
-            if exc.upstream_status != 404:
-                node.trip()
-            raise
+        self.url = await self._node().endpoint(self.model)
         return self.url
 
     def reached(self) -> None:
         """The node answered the request."""
         self._node().reset()
+
+    def heard(self) -> None:
+        """A chunk of the answer came: the node is there."""
+        if self._reports is not None:
+            self._reports.heard()
 
     async def unreachable(self) -> None:
         """The request could not reach the node: its breaker opens, the endpoint is asked again."""

@@ -6,7 +6,8 @@ of :class:`~cortex_gateway.leases.Lease` s, and does three things with them:
 route (``router.route`` on the fleet snapshot), lease (the node held in the
 same step as the decision) and wait (for a load, for a node, for room,
 bounded by ``max_waiting`` per model and ``load_timeout_s``). A node that
-goes down or restarts has its leases aborted at once.
+restarts, or is down by evidence with its requests gone quiet (see
+:mod:`~cortex_gateway.poller`), has its leases aborted at once.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from cortex_gateway.fleet import Fleet, FleetStatus, NodeState
 from cortex_gateway.leases import Lease, Leases
 from cortex_gateway.loads import Loads, late
 from cortex_gateway.neurons import Neurons
-from cortex_gateway.poller import Poller, Transition
+from cortex_gateway.poller import Poller
 from cortex_gateway.prefix import PrefixIndex
+from cortex_gateway.records import Transition
 from cortex_gateway.router import (
     ColdLoad,
     Decision,

@@ -432,8 +432,9 @@ class Loads:
         """After a poll round: load pinned models that are nowhere, unload idle ones."""
         fleet = self.poller.fleet
         for profile in self.catalogue.models:
-            missing = not fleet.locations(profile.id) and not fleet.loading(profile.id)
-            if profile.pinned and profile.id not in self._loads and missing:
+            if not profile.pinned or profile.id in self._loads:
+                continue  # most are not pinned: a large catalogue costs a scan, not a lookup each
+            if not fleet.locations(profile.id) and not fleet.loading(profile.id):
                 log.info("loading pinned model", extra={"model": profile.id})
                 self.background.spawn(self._load_quietly(profile))
         idle_s = self.config.cortex.eviction.idle_timeout_s

@@ -19,7 +19,7 @@ from cortex_core import responses_api as ra
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import FleetModel, FleetModelList
 
-__all__ = ["AdminAnswer", "AdminRequest", "ReloadAnswer", "openapi_document"]
+__all__ = ["AdminAnswer", "AdminRequest", "ReloadAnswer", "ReloadRequest", "openapi_document"]
 
 REF = "#/components/schemas/{name}"
 
@@ -38,6 +38,13 @@ class AdminAnswer(msgspec.Struct):
     state: str
     node: str | None = None
     nodes: list[str] | None = None
+
+
+class ReloadRequest(msgspec.Struct):
+    """``POST /admin/reload`` (an empty body is ``{"force": false}``)."""
+
+    force: bool = False
+    """Reload a catalogue that removes every model or alias, or drops a pinned model in use."""
 
 
 class ReloadAnswer(msgspec.Struct):
@@ -64,6 +71,8 @@ _ERRORS = {
     408: "the request body did not arrive in time",
     413: "the request body is too large",
     415: "the body is not declared JSON",
+    409: "the new models.toml would remove every model or alias, or drop a pinned model in"
+    " use: not reloaded unless forced",
     422: "models.toml is broken: not reloaded, the catalogue in force stays",
     429: "too many requests wait for this model to load (see Retry-After)",
     500: "an internal error",
@@ -98,6 +107,7 @@ def openapi_document() -> dict[str, Any]:
         FleetModel,
         AdminRequest,
         AdminAnswer,
+        ReloadRequest,
         ReloadAnswer,
         Health,
     ]
@@ -247,7 +257,10 @@ def openapi_document() -> dict[str, Any]:
         "/admin/reload": {
             "post": {
                 "summary": "Read models.toml again (aliases and profiles), as SIGHUP does",
-                "responses": answers(ref[ReloadAnswer], openai_error, [401, 403, 422, 500]),
+                "requestBody": {**json_body(ref[ReloadRequest]), "required": False},
+                "responses": answers(
+                    ref[ReloadAnswer], openai_error, [400, 401, 403, 409, 415, 422, 500, 503]
+                ),
             }
         },
     }

@@ -2,34 +2,47 @@
 
 Each configured neuron has one :class:`Node` that owns all the gateway keeps
 about it, as llama-swap's ``Process`` owns one upstream: its management
-client, one :class:`NodeRecord` (the last answer, when it went up or down,
-its breaker, the endpoints of its models) and the polls and watcher in
-flight. What a new answer changes is decided by :func:`observe`, a pure
-function of the old record and the answer: the new record, the fleet events
-to emit, whether requests there are void, which prompt prefixes it forgot.
-The :class:`Poller` holds the nodes, the :class:`~cortex_gateway.fleet.Fleet`
-snapshot routing reads, and the signal that wakes whoever waits on a change.
+client, one :class:`~cortex_gateway.records.NodeRecord` and the polls,
+rechecks and watcher in flight. What a new answer changes is decided by
+:func:`~cortex_gateway.records.observe` (pure), given the evidence the node
+gathers beside its polls: whether its requests still receive bytes, whether
+its breaker is open. The :class:`Poller` holds the nodes, the
+:class:`~cortex_gateway.fleet.Fleet` snapshot routing reads, and the signal
+that wakes whoever waits on a change.
+
+A node whose poll failed is asked again every ``WATCH_EVERY_S`` until it
+answers or is down (``down_after_failed_polls``); meanwhile routing uses it
+only when no other node can serve.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import replace
 
 from cortex_core.config import GatewayConfig
 from cortex_gateway.background import Background
-from cortex_gateway.events import Events, FleetEvent
+from cortex_gateway.events import Events
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.neurons import NeuronApi, NeuronCallError, Neurons
+from cortex_gateway.records import (
+    BREAKER_S,
+    Evidence,
+    NodeRecord,
+    Transition,
+    observe,
+    rewrite_loopback,
+)
 
 __all__ = [
     "BREAKER_S",
     "WATCH_EVERY_S",
     "Changes",
+    "Evidence",
     "Node",
     "NodeRecord",
     "Poller",
@@ -38,110 +51,14 @@ __all__ = [
     "rewrite_loopback",
 ]
 
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "0.0.0.0", "::1"})
+log = logging.getLogger(__name__)
+
 WATCH_EVERY_S = 1.0
 """How often a node is asked again while requests wait for a load under way there."""
-BREAKER_S = 10.0
-"""How long a node that failed a request is used only when no other node can serve."""
 NOT_POLLED = "not polled yet"
-
-
-def rewrite_loopback(url: str, neuron_endpoint: str) -> str:
-    """Put the neuron's configured host in place of a loopback host, keeping port and path."""
-    parts = urlsplit(url)
-    if parts.hostname not in LOOPBACK:
-        return url
-    host = urlsplit(neuron_endpoint).hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """Everything the gateway knows of one neuron, as one value."""
-
-    state: NodeState
-    since: float | None = None
-    """When it last went up or down (Unix seconds), as this gateway saw it."""
-    endpoints: Mapping[str, str] = field(default_factory=dict)
-    """The OpenAI base URL of each model ready there, once asked for."""
-    broken_until: float = 0.0
-    """Until when (monotonic) it is used only if no other node can serve: it failed a request."""
-
-    def broken(self, now: float) -> bool:
-        """Whether the breaker is open at ``now`` (monotonic)."""
-        return self.broken_until > now
-
-    def tripped(self, now: float) -> NodeRecord:
-        """The record after a request could not reach the node at ``now`` (monotonic)."""
-        return replace(self, broken_until=now + BREAKER_S)
-
-    def with_endpoint(self, model: str, url: str) -> NodeRecord:
-        """The record with ``model``'s endpoint known."""
-        return replace(self, endpoints={**self.endpoints, model: url})
-
-    def without_endpoint(self, model: str) -> NodeRecord:
-        """The record with ``model``'s endpoint forgotten (it failed a request, or left)."""
-        if model not in self.endpoints:
-            return self
-        return replace(self, endpoints={m: u for m, u in self.endpoints.items() if m != model})
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """What one answer (or failed poll) of a node changes."""
-
-    record: NodeRecord
-    events: tuple[FleetEvent, ...] = ()
-    void: bool = False
-    """The node went down or restarted: the requests on it cannot finish."""
-    restarted: bool = False
-    """A new process: whatever the old one held (prompt caches) is gone."""
-    gone: frozenset[str] = frozenset()
-    """Models no longer ready on a node still up: their prompt caches went with them."""
-
-
-def _ready(node: NodeState) -> set[str]:
-    return {m.id for m in node.models if m.state == "ready"}
-
-
-def observe(record: NodeRecord, seen: NodeState, now: float) -> Transition:
-    """The record after ``seen`` (a node's answer, or it marked down), and what that changes.
-
-    A node is announced up when it answers after not answering; down when
-    it stops answering, or when one never seen up fails differently; a
-    restart when its ``started_at`` changes. An endpoint is kept only while
-    its model is ready there.
-    """
-    old, url = record.state, seen.endpoint
-    events: list[FleetEvent] = []
-    since = record.since
-    if seen.up and not old.up:
-        since = now
-        events.append(FleetEvent("node_up", seen.name, url=url, version=seen.version))
-    elif not seen.up and (old.up or old.last_seen is None) and old.error != seen.error:
-        if old.up or since is None:
-            since = now
-        events.append(FleetEvent("node_down", seen.name, error=seen.error, url=url))
-    restarted = old.started_at is not None and seen.started_at not in (None, old.started_at)
-    gone: frozenset[str] = frozenset()
-    if restarted:
-        since = now
-        events.append(FleetEvent("node_restarted", seen.name))
-        endpoints: Mapping[str, str] = {}
-    else:
-        endpoints = {m: u for m, u in record.endpoints.items() if seen.ready(m)}
-        if seen.up:
-            gone = frozenset(_ready(old) - _ready(seen))
-    return Transition(
-        NodeRecord(seen, since, endpoints, record.broken_until),
-        tuple(events),
-        void=(old.up and not seen.up) or restarted,
-        restarted=restarted,
-        gone=gone,
-    )
+ANSWERING_WINDOW_S = 5.0
+"""The shortest look back for bytes from a node's requests when a poll of it fails: a stream
+at a token a second is answering; one silent this long on a node failing its polls is not."""
 
 
 class Changes:
@@ -191,6 +108,11 @@ class Node:
         self._applied = 0
         self._watchers = 0
         self._watch: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Task[None] | None = None
+        self.heard_at = -float("inf")
+        """When (monotonic) a request on the node last received bytes from it."""
+        self._polled_at: float | None = None
+        """When (monotonic) the latest poll began."""
 
     @property
     def state(self) -> NodeState:
@@ -206,12 +128,16 @@ class Node:
         self._asked += 1
         ticket = self._asked
         client = self.client
+        began = time.monotonic()
+        before, self._polled_at = self._polled_at, began
+        evidence = Evidence()
         try:
             health, devices, models = await asyncio.gather(
                 client.health(), client.devices(), client.models()
             )
         except NeuronCallError as exc:
             seen = self.state.down(str(exc))
+            evidence = self._evidence(began, before)
         else:
             seen = NodeState(
                 name=self.name,
@@ -226,19 +152,69 @@ class Node:
         if ticket < self._applied:
             return self.state
         self._applied = ticket
-        self._poller.apply(self, observe(self.record, seen, self._poller.clock()))
+        down_after = self._poller.down_after
+        transition = observe(
+            self.record, seen, self._poller.clock(), down_after=down_after, evidence=evidence
+        )
+        self._poller.apply(self, transition)
+        if transition.record.suspect:
+            if transition.record.failures == 1:
+                log.warning(
+                    "node poll failed",
+                    extra={
+                        "node": self.name,
+                        "url": self.state.endpoint,
+                        "error": seen.error,
+                        "down_after": down_after,
+                    },
+                )
+            self._recheck_soon()
         return seen
+
+    def _evidence(self, began: float, before: float | None) -> Evidence:
+        """What the node's requests and breaker say while a poll that began at ``began`` failed.
+
+        Its requests count as answered when bytes came since the poll before
+        this one began (or within ``ANSWERING_WINDOW_S``, whichever is longer).
+        """
+        window = max(began - before, ANSWERING_WINDOW_S) if before is not None else 0.0
+        now = time.monotonic()
+        return Evidence(
+            answering=began - self.heard_at <= window, unreachable=self.record.broken(now)
+        )
+
+    def heard(self) -> None:
+        """A request on the node received bytes from it: the node is there."""
+        self.heard_at = time.monotonic()
+
+    def _recheck_soon(self) -> None:
+        """Ask a suspect node again every ``WATCH_EVERY_S`` until it answers or is down."""
+        if self._recheck is None:
+            self._recheck = self._poller.background.spawn(self._rechecking())
+
+    async def _rechecking(self) -> None:
+        try:
+            while self.record.suspect:
+                await asyncio.sleep(WATCH_EVERY_S)
+                if self.record.suspect:
+                    await self.refresh()
+        finally:
+            self._recheck = None
 
     async def endpoint(self, model: str) -> str:
         """The OpenAI base URL of ``model`` here (cached until the model leaves).
 
-        A failed lookup polls the node before its :class:`NeuronCallError` goes on.
+        A failed lookup polls the node before its :class:`NeuronCallError` goes
+        on; one that is not a 404 (the node could not say) opens its breaker
+        first, so a failed poll then is evidence enough that the node is down.
         """
         url = self.record.endpoints.get(model)
         if url is None:
             try:
                 advertised = await self.client.endpoint(model)
-            except NeuronCallError:
+            except NeuronCallError as exc:
+                if exc.upstream_status != 404:
+                    self.trip()
                 await self.refresh()
                 raise
             url = rewrite_loopback(advertised, self.state.endpoint)
@@ -261,6 +237,7 @@ class Node:
 
     def reset(self) -> None:
         """A request reached the node."""
+        self.heard_at = time.monotonic()
         if self.record.broken_until:
             self.record = replace(self.record, broken_until=0.0)
 
@@ -303,6 +280,8 @@ class Poller:
     ) -> None:
         self.clock = clock
         self.events = events
+        self.down_after = config.cortex.gateway.down_after_failed_polls
+        """Failed polls in a row that mark a node down (``[gateway] down_after_failed_polls``)."""
         self.changes = Changes()
         self.background = Background()
         self.nodes = {
@@ -314,12 +293,14 @@ class Poller:
         self.fleet = Fleet({name: node.state for name, node in self.nodes.items()})
         """The fleet as last seen: an immutable snapshot, replaced on every change."""
         self._on_change = on_change
-        self._tripped: set[str] = set()
-        """Nodes whose breaker may be open (an index: most of the time, none)."""
+        self._avoided: set[str] = set()
+        """Nodes whose breaker may be open or that may be suspect (most of the time, none)."""
 
     def apply(self, node: Node, transition: Transition) -> None:
         """Take ``transition`` of ``node``: the fleet snapshot, the reaction, the events."""
         node.record = transition.record
+        if transition.record.suspect:
+            self._avoided.add(node.name)
         self.fleet = self.fleet.with_node(transition.record.state)
         self._on_change(node.name, transition)
         for event in transition.events:
@@ -343,15 +324,21 @@ class Poller:
 
     def tripped(self, name: str) -> None:
         """Note that ``name``'s breaker opened (called by its node)."""
-        self._tripped.add(name)
+        self._avoided.add(name)
 
     def broken(self) -> frozenset[str]:
-        """Nodes that failed a request in the last ``BREAKER_S`` seconds."""
-        if not self._tripped:
+        """Nodes to use only when no other can serve.
+
+        Those that failed a request in the last ``BREAKER_S`` seconds, and
+        those whose last poll failed (suspect, not yet down).
+        """
+        if not self._avoided:
             return frozenset()
         now = time.monotonic()
-        self._tripped = {n for n in self._tripped if self.nodes[n].record.broken(now)}
-        return frozenset(self._tripped)
+        self._avoided = {
+            n for n in self._avoided if (r := self.nodes[n].record).broken(now) or r.suspect
+        }
+        return frozenset(self._avoided)
 
     def since(self) -> dict[str, float]:
         """When each node last went up or down (Unix seconds), as this gateway saw it."""

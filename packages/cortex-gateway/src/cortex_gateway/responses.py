@@ -44,12 +44,22 @@ class ClosingStream(Response):
         chunks: AsyncIterator[bytes],
         headers: Mapping[str, str],
         done: Callable[[], Awaitable[None]],
+        *,
+        slow_s: float | None = None,
+        on_slow: Callable[[], object] | None = None,
     ) -> None:
+        """With ``slow_s``, a client that takes longer to accept a chunk is dropped.
+
+        Nothing is buffered for it: the stream ends there (``on_slow`` is told),
+        the connection is closed, and ``done`` runs.
+        """
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache"})
         self._chunks = chunks
         self._done = done
+        self._slow_s = slow_s
+        self._on_slow = on_slow
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
@@ -70,7 +80,17 @@ class ClosingStream(Response):
                     {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
                 )
                 async for chunk in self._chunks:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    body = {"type": "http.response.body", "body": chunk, "more_body": True}
+                    if self._slow_s is None:
+                        await send(body)
+                        continue
+                    try:
+                        async with asyncio.timeout(self._slow_s):
+                            await send(body)
+                    except TimeoutError:
+                        if self._on_slow is not None:
+                            self._on_slow()
+                        return  # unfinished: the server closes the connection
                 state["sending"] = False
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             except asyncio.CancelledError:

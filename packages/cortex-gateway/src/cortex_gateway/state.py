@@ -11,16 +11,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cortex_core.catalogue import load_catalogue
-from cortex_core.config import ConfigError, GatewayConfig, GatewaySection, check_catalogue_nodes
+from cortex_core.catalogue import Catalogue
+from cortex_core.config import GatewayConfig, GatewaySection
 from cortex_gateway import __version__
 from cortex_gateway.activity import Series, Timeline
+from cortex_gateway.dashboard_feed import Feed
 from cortex_gateway.events import Events, log_event
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import Neurons
 from cortex_gateway.outcomes import Outcomes
 from cortex_gateway.pipeline import Pipeline
+from cortex_gateway.reloads import CatalogueReader, Refusal, guard
 
 __all__ = ["Gateway", "NeuronsFactory", "Running"]
 
@@ -43,6 +45,8 @@ class Running:
     lifecycle: Lifecycle
     metrics: GatewayMetrics
     pipeline: Pipeline
+    feed: Feed
+    """What every open dashboard page is sent (made once per tick for all of them)."""
     poller: asyncio.Task[None]
 
 
@@ -61,8 +65,13 @@ class Gateway:
         self._connect = neurons
         self._environ = os.environ if environ is None else environ
         self._running: Running | None = None
-        self.on_reloaded: Callable[[], object] | None = None
-        """Called after ``POST /admin/reload`` succeeded (a worker tells its supervisor)."""
+        self.on_reloaded: Callable[[bool], object] | None = None
+        """Called after ``POST /admin/reload`` succeeded, with whether it was forced (a
+        worker tells its supervisor)."""
+        self.reader = CatalogueReader()
+        self._reloading = asyncio.Lock()
+        """One reload at a time: each compares against the catalogue the one before left."""
+        self._reloads: set[asyncio.Task[Refusal | None]] = set()
 
     @property
     def running(self) -> Running:
@@ -97,6 +106,11 @@ class Gateway:
         return self.running.series
 
     @property
+    def feed(self) -> Feed:
+        """The dashboard's live feed."""
+        return self.running.feed
+
+    @property
     def settings(self) -> GatewaySection:
         """``[gateway]`` of ``cortex.toml``."""
         return self.config.cortex.gateway
@@ -116,10 +130,11 @@ class Gateway:
         series = Series()
         outcomes = Outcomes(metrics, series)
         pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes)
+        feed = Feed(lifecycle.status, timeline, series, self.settings.max_dashboard_streams)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
         self._running = Running(
-            neurons, events, timeline, series, lifecycle, metrics, pipeline, poller
+            neurons, events, timeline, series, lifecycle, metrics, pipeline, feed, poller
         )
         log.info(
             "gateway started",
@@ -130,27 +145,54 @@ class Gateway:
             },
         )
 
-    def reload(self) -> ConfigError | None:
-        """Read ``models.toml`` again (SIGHUP, ``POST /admin/reload``).
+    async def reload(self, *, force: bool = False) -> Refusal | None:
+        """Read ``models.toml`` again (SIGHUP, ``POST /admin/reload``), off the event loop.
 
-        A broken file is refused, logged once, and returned; the catalogue in
-        force stays. Requests in flight keep the model they resolved.
+        A broken file, one not read within the reader's time, or (unless
+        ``force``) one that :func:`~cortex_gateway.reloads.guard` refuses is
+        not taken: the refusal is logged once and returned, and the catalogue
+        in force stays. Requests in flight keep the model they resolved.
         """
         path = self.config.models_path
-        try:
-            catalogue = load_catalogue(path)
-            check_catalogue_nodes(self.config.path, path, self.config.cortex, catalogue)
-        except ConfigError as exc:
-            log.error("catalogue not reloaded", extra={"path": str(path), "error": str(exc)})
-            return exc
-        self.config = dataclasses.replace(self.config, catalogue=catalogue)
-        if self._running is not None:
-            self._running.lifecycle.use(catalogue)
+        async with self._reloading:
+            read = await self.reader.read(self.config)
+            if isinstance(read, Catalogue) and not force:
+                why = guard(self.config.catalogue, read, self._in_use())
+                read = read if why is None else Refusal(409, f"{why}; force it to reload")
+            if isinstance(read, Refusal):
+                log.error(
+                    "catalogue not reloaded", extra={"path": str(path), "error": read.message}
+                )
+                return read
+            self.config = dataclasses.replace(self.config, catalogue=read)
+            if self._running is not None:
+                self._running.lifecycle.use(read)
         log.info(
             "catalogue reloaded",
-            extra={"path": str(path), "models": len(catalogue), "aliases": len(catalogue.aliases)},
+            extra={
+                "path": str(path),
+                "models": len(read),
+                "aliases": len(read.aliases),
+                "forced": force,
+            },
         )
         return None
+
+    def reload_soon(self, *, force: bool = False) -> None:
+        """Reload in the background (a signal handler cannot wait): the outcome is logged."""
+        task = asyncio.get_running_loop().create_task(self.reload(force=force))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    def _in_use(self) -> set[str]:
+        """Models loaded or loading somewhere, or with requests in flight."""
+        if self._running is None:
+            return set()
+        status = self._running.lifecycle.status()
+        used = {model for _, model in status.in_flight}
+        for node in status.fleet.up():
+            used.update(m.id for m in node.models)
+        return used
 
     async def drain(self, grace_s: float) -> None:
         """Stop gracefully: ``/health`` says 503 while requests finish, then cut what remains.
@@ -184,6 +226,7 @@ class Gateway:
         running.poller.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running.poller
+        await running.feed.close()
         await running.lifecycle.close()
         await running.neurons.aclose()
         log.info("gateway stopped")

@@ -1,12 +1,15 @@
 """The neurons over HTTP: the :mod:`~cortex_gateway.neurons` protocols on one aiohttp session.
 
 Management calls decode the neuron's answers into ``cortex_core.neuron_api``
-types; inference requests are sent as bytes and come back as bytes, streams
-chunk by chunk as they arrive, never buffered.
+types, each read up to ``MAX_ANSWER_BYTES`` (a larger one fails the call, as a
+node error) and decoded in a thread when large; inference requests are sent as
+bytes and come back as bytes, streams chunk by chunk as they arrive, never
+buffered.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -36,12 +39,31 @@ __all__ = ["HttpNeurons", "HttpUpstream", "NeuronClient"]
 T = TypeVar("T")
 
 POLL_TIMEOUT = aiohttp.ClientTimeout(total=5, connect=2)
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""The largest management answer read from a neuron; past it, the call fails (a node error)."""
+DECODE_OFF_LOOP_BYTES = 256 * 1024
+"""Answers at least this large are decoded in a thread: the loop carries every request."""
 UNLOAD_TIMEOUT = aiohttp.ClientTimeout(total=120, connect=5)
 TOKENIZE_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=5)
 
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".rstrip(": ")
+
+
+async def _bounded(response: aiohttp.ClientResponse) -> bytes:
+    """The body, up to ``MAX_ANSWER_BYTES``; a larger one fails the call before it is all read."""
+    too_large = NeuronCallError(
+        f"answer too large: over {MAX_ANSWER_BYTES >> 20} MiB", upstream_status=response.status
+    )
+    if (response.content_length or 0) > MAX_ANSWER_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > MAX_ANSWER_BYTES:
+            raise too_large
+    return bytes(body)
 
 
 class NeuronClient:
@@ -77,7 +99,7 @@ class NeuronClient:
             async with self.session.request(
                 method, url, data=data, headers=headers, timeout=limits
             ) as response:
-                raw = await response.read()
+                raw = await _bounded(response)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise NeuronCallError(_describe(exc)) from exc
@@ -89,6 +111,8 @@ class NeuronClient:
             message = error.error.message if error else f"HTTP {status}"
             raise NeuronCallError(message, upstream_status=status, error=error)
         try:
+            if len(raw) >= DECODE_OFF_LOOP_BYTES:
+                return await asyncio.to_thread(decode, raw, answer)
             return decode(raw, answer)
         except WireError as exc:
             raise NeuronCallError(

@@ -169,6 +169,7 @@ class Upstreams:
         A break, a silence or an aborted lease is a :class:`GatewayError`.
         """
         idle = self.settings.stream_idle_timeout_s
+        lease = conn.lease
         source = conn.upstream.chunks()
         watch = _Silence(idle)
         try:
@@ -178,8 +179,9 @@ class Upstreams:
                     chunk = await anext(source)
                 except StopAsyncIteration:
                     break
-                if conn.lease.prefill:  # the first chunk: the node has computed the prompt
-                    conn.lease.prefilled()
+                lease.heard()
+                if lease.prefill:  # the first chunk: the node has computed the prompt
+                    lease.prefilled()
                 # No deadline while the client takes the chunk: only the neuron is timed.
                 watch.waiting_for = None
                 yield chunk

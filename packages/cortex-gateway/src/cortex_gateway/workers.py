@@ -12,8 +12,9 @@ maximum).
 Signals: SIGTERM/SIGINT are passed on and the supervisor exits once every
 worker has drained; SIGHUP is passed on, and a worker that reloaded by
 ``POST /admin/reload`` sends its supervisor a SIGHUP so its siblings reload
-too. A worker that dies is started again (after a pause that grows while
-it keeps dying young).
+too (SIGUSR1 when that reload was forced: its siblings then force theirs). A
+worker that dies is started again (after a pause that grows while it keeps
+dying young).
 """
 
 from __future__ import annotations
@@ -210,10 +211,13 @@ class Supervisor:
         self._stop.set()
         self.signal_all(signal.SIGTERM)
 
-    def reload(self) -> None:
-        """SIGHUP: every worker reads models.toml again."""
-        log.info("reloading every worker", extra={"workers": len(self.workers)})
-        self.signal_all(signal.SIGHUP)
+    def reload(self, sig: signal.Signals = signal.SIGHUP) -> None:
+        """SIGHUP: every worker reads models.toml again; SIGUSR1: forced, as one worker was."""
+        log.info(
+            "reloading every worker",
+            extra={"workers": len(self.workers), "forced": sig == signal.SIGUSR1},
+        )
+        self.signal_all(sig)
 
     # --- metrics ---------------------------------------------------------------------
 
@@ -252,6 +256,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.terminate)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGUSR1, self.reload, signal.SIGUSR1)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=True)
         )

@@ -313,13 +313,19 @@ OPEN_ROUTES = frozenset({"/health", "/metrics"})
 """What answers without the token: liveness and metrics."""
 
 
+def _bearer(header: str) -> bytes:
+    """The credentials of an ``Authorization: Bearer`` header; the scheme is any case (RFC 7235)."""
+    scheme, _, credentials = header.strip().partition(" ")
+    return credentials.strip().encode() if scheme.lower() == "bearer" else b""
+
+
 def _guard(handler: Handler, token: str | None = None) -> Handler:
     """Check the token (when one is set); answer an unexpected exception with a logged 500."""
-    expected = f"Bearer {token}".encode() if token else None
+    expected = token.encode() if token else None
 
     async def guarded(request: Request) -> Response:
         if expected is not None and request.url.path not in OPEN_ROUTES:
-            given = request.headers.get("authorization", "").encode()
+            given = _bearer(request.headers.get("authorization", ""))
             if not hmac.compare_digest(given, expected):
                 log.warning(
                     "request refused",

@@ -15,7 +15,7 @@ from cortex_core.wire import to_builtins
 from cortex_gateway.calls import Call
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
 from cortex_gateway.incoming import decode_body, read_body
-from cortex_gateway.openapi import AdminRequest, ReloadAnswer
+from cortex_gateway.openapi import AdminRequest, ReloadAnswer, ReloadRequest
 from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
@@ -24,6 +24,8 @@ __all__ = ["AdminRoutes"]
 
 FRESH_WITHIN_S = 2.0
 """How long ``/admin/fleet`` waits for the neurons' answers before it shows what it has."""
+_REFUSALS = {409: ErrorKind.CONFLICT, 503: ErrorKind.UNAVAILABLE}
+"""A refused reload's kind by status (else a broken file: a bad request)."""
 
 
 class AdminRoutes:
@@ -90,13 +92,19 @@ class AdminRoutes:
     async def reload(self, request: Request, call: Call) -> Response:
         """``POST /admin/reload``: read ``models.toml`` again, as SIGHUP does.
 
-        A broken file answers 422 naming file, key and problem; the catalogue
-        in force stays.
+        The body may be empty, or ``{"force": true}``. A broken file answers
+        422 naming file, key and problem; one that would remove every model or
+        alias, or drop a pinned model in use, 409 unless forced; one not read
+        in time, 503. The catalogue in force stays.
         """
-        if problem := self.gateway.reload():
-            raise GatewayError(422, ErrorKind.BAD_REQUEST, f"not reloaded: {problem}")
-        if self.gateway.on_reloaded is not None:
-            self.gateway.on_reloaded()
+        gateway = self.gateway
+        raw = await read_body(request, gateway.settings)
+        force = decode_body(raw, ReloadRequest).force if raw.strip() else False
+        if refusal := await gateway.reload(force=force):
+            kind = _REFUSALS.get(refusal.status, ErrorKind.BAD_REQUEST)
+            raise GatewayError(refusal.status, kind, f"not reloaded: {refusal.message}")
+        if gateway.on_reloaded is not None:
+            gateway.on_reloaded(force)
         config = self.gateway.config
         answer = ReloadAnswer(
             str(config.models_path), len(config.catalogue), dict(config.catalogue.aliases)

@@ -6,18 +6,20 @@ inference route, and the page's actions go through ``/admin/models/*`` with
 their own checks. Every answer here carries a strict Content-Security-Policy:
 scripts and styles from this origin only, nothing inline, no frames.
 
-``GET /ui/events`` is one server-sent-event stream: ``snapshot`` (the whole
-fleet, :mod:`cortex_gateway.dashboard`) when it changes and at least every
-``HEARTBEAT_S``; ``timeline`` (fleet events not yet sent); ``activity`` (the
-all-models series and the models that have one) every bucket. The page
-reads it with ``fetch`` (so the key goes in a header, never in a URL) and
-reconnects by itself.
+``GET /ui/events`` is one server-sent-event stream, fed by the process's one
+:class:`~cortex_gateway.dashboard_feed.Feed`: ``snapshot`` (the whole fleet,
+:mod:`cortex_gateway.dashboard`) first, when rows come or go, after the page
+fell behind, and at least every ``HEARTBEAT_S``; ``changes`` (the node cards
+and model rows that changed, by key) otherwise; ``timeline`` (fleet events not
+yet sent); ``activity`` (the all-models series and the models that have one)
+every bucket. The page reads it with ``fetch`` (so the key goes in a header,
+never in a URL) and reconnects by itself; past ``max_dashboard_streams``
+pages it is told 503 and tries again later.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -26,11 +28,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cortex_core.wire import encode
-from cortex_gateway import __version__
-from cortex_gateway.activity import ALL, Event
+from cortex_gateway.activity import ALL
 from cortex_gateway.calls import Call
-from cortex_gateway.dashboard import snapshot, stamped
+from cortex_gateway.dashboard_feed import (
+    HEARTBEAT_S,
+    SLOW_READER_S,
+    Feed,
+    Frame,
+    built,
+    timeline_events,
+    whole,
+)
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
 from cortex_gateway.responses import JSON, ClosingStream, json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
@@ -38,6 +46,8 @@ from cortex_gateway.sse import named_event
 from cortex_gateway.state import Gateway
 
 __all__ = ["SECURITY_HEADERS", "UiRoutes"]
+
+log = logging.getLogger(__name__)
 
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -55,24 +65,11 @@ ASSETS = {
     "icon.svg": "image/svg+xml",
 }
 PAGE = "index.html"
-TICK_S = 0.25
-"""How often the stream looks for a change to send (it sends only what changed)."""
-HEARTBEAT_S = 15.0
-"""The longest the stream stays silent: a snapshot goes out at least this often."""
 RETRY_MS = 2000
 
 
 def _asset(name: str) -> bytes:
     return resources.files("cortex_gateway").joinpath("ui", name).read_bytes()
-
-
-async def _nothing() -> None:
-    """A stream of the dashboard holds nothing to give back when it ends."""
-
-
-def _same(before: tuple[object, ...], now: tuple[object, ...]) -> bool:
-    """Whether a snapshot's sources are unchanged: fleet and catalogue by identity, the rest."""
-    return before[0] is now[0] and before[1] is now[1] and before[2:] == now[2:]
 
 
 class UiRoutes:
@@ -81,8 +78,11 @@ class UiRoutes:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
         self._files = {name: _asset(name) for name in (PAGE, *ASSETS)}
-        self._shared: dict[bool, tuple[tuple[object, ...], bytes]] = {}
-        """The encoded snapshot per admin flag, and what it was taken from (kept alive)."""
+
+    @property
+    def feed(self) -> Feed:
+        """The process's dashboard feed."""
+        return self.gateway.feed
 
     def routes(self) -> list[Route]:
         """The page and assets (open), the snapshot, activity and event stream (keyed)."""
@@ -114,40 +114,14 @@ class UiRoutes:
     def _admin(self, request: Request) -> bool:
         return self.gateway.pipeline.keys.admits(request, admin=True)
 
-    def _snapshot(self, admin: bool) -> bytes:
-        """The encoded snapshot, built again only when what it shows may have changed.
-
-        Shared by every open page: a fleet of 200 models takes milliseconds to
-        snapshot, and the event loop carries every request's tokens.
-        """
-        status, timeline = self.gateway.lifecycle.status(), self.gateway.timeline
-        # The fleet and catalogue themselves, compared by identity: an id alone could be
-        # reused by a newer snapshot once the one it named is gone.
-        source = (
-            status.fleet,
-            status.catalogue,
-            status.leases_taken,
-            timeline.last,
-            sum(status.waiting.values()),
-        )
-        shared = self._shared.get(admin)
-        if shared is not None and _same(shared[0], source):
-            return shared[1]
-        encoded = encode(
-            snapshot(
-                status,
-                events=timeline.since(0),
-                admin=admin,
-                version=__version__,
-            )
-        )
-        self._shared[admin] = (source, encoded)
-        return encoded
-
     async def snapshot(self, request: Request, call: Call) -> Response:
         """``GET /ui/snapshot``: what the page shows, once (``/ui/events`` streams it)."""
-        body = stamped(self._snapshot(self._admin(request)), time.time())
-        return Response(body, media_type=JSON, headers=SECURITY_HEADERS)
+        admin = self._admin(request)
+        frame = self.feed.frame
+        shown = frame.shown.get(admin) if frame is not None else None
+        if shown is None:  # no page of this kind open: nothing built to share
+            shown = built(self.gateway.lifecycle.status(), self.gateway.timeline.since(0), admin)
+        return Response(whole(shown, time.time()), media_type=JSON, headers=SECURITY_HEADERS)
 
     async def activity(self, request: Request, call: Call) -> Response:
         """``GET /ui/activity?model=ID``: one model's last minutes (all models without one)."""
@@ -159,47 +133,73 @@ class UiRoutes:
         return json_response(series.view(model), headers=SECURITY_HEADERS)
 
     async def events(self, request: Request, call: Call) -> Response:
-        """``GET /ui/events``: the live stream (see the module's docstring)."""
-        return ClosingStream(self.stream(self._admin(request)), SECURITY_HEADERS, _nothing)
+        """``GET /ui/events``: the live stream (see the module's docstring); 503 past the cap."""
+        admin = self._admin(request)
+        feed = self.feed
+        feed.join(admin)
+
+        async def leave() -> None:
+            feed.leave(admin)
+
+        def slow() -> None:
+            log.warning(
+                "dashboard stream dropped",
+                extra={"handler": call.handler, "error": "the page reads too slowly"},
+            )
+
+        return ClosingStream(
+            self.stream(admin), SECURITY_HEADERS, leave, slow_s=SLOW_READER_S, on_slow=slow
+        )
 
     async def stream(self, admin: bool) -> AsyncIterator[bytes]:
         """The events of ``GET /ui/events`` until the gateway drains or stops.
 
-        Every timeline event kept comes first; a new one wakes the stream at once.
+        Every timeline event kept comes first. The page must have joined the feed.
         """
-        gateway, life = self.gateway, self.gateway.lifecycle
-        series = gateway.series
-        woken = asyncio.Event()
+        gateway, life, feed = self.gateway, self.gateway.lifecycle, self.feed
+        yield f"retry: {RETRY_MS}\n\n".encode()
+        sent = _Sent()
+        seen = 0
+        while not (life.stopping or gateway.draining):
+            frame = await feed.next_frame(seen, HEARTBEAT_S)
+            if frame is None:
+                continue
+            seen = frame.seq
+            if admin in frame.shown:  # else the page came between two frames: the next has it
+                for event in sent.due(frame, admin, feed):
+                    yield event
 
-        def wake(event: Event) -> None:
-            woken.set()
 
-        timeline = gateway.timeline
-        timeline.listeners.append(wake)
-        try:
-            yield f"retry: {RETRY_MS}\n\n".encode()
-            sent_snapshot = b""
-            sent_at = 0.0
-            bucket = -1
-            seq = 0
-            while not (life.stopping or gateway.draining):
-                now = time.monotonic()
-                data = self._snapshot(admin)
-                if data != sent_snapshot or now - sent_at >= HEARTBEAT_S:
-                    yield named_event("snapshot", stamped(data, time.time()))
-                    sent_snapshot, sent_at = data, now
-                fresh = timeline.since(seq)
-                if fresh:
-                    seq = fresh[-1].seq
-                    yield named_event("timeline", encode(fresh))
-                current = int(time.time() // series.bucket_s)
-                if current != bucket:
-                    bucket = current
-                    models = [m for m in series.models() if m != ALL]
-                    payload = {"all": series.view(ALL), "models": models}
-                    yield named_event("activity", encode(payload))
-                woken.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), TICK_S)
-        finally:
-            timeline.listeners.remove(wake)
+class _Sent:
+    """What one page was sent: the frame, its last whole snapshot, timeline, activity."""
+
+    __slots__ = ("activity", "frame", "timeline", "whole_at")
+
+    def __init__(self) -> None:
+        self.frame = 0
+        self.whole_at = -HEARTBEAT_S
+        self.timeline = 0
+        self.activity = -1
+
+    def due(self, frame: Frame, admin: bool, feed: Feed) -> list[bytes]:
+        """The events ``frame`` owes this page."""
+        out = []
+        shown = frame.shown[admin]
+        now = time.monotonic()
+        follows = self.frame == frame.seq - 1 and now - self.whole_at < HEARTBEAT_S
+        if follows and shown.changes is not None:
+            if shown.changes:
+                out.append(frame.event("changes", admin))
+        else:
+            out.append(frame.event("snapshot", admin))
+            self.whole_at = now
+        self.frame = frame.seq
+        if frame.timeline > self.timeline:
+            fresh = feed.timeline.since(self.timeline)
+            if fresh:
+                self.timeline = fresh[-1].seq
+                out.append(named_event("timeline", timeline_events(fresh, admin)))
+        if frame.bucket != self.activity and frame.activity is not None:
+            self.activity = frame.bucket
+            out.append(named_event("activity", frame.activity))
+        return out

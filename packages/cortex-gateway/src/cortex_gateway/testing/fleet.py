@@ -194,6 +194,8 @@ class ScriptedNode:
         self.token = token
         self.slow_s = 0.0
         """Seconds each management call takes (past the fleet's call timeout: it times out)."""
+        self.management_refused = False
+        """Every management call is refused while inference still answers (a flapping listener)."""
         self.gpus = [int(g * GIB) for g in gpus]
         self.host_memory = int(host_memory_gib * GIB)
         self.reply = reply
@@ -298,7 +300,7 @@ class ScriptedNode:
 
     def check(self, token: str | None = None, *, open_route: bool = False) -> None:
         """Refuse the call if the node is down, or if it needs a token it was not given."""
-        if not self.up:
+        if not self.up or self.management_refused:
             raise NeuronCallError(f"ClientConnectorError: cannot connect to {self.endpoint}")
         if self.token is not None and not open_route and token != self.token:
             raise NeuronCallError("missing or invalid token", upstream_status=401)

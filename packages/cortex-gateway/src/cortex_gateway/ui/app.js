@@ -144,6 +144,9 @@ async function connect() {
     return;
   }
   if (!response.ok || !response.body) {
+    // 503: this gateway process has as many dashboards open as it takes; wait as it says.
+    const after = Number(response.headers.get("retry-after"));
+    if (after > 0) state.retryMs = Math.max(state.retryMs, after * 1000);
     retry();
     return;
   }
@@ -189,6 +192,7 @@ function dispatch(block) {
   if (!data.length) return;
   const value = JSON.parse(data.join("\n"));
   if (event === "snapshot") renderSnapshot(value);
+  else if (event === "changes") applyChanges(value);
   else if (event === "timeline") addTimeline(value);
   else if (event === "activity") onActivity(value);
 }
@@ -211,6 +215,21 @@ function renderSnapshot(snapshot) {
   stats.maxRenderMs = Math.max(stats.maxRenderMs, took);
   stats.history.push(took);
   if (stats.history.length > 100) stats.history.shift();
+}
+
+// What changed since the last snapshot or changes: node cards and model rows, by key, in
+// place of the ones shown (the gateway sends a whole snapshot when rows come or go).
+function applyChanges(changes) {
+  const shown = state.snapshot;
+  if (!shown) return;
+  const nodes = new Map(changes.nodes.map((node) => [node.name, node]));
+  const models = new Map(changes.models.map((model) => [model.id, model]));
+  renderSnapshot({
+    ...shown,
+    time: changes.time,
+    nodes: shown.nodes.map((node) => nodes.get(node.name) || node),
+    models: shown.models.map((model) => models.get(model.id) || model),
+  });
 }
 
 // Keep box's children the elements of items, in order: entries (key -> {el, ...}) holds
