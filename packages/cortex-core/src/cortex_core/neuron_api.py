@@ -13,9 +13,12 @@ from typing import Any, Final, Literal, get_args
 from msgspec import Struct, field
 
 __all__ = [
+    "CONTEXT_LENGTH_EXCEEDED",
     "ERROR_STATUS",
     "MODEL_STATES",
     "RELAYABLE_HEADER",
+    "ContextLengthError",
+    "ContextLengthErrorEnvelope",
     "Device",
     "DeviceFree",
     "DevicesResponse",
@@ -57,6 +60,31 @@ class Health(_Wire):
 
 RELAYABLE_HEADER: Final = "x-cortex-relayable"
 """On a neuron's 4xx inference answer: its error ``message`` is safe to show the client."""
+CONTEXT_LENGTH_EXCEEDED: Final = "context_length_exceeded"
+"""The ``code`` of a neuron's 400 for a prompt longer than the model's context."""
+
+
+class ContextLengthError(_Wire):
+    """A prompt that does not fit the context: OpenAI's error fields and the figures.
+
+    The neuron's ``/v1`` routes answer such a prompt with 400 and this as the
+    envelope's ``error``; a gateway reads ``prompt_tokens`` and
+    ``max_model_len`` to say it in each API's own words.
+    """
+
+    message: str
+    prompt_tokens: int
+    """The whole prompt, counted by the model's tokenizer and chat template."""
+    max_model_len: int
+    type: str = "invalid_request_error"
+    param: str | None = "messages"
+    code: str = CONTEXT_LENGTH_EXCEEDED
+
+
+class ContextLengthErrorEnvelope(_Wire):
+    """``{"error": ContextLengthError}``."""
+
+    error: ContextLengthError
 
 
 class Device(_Wire):
@@ -139,6 +167,8 @@ class TokenizeRequest(_Wire):
     prompt: str | None = None
     tools: list[dict[str, Any]] | None = None
     add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Passed to the chat template as a chat request's are (``enable_thinking``, ...)."""
 
 
 class TokenizeResponse(_Wire):
