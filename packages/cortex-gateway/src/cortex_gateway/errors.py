@@ -23,6 +23,7 @@ __all__ = [
     "GatewayError",
     "Surface",
     "anthropic_type",
+    "context_length_exceeded",
     "internal_error",
     "upstream_refusal",
 ]
@@ -88,7 +89,8 @@ class GatewayError(Exception):
 
     ``status`` is the status sent to the client; anything about the upstream
     (its status, its URL, the exception) belongs in ``log``, which only the
-    operator sees.
+    operator sees. Where the two APIs word an error differently, ``code`` and
+    ``param`` are OpenAI's and ``anthropic_message`` is what Anthropic says.
     """
 
     def __init__(
@@ -98,6 +100,9 @@ class GatewayError(Exception):
         message: str,
         *,
         headers: dict[str, str] | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        anthropic_message: str | None = None,
         **log: Any,
     ) -> None:
         super().__init__(message)
@@ -106,15 +111,20 @@ class GatewayError(Exception):
         self.message = message
         self.headers = headers or {}
         """Headers the answer carries (``Retry-After`` on a 429)."""
+        self.code = code
+        self.param = param
+        self.anthropic_message = anthropic_message
         self.log = log
 
     def openai(self) -> OpenAIEnvelope:
-        """The OpenAI error envelope."""
-        return openai_envelope(self.message, _OPENAI_TYPES[self.kind], code=self.status)
+        """The OpenAI error envelope (``code`` is the status unless the error has its own)."""
+        code = self.code if self.code is not None else self.status
+        return openai_envelope(self.message, _OPENAI_TYPES[self.kind], param=self.param, code=code)
 
     def anthropic(self) -> AnthropicEnvelope:
         """The Anthropic error envelope."""
-        return anthropic_envelope(anthropic_type(self.status), self.message)
+        message = self.anthropic_message or self.message
+        return anthropic_envelope(anthropic_type(self.status), message)
 
     def envelope(self, surface: Surface) -> OpenAIEnvelope | AnthropicEnvelope:
         """The error envelope of ``surface``."""
@@ -127,6 +137,27 @@ class GatewayError(Exception):
 def internal_error() -> GatewayError:
     """An unexpected failure: the client learns nothing more than that."""
     return GatewayError(500, ErrorKind.INTERNAL, "internal error")
+
+
+def context_length_exceeded(prompt_tokens: int, max_tokens: int, **log: Any) -> GatewayError:
+    """A prompt of ``prompt_tokens`` that does not fit a context of ``max_tokens``.
+
+    Each API's own words: OpenAI's ``context_length_exceeded``, and
+    Anthropic's ``prompt is too long: N tokens > M maximum``, which Claude
+    Code recognises (it compacts its conversation and tries again).
+    """
+    return GatewayError(
+        400,
+        ErrorKind.BAD_REQUEST,
+        f"This model's maximum context length is {max_tokens} tokens. However, your messages"
+        f" resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
+        code="context_length_exceeded",
+        param="messages",
+        anthropic_message=f"prompt is too long: {prompt_tokens} tokens > {max_tokens} maximum",
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_tokens,
+        **log,
+    )
 
 
 def upstream_refusal(status: int, relayed: str | None, **log: Any) -> GatewayError:
