@@ -36,6 +36,7 @@ __all__ = [
     "TokenizeResponse",
     "UnloadRequest",
     "UnloadResponse",
+    "context_length_error",
     "error_response",
 ]
 
@@ -85,6 +86,24 @@ class ContextLengthErrorEnvelope(_Wire):
     """``{"error": ContextLengthError}``."""
 
     error: ContextLengthError
+
+
+def context_length_error(prompt_tokens: int, max_model_len: int) -> ContextLengthErrorEnvelope:
+    """The refusal of a prompt of ``prompt_tokens`` in a context of ``max_model_len``.
+
+    In OpenAI's words; the figures ride along for the gateway to say it in Anthropic's.
+    """
+    return ContextLengthErrorEnvelope(
+        error=ContextLengthError(
+            message=(
+                f"This model's maximum context length is {max_model_len} tokens. However, your"
+                f" messages resulted in {prompt_tokens} tokens. Please reduce the length of"
+                " the messages."
+            ),
+            prompt_tokens=prompt_tokens,
+            max_model_len=max_model_len,
+        )
+    )
 
 
 class Device(_Wire):

@@ -15,6 +15,7 @@ from typing import Any
 from cortex_core.anthropic import ErrorEnvelope as AnthropicEnvelope
 from cortex_core.anthropic import ErrorType as AnthropicType
 from cortex_core.anthropic import error_envelope as anthropic_envelope
+from cortex_core.neuron_api import context_length_error
 from cortex_core.openai import ErrorEnvelope as OpenAIEnvelope
 from cortex_core.openai import error_envelope as openai_envelope
 
@@ -146,13 +147,13 @@ def context_length_exceeded(prompt_tokens: int, max_tokens: int, **log: Any) -> 
     Anthropic's ``prompt is too long: N tokens > M maximum``, which Claude
     Code recognises (it compacts its conversation and tries again).
     """
+    refusal = context_length_error(prompt_tokens, max_tokens).error
     return GatewayError(
         400,
         ErrorKind.BAD_REQUEST,
-        f"This model's maximum context length is {max_tokens} tokens. However, your messages"
-        f" resulted in {prompt_tokens} tokens. Please reduce the length of the messages.",
-        code="context_length_exceeded",
-        param="messages",
+        refusal.message,
+        code=refusal.code,
+        param=refusal.param,
         anthropic_message=f"prompt is too long: {prompt_tokens} tokens > {max_tokens} maximum",
         prompt_tokens=prompt_tokens,
         max_model_len=max_tokens,
