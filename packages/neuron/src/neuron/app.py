@@ -25,7 +25,9 @@ from starlette.types import Receive, Scope, Send
 
 from cortex_core.config import NeuronConfig
 from cortex_core.neuron_api import (
+    CONTEXT_LENGTH_EXCEEDED,
     RELAYABLE_HEADER,
+    ContextLengthErrorEnvelope,
     Device,
     DevicesResponse,
     EndpointResponse,
@@ -36,7 +38,7 @@ from cortex_core.neuron_api import (
     UnloadRequest,
     error_response,
 )
-from cortex_core.openai import ModelList, ModelObject, error_envelope
+from cortex_core.openai import ErrorEnvelope, ModelList, ModelObject, error_envelope
 from cortex_core.text import printable
 from cortex_core.wire import RouteView, WireError, decode, encode
 from neuron import __version__
@@ -203,18 +205,17 @@ class NeuronApp:
             if 400 <= reply.status < 500:
                 # The engine's reason for refusing a request (a prompt over the context
                 # length, a bad parameter) is about the request: the gateway may show it.
-                message = _refusal(reply.body, reply.status)
+                envelope = _refusal(reply.body, reply.status)
                 log.warning(
                     "engine refused request",
                     extra={
                         "handler": handler,
                         "model": route.model,
                         "status": reply.status,
-                        "error": message,
+                        "error": envelope.error.message,
                         **rid,
                     },
                 )
-                envelope = error_envelope(message, "invalid_request_error", code=reply.status)
                 return Response(
                     encode(envelope),
                     status_code=reply.status,
@@ -275,15 +276,26 @@ class _ReleasingStream(StreamingResponse):
                 self._registry.release(self._entry)
 
 
-def _refusal(body: bytes, status: int) -> str:
-    """The engine's message in a refusal, printable and bounded; a generic one if none."""
+def _refusal(body: bytes, status: int) -> ErrorEnvelope | ContextLengthErrorEnvelope:
+    """The engine's refusal in a fresh envelope, its message printable and bounded.
+
+    A generic message if it gave none; a prompt too long for the context keeps its figures.
+    """
+    try:
+        overflow = decode(body, ContextLengthErrorEnvelope)
+    except WireError:
+        pass
+    else:
+        if overflow.error.code == CONTEXT_LENGTH_EXCEEDED:
+            overflow.error.message = printable(overflow.error.message, 500)
+            return overflow
     try:
         message = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = None
     if not isinstance(message, str) or not message.strip():
-        return f"the engine refused the request (status {status})"
-    return printable(message, 500)
+        message = f"the engine refused the request (status {status})"
+    return error_envelope(printable(message, 500), "invalid_request_error", code=status)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
