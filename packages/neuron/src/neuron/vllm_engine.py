@@ -430,14 +430,14 @@ async def _takes_late_system(lib: _Vllm, engine: Any, tokenization: Any, model_i
         request = lib.TokenizeChatRequest(
             model=model_id, messages=list(probe), add_generation_prompt=True
         )
+        text: str | None = None
         try:
             result = await tokenization.create_tokenize(request, None)
-        except Exception:
-            result = None
-        if result is None or isinstance(result, lib.ErrorResponse):
-            rendered.append(None)
-            continue
-        rendered.append(engine.renderer.get_tokenizer().decode(result.tokens))
+            if not isinstance(result, lib.ErrorResponse):
+                text = str(engine.renderer.get_tokenizer().decode(result.tokens))
+        except Exception:  # a template that raises refuses, whatever it raises
+            text = None
+        rendered.append(text)
     return takes_late_system(rendered)
 
 
@@ -497,9 +497,9 @@ class _ChatShape:
     """What a model's chat requests are fitted to (see :mod:`neuron.chat_rules`)."""
 
     model_id: str
-    tool_calls: bool = True
+    tool_calls: bool
     """A tool-call parser is on: automatic tool choice works."""
-    late_system: bool = True
+    late_system: bool
     """The chat template takes a system message after the first turn."""
 
 
