@@ -13,6 +13,7 @@ import pytest
 from cortex_core.catalogue import ModelProfile
 from cortex_core.config import (
     DEFAULT_SOURCES,
+    AnthropicSection,
     ConfigError,
     EvictionSection,
     GatewaySection,
@@ -82,6 +83,8 @@ def test_gateway_defaults(write: Write) -> None:
     )
     assert config.neuron("benjy") is not None
     assert config.neuron("nope") is None
+    anthropic = config.cortex.anthropic
+    assert (anthropic.strip_billing_header, anthropic.session_affinity) == (True, True)
 
 
 def test_models_path_absolute(write: Write, tmp_path: Path) -> None:
@@ -142,6 +145,12 @@ def test_neuron_defaults(write: Write) -> None:
             "eviction.defrag_after_cycles",
             "expected an integer, got a number",
         ),
+        (
+            '[anthropic]\nstrip_billing_header = "yes"\n',
+            "anthropic.strip_billing_header",
+            "expected true or false, got a string",
+        ),
+        ("[anthropic]\nstrip_cch = true\n", "anthropic.strip_cch", "unknown key"),
         ('[[neurons]]\nname = "a"\n', "neurons[0].endpoint", "required key is missing"),
         ('[[neurons]]\nendpoint = "http://a:1"\n', "neurons[0].name", "required key is missing"),
         (
@@ -356,6 +365,7 @@ def _keys(type_: Any) -> set[str]:
         ("### `[gateway]`", GatewaySection),
         ("### `[eviction]`", EvictionSection),
         ("### `[scheduling]`", SchedulingSection),
+        ("### `[anthropic]`", AnthropicSection),
         ("### `[[neurons]]`", NeuronEntry),
         ("### `[[models]]`", ModelProfile),
         ("### `[neuron]`", NeuronSection),

@@ -133,6 +133,7 @@ DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
             "prompt": None,
             "tools": None,
             "add_generation_prompt": True,
+            "chat_template_kwargs": {"enable_thinking": False},
         },
     ),
     (api.TokenizeResponse, {"count": 9, "max_model_len": 16384, "tokens": None}),

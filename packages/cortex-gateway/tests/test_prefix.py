@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tracemalloc
 
-from cortex_gateway.prefix import PrefixIndex, prefix_hashes
+from cortex_gateway.prefix import MAX_SESSIONS, PrefixIndex, prefix_hashes
 
 SYSTEM = b"You are a careful assistant. " * 20  # 580 bytes: 4 blocks of 128
 
@@ -75,3 +75,36 @@ def test_forgetting_a_model_or_a_node() -> None:
     assert index.held("beast") == 0
     assert index.match("n", others, ["beast"]) == {"beast": 0}
     assert len(index) == len(hashes)  # benjy's blocks of m remain
+
+
+def test_a_session_credits_its_node_with_the_whole_prompt() -> None:
+    """The node a session was last sent to holds all of its next prompt, whatever it says."""
+    index = PrefixIndex(1000)
+    first = prefix_hashes("m", SYSTEM + b"a" * 600, 128)
+    compacted = prefix_hashes("m", b"summary " * 100, 128)
+    index.record("m", first, "beast", session="s1")
+    index.record("m", first, "benjy")
+    nodes = ["beast", "benjy"]
+    assert index.match("m", compacted, nodes) == {"beast": 0, "benjy": 0}
+    assert index.match("m", compacted, nodes, "s1") == {"beast": len(compacted), "benjy": 0}
+    assert index.match("m", compacted, nodes, "s2") == {"beast": 0, "benjy": 0}
+    assert index.match("m2", compacted, nodes, "s1") == {"beast": 0, "benjy": 0}
+    assert index.match("m", compacted, ["benjy"], "s1") == {"benjy": 0}
+    index.record("m", compacted, "benjy", session="s1")
+    assert index.match("m", first, nodes, "s1")["benjy"] == len(first)
+
+
+def test_sessions_are_bounded_and_forgotten_with_their_node() -> None:
+    """Sessions past the cap go, oldest first; a node forgotten takes its sessions along."""
+    index = PrefixIndex(1000)
+    hashes = prefix_hashes("m", SYSTEM, 128)
+    for i in range(MAX_SESSIONS + 10):
+        index.record("m", hashes, "beast", session=f"s{i}")
+    assert index.match("m", hashes[:1], ["beast"], "s0") == {"beast": 1}  # the shared block
+    long = prefix_hashes("m", b"x" * 1280, 128)
+    assert index.match("m", long, ["beast"], "s0") == {"beast": 0}
+    assert index.match("m", long, ["beast"], f"s{MAX_SESSIONS + 9}") == {"beast": len(long)}
+    index.record("m", hashes, "benjy", session="keep")
+    index.forget("beast", "m")
+    assert index.match("m", long, ["beast"], f"s{MAX_SESSIONS + 9}") == {"beast": 0}
+    assert index.match("m", long, ["benjy"], "keep") == {"benjy": len(long)}

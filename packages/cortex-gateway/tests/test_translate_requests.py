@@ -6,6 +6,7 @@ import base64
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -489,13 +490,16 @@ def test_count_tokens_request_translates_without_generation_settings() -> None:
 def test_tokenize_messages_are_plain_dicts() -> None:
     """The tokenize view is the translated messages and tools as plain JSON values."""
     request = decode(fixture_json("anthropic/messages_request_tools.json"), an.CountTokensRequest)
-    messages, tools = openai_messages_for_tokenize(request)
+    messages, tools, template_kwargs = openai_messages_for_tokenize(request)
     translated = to_openai(request, request.model)
     assert messages == to_builtins(translated.messages)
     assert tools == to_builtins(translated.tools)
+    assert template_kwargs is None
     assert json.loads(json.dumps(messages)) == messages
     bare = an.CountTokensRequest(model="m", messages=[an.MessageParam(role="user", content="x")])
-    assert openai_messages_for_tokenize(bare) == ([{"role": "user", "content": "x"}], None)
+    assert openai_messages_for_tokenize(bare) == ([{"role": "user", "content": "x"}], None, None)
+    thinking = msgspec.structs.replace(bare, thinking=an.ThinkingDisabled())
+    assert openai_messages_for_tokenize(thinking)[2] == {"enable_thinking": False}
 
 
 TOOL_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,12}", fullmatch=True)

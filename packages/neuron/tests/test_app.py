@@ -20,8 +20,15 @@ from starlette.types import Message
 
 import neuron.registry as registry_module
 from cortex_core.config import NeuronConfig, NeuronSection, SourceConfig
-from cortex_core.neuron_api import Device, LoadRequest, TokenizeRequest, TokenizeResponse
+from cortex_core.neuron_api import (
+    Device,
+    LoadRequest,
+    TokenizeRequest,
+    TokenizeResponse,
+    context_length_error,
+)
 from cortex_core.units import GIB
+from cortex_core.wire import encode
 from neuron import __version__
 from neuron.app import NeuronApp, create_app
 from neuron.engine import JsonReply, Reply
@@ -590,6 +597,30 @@ INFERENCE = [
     "/v1/rerank",
     "/v1/score",
 ]
+
+
+def test_a_prompt_too_long_keeps_its_figures(
+    neuron: Neuron, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's context_length_exceeded goes out with its code and figures, relayable."""
+    neuron.load()
+    engine = neuron.factory.started[0]
+
+    async def refuse(body: bytes) -> Reply:
+        return JsonReply(400, encode(context_length_error(9731, 8192)))
+
+    monkeypatch.setattr(engine, "chat", refuse)
+    response = neuron.client.post("/v1/chat/completions", json=CHAT)
+    assert response.status_code == 400
+    assert response.headers["x-cortex-relayable"] == "1"
+    error = response.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "context_length_exceeded",
+        "messages",
+        "invalid_request_error",
+    )
+    assert (error["prompt_tokens"], error["max_model_len"]) == (9731, 8192)
+    assert "9731 tokens" in error["message"]
 
 
 @pytest.mark.parametrize("path", INFERENCE)

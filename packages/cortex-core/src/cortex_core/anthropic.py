@@ -23,6 +23,8 @@ __all__ = [
     "ContentBlockDelta",
     "ContentBlockStart",
     "ContentBlockStop",
+    "ContextEdit",
+    "ContextManagement",
     "CountTokensRequest",
     "CountTokensResponse",
     "DocumentBlock",
@@ -41,6 +43,7 @@ __all__ = [
     "MessagesRequest",
     "Metadata",
     "NoneToolChoice",
+    "OutputConfig",
     "Ping",
     "RedactedThinkingBlock",
     "ResponseBlock",
@@ -165,7 +168,9 @@ ResponseBlock = TextBlock | ToolUseBlock | ThinkingBlock | RedactedThinkingBlock
 
 
 class MessageParam(_Wire):
-    role: Literal["user", "assistant"]
+    """A turn; ``system`` turns come from clients such as Claude Code, anywhere in the list."""
+
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
@@ -173,13 +178,17 @@ class MessageParam(_Wire):
 
 
 class Tool(_Wire):
-    """A tool the model may call; server tools carry a ``type`` and no schema."""
+    """A tool the model may call; server tools carry a ``type`` and no schema.
+
+    ``defer_loading``: the tool stays out of the prompt until a tool search finds it.
+    """
 
     name: str
     description: str | None = None
     input_schema: dict[str, Any] | None = None
     type: str | None = None
     cache_control: CacheControl | None = None
+    defer_loading: bool | None = None
 
 
 class AutoToolChoice(_Wire, tag_field="type", tag="auto"):
@@ -204,6 +213,8 @@ ToolChoice = AutoToolChoice | AnyToolChoice | NamedToolChoice | NoneToolChoice
 
 class ThinkingEnabled(_Wire, tag_field="type", tag="enabled"):
     budget_tokens: PositiveInt
+    display: str | None = None
+    """``summarized`` (the default) or ``omitted``: thinking blocks come back without their text."""
 
 
 class ThinkingDisabled(_Wire, tag_field="type", tag="disabled"):
@@ -211,7 +222,8 @@ class ThinkingDisabled(_Wire, tag_field="type", tag="disabled"):
 
 
 class ThinkingAdaptive(_Wire, tag_field="type", tag="adaptive"):
-    pass
+    display: str | None = None
+    """As :attr:`ThinkingEnabled.display`."""
 
 
 Thinking = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive
@@ -219,6 +231,28 @@ Thinking = ThinkingEnabled | ThinkingDisabled | ThinkingAdaptive
 
 class Metadata(_Wire):
     user_id: str | None = None
+
+
+class OutputConfig(_Wire):
+    """``output_config``: ``effort`` is ``low``, ``medium``, ``high`` or ``max`` (newer: more)."""
+
+    effort: str | None = None
+
+
+class ContextEdit(_Wire):
+    """One of ``context_management.edits``, by ``type`` (``clear_thinking_20251015``, ...).
+
+    Not a tagged union: an edit type this version does not know still decodes.
+    ``keep`` is ``"all"`` or ``{"type": "thinking_turns", "value": N}`` (or the
+    like for other edits).
+    """
+
+    type: str
+    keep: str | dict[str, Any] | None = None
+
+
+class ContextManagement(_Wire):
+    edits: list[ContextEdit] | None = None
 
 
 # --- requests ----------------------------------------------------------------
@@ -241,6 +275,8 @@ class MessagesRequest(_Wire):
     metadata: Metadata | None = None
     thinking: Thinking | None = None
     service_tier: str | None = None
+    output_config: OutputConfig | None = None
+    context_management: ContextManagement | None = None
 
 
 class CountTokensRequest(_Wire):
@@ -252,6 +288,7 @@ class CountTokensRequest(_Wire):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    context_management: ContextManagement | None = None
 
 
 class CountTokensResponse(_Out):

@@ -40,6 +40,7 @@ from cortex_core.units import (
 
 __all__ = [
     "DEFAULT_SOURCES",
+    "AnthropicSection",
     "ConfigError",
     "CortexConfig",
     "EvictionSection",
@@ -138,6 +139,15 @@ class RoutingSection(_Config):
     """The most prefix blocks the index remembers (least recently used go first)."""
 
 
+class AnthropicSection(_Config):
+    strip_billing_header: bool = True
+    """Drop a first system block starting ``x-anthropic-billing-header:`` (Claude Code's,
+    different on every request) before routing, counting and forwarding."""
+    session_affinity: bool = True
+    """With prefix routing, a Claude Code session (``X-Claude-Code-Session-Id``) goes back
+    to the node that served it last, as a whole prefix match would."""
+
+
 class NeuronEntry(_Config):
     name: str
     endpoint: str
@@ -152,6 +162,7 @@ class CortexConfig(_Config):
     eviction: EvictionSection = field(default_factory=EvictionSection)
     scheduling: SchedulingSection = field(default_factory=SchedulingSection)
     routing: RoutingSection = field(default_factory=RoutingSection)
+    anthropic: AnthropicSection = field(default_factory=AnthropicSection)
     neurons: list[NeuronEntry] = field(default_factory=list)
 
 

@@ -13,10 +13,13 @@ from typing import Any, Final, Literal, get_args
 from msgspec import Struct, field
 
 __all__ = [
+    "CONTEXT_LENGTH_EXCEEDED",
     "ERROR_STATUS",
     "LOAD_PHASES",
     "MODEL_STATES",
     "RELAYABLE_HEADER",
+    "ContextLengthError",
+    "ContextLengthErrorEnvelope",
     "Device",
     "DeviceFree",
     "DevicesResponse",
@@ -34,6 +37,7 @@ __all__ = [
     "TokenizeResponse",
     "UnloadRequest",
     "UnloadResponse",
+    "context_length_error",
     "error_response",
 ]
 
@@ -61,6 +65,49 @@ class Health(_Wire):
 
 RELAYABLE_HEADER: Final = "x-cortex-relayable"
 """On a neuron's 4xx inference answer: its error ``message`` is safe to show the client."""
+CONTEXT_LENGTH_EXCEEDED: Final = "context_length_exceeded"
+"""The ``code`` of a neuron's 400 for a prompt longer than the model's context."""
+
+
+class ContextLengthError(_Wire):
+    """A prompt that does not fit the context: OpenAI's error fields and the figures.
+
+    The neuron's ``/v1`` routes answer such a prompt with 400 and this as the
+    envelope's ``error``; a gateway reads ``prompt_tokens`` and
+    ``max_model_len`` to say it in each API's own words.
+    """
+
+    message: str
+    prompt_tokens: int
+    """The whole prompt, counted by the model's tokenizer and chat template."""
+    max_model_len: int
+    type: str = "invalid_request_error"
+    param: str | None = "messages"
+    code: str = CONTEXT_LENGTH_EXCEEDED
+
+
+class ContextLengthErrorEnvelope(_Wire):
+    """``{"error": ContextLengthError}``."""
+
+    error: ContextLengthError
+
+
+def context_length_error(prompt_tokens: int, max_model_len: int) -> ContextLengthErrorEnvelope:
+    """The refusal of a prompt of ``prompt_tokens`` in a context of ``max_model_len``.
+
+    In OpenAI's words; the figures ride along for the gateway to say it in Anthropic's.
+    """
+    return ContextLengthErrorEnvelope(
+        error=ContextLengthError(
+            message=(
+                f"This model's maximum context length is {max_model_len} tokens. However, your"
+                f" messages resulted in {prompt_tokens} tokens. Please reduce the length of"
+                " the messages."
+            ),
+            prompt_tokens=prompt_tokens,
+            max_model_len=max_model_len,
+        )
+    )
 
 
 class Device(_Wire):
@@ -159,6 +206,8 @@ class TokenizeRequest(_Wire):
     prompt: str | None = None
     tools: list[dict[str, Any]] | None = None
     add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Passed to the chat template as a chat request's are (``enable_thinking``, ...)."""
 
 
 class TokenizeResponse(_Wire):

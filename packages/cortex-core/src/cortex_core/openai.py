@@ -254,6 +254,13 @@ class Usage(_Out):
     prompt_tokens_details: PromptTokensDetails | None = None
     completion_tokens_details: CompletionTokensDetails | None = None
 
+    @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens the engine took from its prefix cache (0 if it did not say)."""
+        details = self.prompt_tokens_details
+        cached = details.cached_tokens if details is not None else None
+        return min(cached or 0, self.prompt_tokens)
+
 
 class ResponseMessage(_Out):
     role: str = "assistant"

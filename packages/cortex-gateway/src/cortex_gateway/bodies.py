@@ -11,10 +11,18 @@ import json
 
 import msgspec
 
+from cortex_core.neuron_api import CONTEXT_LENGTH_EXCEEDED, ContextLengthErrorEnvelope
 from cortex_core.openai import StreamOptions
-from cortex_core.wire import WireError, encode
+from cortex_core.wire import WireError, decode, encode
 
-__all__ = ["MessagesView", "RequestView", "ResponsesView", "relayable_message", "rewrite_model"]
+__all__ = [
+    "MessagesView",
+    "RequestView",
+    "ResponsesView",
+    "context_overflow",
+    "relayable_message",
+    "rewrite_model",
+]
 
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
 MAX_RELAYED_MESSAGE = 500
@@ -111,3 +119,14 @@ def relayable_message(body: bytes) -> str | None:
     except (ValueError, KeyError, TypeError):
         return None
     return message[:MAX_RELAYED_MESSAGE] if isinstance(message, str) else None
+
+
+def context_overflow(body: bytes) -> tuple[int, int] | None:
+    """``(prompt tokens, context length)`` if ``body`` is a neuron's context-length refusal."""
+    try:
+        error = decode(body, ContextLengthErrorEnvelope).error
+    except WireError:
+        return None
+    if error.code != CONTEXT_LENGTH_EXCEEDED:
+        return None
+    return error.prompt_tokens, error.max_model_len

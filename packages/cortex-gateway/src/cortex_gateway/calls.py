@@ -63,6 +63,8 @@ class Call:
     """When a node was chosen for it (monotonic)."""
     prefix: list[int] | None = None
     """The prompt's prefix hashes, for prefix-aware routing (None: not scored)."""
+    session: str | None = None
+    """The client's conversation key (Claude Code's session), kept on one node by prefix routing."""
 
     @classmethod
     def begin(cls, request: Request, handler: str, surface: Surface) -> Call:

@@ -15,6 +15,7 @@ from typing import Any
 from cortex_core.anthropic import ErrorEnvelope as AnthropicEnvelope
 from cortex_core.anthropic import ErrorType as AnthropicType
 from cortex_core.anthropic import error_envelope as anthropic_envelope
+from cortex_core.neuron_api import context_length_error
 from cortex_core.openai import ErrorEnvelope as OpenAIEnvelope
 from cortex_core.openai import error_envelope as openai_envelope
 
@@ -23,6 +24,7 @@ __all__ = [
     "GatewayError",
     "Surface",
     "anthropic_type",
+    "context_length_exceeded",
     "internal_error",
     "upstream_refusal",
 ]
@@ -90,7 +92,8 @@ class GatewayError(Exception):
 
     ``status`` is the status sent to the client; anything about the upstream
     (its status, its URL, the exception) belongs in ``log``, which only the
-    operator sees.
+    operator sees. Where the two APIs word an error differently, ``code`` and
+    ``param`` are OpenAI's and ``anthropic_message`` is what Anthropic says.
     """
 
     def __init__(
@@ -100,6 +103,9 @@ class GatewayError(Exception):
         message: str,
         *,
         headers: dict[str, str] | None = None,
+        code: str | None = None,
+        param: str | None = None,
+        anthropic_message: str | None = None,
         **log: Any,
     ) -> None:
         super().__init__(message)
@@ -108,15 +114,20 @@ class GatewayError(Exception):
         self.message = message
         self.headers = headers or {}
         """Headers the answer carries (``Retry-After`` on a 429)."""
+        self.code = code
+        self.param = param
+        self.anthropic_message = anthropic_message
         self.log = log
 
     def openai(self) -> OpenAIEnvelope:
-        """The OpenAI error envelope."""
-        return openai_envelope(self.message, _OPENAI_TYPES[self.kind], code=self.status)
+        """The OpenAI error envelope (``code`` is the status unless the error has its own)."""
+        code = self.code if self.code is not None else self.status
+        return openai_envelope(self.message, _OPENAI_TYPES[self.kind], param=self.param, code=code)
 
     def anthropic(self) -> AnthropicEnvelope:
         """The Anthropic error envelope."""
-        return anthropic_envelope(anthropic_type(self.status), self.message)
+        message = self.anthropic_message or self.message
+        return anthropic_envelope(anthropic_type(self.status), message)
 
     def envelope(self, surface: Surface) -> OpenAIEnvelope | AnthropicEnvelope:
         """The error envelope of ``surface``."""
@@ -129,6 +140,27 @@ class GatewayError(Exception):
 def internal_error() -> GatewayError:
     """An unexpected failure: the client learns nothing more than that."""
     return GatewayError(500, ErrorKind.INTERNAL, "internal error")
+
+
+def context_length_exceeded(prompt_tokens: int, max_tokens: int, **log: Any) -> GatewayError:
+    """A prompt of ``prompt_tokens`` that does not fit a context of ``max_tokens``.
+
+    Each API's own words: OpenAI's ``context_length_exceeded``, and
+    Anthropic's ``prompt is too long: N tokens > M maximum``, which Claude
+    Code recognises (it compacts its conversation and tries again).
+    """
+    refusal = context_length_error(prompt_tokens, max_tokens).error
+    return GatewayError(
+        400,
+        ErrorKind.BAD_REQUEST,
+        refusal.message,
+        code=refusal.code,
+        param=refusal.param,
+        anthropic_message=f"prompt is too long: {prompt_tokens} tokens > {max_tokens} maximum",
+        prompt_tokens=prompt_tokens,
+        max_model_len=max_tokens,
+        **log,
+    )
 
 
 def upstream_refusal(status: int, relayed: str | None, **log: Any) -> GatewayError:

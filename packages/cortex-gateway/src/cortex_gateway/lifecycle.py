@@ -180,12 +180,17 @@ class Lifecycle:
     # --- routing -----------------------------------------------------------------------
 
     def _route(
-        self, model_id: str, exclude: frozenset[str], prefix: Sequence[int] = ()
+        self,
+        model_id: str,
+        exclude: frozenset[str],
+        prefix: Sequence[int] = (),
+        session: str | None = None,
     ) -> Decision:
         affinity = held = None
         fleet = self.poller.fleet
         if prefix:
-            affinity = self.prefixes.match(model_id, prefix, fleet.locations(model_id))
+            nodes = fleet.locations(model_id)
+            affinity = self.prefixes.match(model_id, prefix, nodes, session)
             held = self.prefixes.holding
         return route(
             model_id,
@@ -210,19 +215,21 @@ class Lifecycle:
         exclude: frozenset[str] = frozenset(),
         arrived: float | None = None,
         prefix: Sequence[int] = (),
+        session: str | None = None,
     ) -> Lease | asyncio.Task[Lease]:
         """A lease on the node to serve ``model_id`` now, or the wait for one (a task to await).
 
         The lease is taken in the same step as the decision, so nothing (an
         eviction, a burst) comes between them; ``prefix`` (the prompt's block
-        hashes) weighs where it goes and is recorded there. A request that has
+        hashes) weighs where it goes and is recorded there, with its ``session``
+        (a client's conversation key, which keeps it on one node). A request that has
         to wait (for a load, for room, for a node) is bounded by
         ``max_waiting`` per model (429) and by ``load_timeout_s``; ``arrived``
         (monotonic) is when it came, for the swap policy.
         """
-        decision = self._route(model_id, exclude, prefix)
+        decision = self._route(model_id, exclude, prefix, session)
         if isinstance(decision, Serve):
-            return self._take(decision.node, model_id, prefix, decision.matched)
+            return self._take(decision.node, model_id, prefix, decision.matched, session)
         if self._waiting[model_id] >= self.settings.max_waiting:
             raise GatewayError(
                 429,
@@ -233,22 +240,33 @@ class Lifecycle:
         arrival = time.monotonic() if arrived is None else arrived
         self._waiting[model_id] += 1
         self._arrivals.setdefault(model_id, []).append(arrival)
-        waiting = asyncio.ensure_future(self._wait_for(model_id, exclude, prefix))
+        waiting = asyncio.ensure_future(self._wait_for(model_id, exclude, prefix, session))
         waiting.add_done_callback(partial(self._waited, model_id, arrival))
         return waiting
 
-    def _take(self, node: str, model_id: str, prefix: Sequence[int], matched: int) -> Lease:
+    def _take(
+        self,
+        node: str,
+        model_id: str,
+        prefix: Sequence[int],
+        matched: int,
+        session: str | None = None,
+    ) -> Lease:
         if prefix:
-            self.prefixes.record(model_id, prefix, node)
+            self.prefixes.record(model_id, prefix, node, session)
         lease = self.leases.take(node, model_id, len(prefix) - matched)
         lease.matched = matched
         return lease
 
     async def _wait_for(
-        self, model_id: str, exclude: frozenset[str], prefix: Sequence[int]
+        self,
+        model_id: str,
+        exclude: frozenset[str],
+        prefix: Sequence[int],
+        session: str | None,
     ) -> Lease:
-        node, matched = await self._resolve(model_id, exclude, prefix)
-        return self._take(node, model_id, prefix, matched)
+        node, matched = await self._resolve(model_id, exclude, prefix, session)
+        return self._take(node, model_id, prefix, matched, session)
 
     def _waited(self, model_id: str, arrival: float, _: object) -> None:
         """A wait ended, however it ended: it no longer counts."""
@@ -265,14 +283,18 @@ class Lifecycle:
         return min(self._arrivals.get(model_id, ()), default=time.monotonic())
 
     async def _resolve(
-        self, model_id: str, exclude: frozenset[str], prefix: Sequence[int]
+        self,
+        model_id: str,
+        exclude: frozenset[str],
+        prefix: Sequence[int],
+        session: str | None = None,
     ) -> tuple[str, int]:
         deadline = time.monotonic() + self.settings.load_timeout_s
         changes = self.poller.changes
         while True:
             if changes.stopping:
                 raise GatewayError(503, ErrorKind.UNAVAILABLE, SHUTTING_DOWN)
-            match self._route(model_id, exclude, prefix):
+            match self._route(model_id, exclude, prefix, session):
                 case Serve(node, matched):
                     return node, matched
                 case Hold(_):

@@ -125,6 +125,12 @@ class GatewayMetrics:
             request_labels,
             registry=r,
         )
+        self.cached_tokens = Counter(
+            "cortex_cached_prompt_tokens",
+            "Prompt tokens the engine took from its prefix cache (part of the prompt tokens)",
+            request_labels,
+            registry=r,
+        )
         self.completion_tokens = Counter(
             "cortex_completion_tokens",
             "Completion tokens, from the answers' usage",
@@ -234,7 +240,7 @@ class GatewayMetrics:
         children = self._children.get((labels, status))
         if children is None:
             children = self._success_children(labels, status)
-        requests, latency_h, wait_h, ttft_h, rate_h, prompt, completion = children
+        requests, latency_h, wait_h, ttft_h, rate_h, prompt, cached, completion = children
         requests.inc()
         latency_h.observe(latency)
         wait_h.observe(waited)
@@ -244,6 +250,7 @@ class GatewayMetrics:
             rate_h.observe(rate)
         if meter.usage is not None:
             prompt.inc(meter.usage.prompt_tokens)
+            cached.inc(meter.usage.cached_tokens)
             completion.inc(meter.usage.completion_tokens)
 
     def _success_children(self, labels: Labels, status: int) -> tuple[Any, ...]:
@@ -261,6 +268,7 @@ class GatewayMetrics:
             self.ttft.labels(*base),
             self.decode_rate.labels(*base),
             self.prompt_tokens.labels(*base),
+            self.cached_tokens.labels(*base),
             self.completion_tokens.labels(*base),
         )
         self._children[(labels, status)] = children

@@ -65,6 +65,7 @@ class Outcomes:
                 **call.fields(),
                 "status": status,
                 "prompt_tokens": usage.prompt_tokens if usage else None,
+                "cached_tokens": usage.cached_tokens if usage else None,
                 "completion_tokens": usage.completion_tokens if usage else None,
                 "ttft_s": round(meter.ttft, 3) if meter.ttft is not None else None,
                 "latency_s": round(latency, 3),

@@ -270,7 +270,9 @@ class Pipeline:
         """
         assert call.model is not None, "name the model first"
         prefix = call.prefix or ()
-        got = self.life.lease(call.model, exclude=exclude, arrived=call.started, prefix=prefix)
+        got = self.life.lease(
+            call.model, exclude=exclude, arrived=call.started, prefix=prefix, session=call.session
+        )
         lease = got if isinstance(got, Lease) else await _waited(got, request)
         call.node = lease.node
         call.routed = time.monotonic()

@@ -9,6 +9,11 @@ prefix, least recently used first, and holds at most ``max_blocks`` of
 them: an approximation of the engines' prefix caches (vLLM keeps recently
 computed blocks), kept without asking the engines, as SGLang's router does.
 
+A request may also carry a session key (Claude Code's
+``X-Claude-Code-Session-Id``): the node a session was last sent to counts as
+holding the whole of its next prompt, so a conversation stays where its cache
+is even when its prompt changes at the front (a compaction, say).
+
 Nothing here does I/O; the router reads :meth:`PrefixIndex.match` and the
 pipeline calls :meth:`PrefixIndex.record` once a request is routed.
 """
@@ -18,7 +23,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["PrefixIndex", "prefix_hashes"]
+__all__ = ["MAX_SESSIONS", "PrefixIndex", "prefix_hashes"]
+
+MAX_SESSIONS = 4096
+"""The most sessions the index remembers a node for (least recently used go first)."""
 
 
 def prefix_hashes(
@@ -49,6 +57,8 @@ class PrefixIndex:
         """Entries naming each node: how much of the index a node holds."""
         self._sets: dict[frozenset[str], frozenset[str]] = {}
         """One object per set of holders (there are few): entries share them."""
+        self._sessions: OrderedDict[tuple[str, str], str] = OrderedDict()
+        """``(model, session)`` → the node the session was last sent to."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -57,8 +67,25 @@ class PrefixIndex:
         """How many prefix blocks the index credits ``node`` with."""
         return self._held.get(node, 0)
 
-    def match(self, model: str, hashes: Sequence[int], nodes: Iterable[str]) -> dict[str, int]:
-        """For each of ``nodes``, how many leading blocks of the prefix it was sent."""
+    def match(
+        self,
+        model: str,
+        hashes: Sequence[int],
+        nodes: Iterable[str],
+        session: str | None = None,
+    ) -> dict[str, int]:
+        """For each of ``nodes``, how many leading blocks of the prefix it was sent.
+
+        The node ``session`` was last sent to counts as holding every block.
+        """
+        matched = self._match(model, hashes, nodes)
+        if session is not None:
+            node = self._sessions.get((model, session))
+            if node is not None and node in matched:
+                matched[node] = len(hashes)
+        return matched
+
+    def _match(self, model: str, hashes: Sequence[int], nodes: Iterable[str]) -> dict[str, int]:
         matched = dict.fromkeys(nodes, 0)
         alive = set(matched)
         entries = self._entries
@@ -73,8 +100,16 @@ class PrefixIndex:
                 matched[node] = depth
         return matched
 
-    def record(self, model: str, hashes: Sequence[int], node: str) -> None:
-        """``node`` was sent this prefix: it holds (or soon will) every block of it."""
+    def record(
+        self, model: str, hashes: Sequence[int], node: str, session: str | None = None
+    ) -> None:
+        """``node`` was sent this prefix (of ``session``): it holds, or soon will, every block."""
+        if session is not None:
+            sessions = self._sessions
+            sessions[(model, session)] = node
+            sessions.move_to_end((model, session))
+            while len(sessions) > MAX_SESSIONS:
+                sessions.popitem(last=False)
         entries = self._entries
         held = self._held
         for block in hashes:
@@ -109,6 +144,9 @@ class PrefixIndex:
                 del self._entries[key]
         if dropped:
             self._held[node] = max(self._held.get(node, 0) - dropped, 0)
+        for session, holder in list(self._sessions.items()):
+            if holder == node and (model is None or session[0] == model):
+                del self._sessions[session]
         return dropped
 
     @property

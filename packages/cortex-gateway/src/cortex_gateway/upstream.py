@@ -19,9 +19,14 @@ from dataclasses import dataclass
 
 from cortex_core.config import GatewaySection
 from cortex_core.text import printable
-from cortex_gateway.bodies import relayable_message
+from cortex_gateway.bodies import context_overflow, relayable_message
 from cortex_gateway.calls import Call
-from cortex_gateway.errors import ErrorKind, GatewayError, upstream_refusal
+from cortex_gateway.errors import (
+    ErrorKind,
+    GatewayError,
+    context_length_exceeded,
+    upstream_refusal,
+)
 from cortex_gateway.leases import Lease
 from cortex_gateway.metering import Meter
 from cortex_gateway.neurons import NeuronCallError, Neurons, Upstream, UpstreamError
@@ -72,6 +77,16 @@ class Unsent(Exception):
         self.error = error
 
 
+def _refusal(status: int, data: bytes, relayable: bool) -> GatewayError:
+    """The client's error for a neuron's error answer (its words only where it allows)."""
+    if not relayable:
+        return upstream_refusal(status, None)
+    if status == 400 and (overflow := context_overflow(data)) is not None:
+        return context_length_exceeded(*overflow, upstream_status=status)
+    relayed = relayable_message(data)
+    return upstream_refusal(status, relayed and printable(relayed, 500))
+
+
 class Upstreams:
     """Requests to the neurons' OpenAI APIs, within the gateway's deadlines."""
 
@@ -110,8 +125,7 @@ class Upstreams:
             data = await self._read(upstream)
         finally:
             lease.release()
-        relayed = relayable_message(data) if upstream.relayable else None
-        error = upstream_refusal(upstream.status, relayed and printable(relayed, 500))
+        error = _refusal(upstream.status, data, upstream.relayable)
         if upstream.status == 404:
             # The model left the node after it was routed there.
             await lease.moved()

@@ -25,7 +25,9 @@ from starlette.types import Receive, Scope, Send
 
 from cortex_core.config import NeuronConfig
 from cortex_core.neuron_api import (
+    CONTEXT_LENGTH_EXCEEDED,
     RELAYABLE_HEADER,
+    ContextLengthErrorEnvelope,
     Device,
     DevicesResponse,
     EndpointResponse,
@@ -36,7 +38,7 @@ from cortex_core.neuron_api import (
     UnloadRequest,
     error_response,
 )
-from cortex_core.openai import ModelList, ModelObject, error_envelope
+from cortex_core.openai import ErrorEnvelope, ModelList, ModelObject, error_envelope
 from cortex_core.tasks import wrong_task
 from cortex_core.text import printable
 from cortex_core.wire import RouteView, WireError, decode, encode
@@ -214,7 +216,13 @@ class NeuronApp:
             )
         if (wrong := wrong_task(route.model, entry.model_task, request.url.path)) is not None:
             self.registry.release(entry)
-            return _refused(400, wrong, handler, route.model, rid)
+            return _refused(
+                400,
+                error_envelope(wrong, "invalid_request_error", code=400),
+                handler,
+                route.model,
+                rid,
+            )
         started = time.monotonic()
         try:
             reply = await call(engine, body)
@@ -227,8 +235,8 @@ class NeuronApp:
             if 400 <= reply.status < 500:
                 # The engine's reason for refusing a request (a prompt over the context
                 # length, a bad parameter) is about the request: the gateway may show it.
-                message = _refusal(reply.body, reply.status)
-                return _refused(reply.status, message, handler, route.model, rid)
+                envelope = _refusal(reply.body, reply.status)
+                return _refused(reply.status, envelope, handler, route.model, rid)
             if reply.status >= 400:
                 log.warning(
                     "engine refused request",
@@ -284,28 +292,48 @@ class _ReleasingStream(StreamingResponse):
 
 
 def _refused(
-    status: int, message: str, handler: str, model: str, rid: Mapping[str, str]
+    status: int,
+    envelope: ErrorEnvelope | ContextLengthErrorEnvelope,
+    handler: str,
+    model: str,
+    rid: Mapping[str, str],
 ) -> Response:
     """A 4xx about the request itself, logged once: its message is safe to show the client."""
     log.warning(
         "engine refused request",
-        extra={"handler": handler, "model": model, "status": status, "error": message, **rid},
+        extra={
+            "handler": handler,
+            "model": model,
+            "status": status,
+            "error": envelope.error.message,
+            **rid,
+        },
     )
-    envelope = error_envelope(message, "invalid_request_error", code=status)
     return Response(
         encode(envelope), status_code=status, media_type=JSON, headers={RELAYABLE_HEADER: "1"}
     )
 
 
-def _refusal(body: bytes, status: int) -> str:
-    """The engine's message in a refusal, printable and bounded; a generic one if none."""
+def _refusal(body: bytes, status: int) -> ErrorEnvelope | ContextLengthErrorEnvelope:
+    """The engine's refusal in a fresh envelope, its message printable and bounded.
+
+    A generic message if it gave none; a prompt too long for the context keeps its figures.
+    """
+    try:
+        overflow = decode(body, ContextLengthErrorEnvelope)
+    except WireError:
+        pass
+    else:
+        if overflow.error.code == CONTEXT_LENGTH_EXCEEDED:
+            overflow.error.message = printable(overflow.error.message, 500)
+            return overflow
     try:
         message = json.loads(body)["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = None
     if not isinstance(message, str) or not message.strip():
-        return f"the engine refused the request (status {status})"
-    return printable(message, 500)
+        message = f"the engine refused the request (status {status})"
+    return error_envelope(printable(message, 500), "invalid_request_error", code=status)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -79,6 +79,8 @@ class EngineStats:
     kv_cache_usage: float = 0.0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    """Prompt tokens taken from the prefix cache instead of computed (part of ``prompt_tokens``)."""
 
 
 class EngineError(Exception):

@@ -64,6 +64,11 @@ class _Collector(Collector):
         prompt = CounterMetricFamily(
             "neuron_engine_prompt_tokens", "Prompt tokens the engine processed", labels=["model"]
         )
+        cached = CounterMetricFamily(
+            "neuron_engine_cached_prompt_tokens",
+            "Prompt tokens the engine took from its prefix cache (part of the prompt tokens)",
+            labels=["model"],
+        )
         generated = CounterMetricFamily(
             "neuron_engine_generation_tokens", "Tokens the engine generated", labels=["model"]
         )
@@ -79,8 +84,9 @@ class _Collector(Collector):
                 waiting.add_metric([model_id], stats.waiting)
                 kv.add_metric([model_id], stats.kv_cache_usage)
                 prompt.add_metric([model_id], stats.prompt_tokens)
+                cached.add_metric([model_id], stats.cached_prompt_tokens)
                 generated.add_metric([model_id], stats.generation_tokens)
-        yield from (state, in_flight, memory, host, running, waiting, kv, prompt, generated)
+        yield from (state, in_flight, memory, host, running, waiting, kv, prompt, cached, generated)
 
 
 class NeuronMetrics:

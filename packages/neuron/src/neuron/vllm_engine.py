@@ -35,9 +35,17 @@ from typing import Any
 
 import psutil
 
-from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse
+from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse, context_length_error
 from cortex_core.openai import error_envelope
 from cortex_core.wire import encode
+from neuron.chat_rules import (
+    LATE_SYSTEM_PROBES,
+    TOOL_CALLS_SETTING,
+    fit_output,
+    fold_system_messages,
+    takes_late_system,
+    tool_choice_without_parser,
+)
 from neuron.engine import (
     Engine,
     EngineError,
@@ -50,6 +58,7 @@ from neuron.engine import (
     StreamReply,
 )
 from neuron.enginehost import EngineHost, HostLaunch, Threads, parse_cpu_list
+from neuron.parsers import ModelTraits, default_parsers
 from neuron.runtime import VLLM_VERSION
 
 __all__ = ["ENGINE_PROCESS", "VLLM_VERSION", "VllmEngine", "VllmEngineFactory", "sleep_support"]
@@ -82,16 +91,9 @@ _LAUNCH: contextvars.ContextVar[HostLaunch | None] = contextvars.ContextVar(
 """Set while an engine is being made in the forked process model: where its processes come from."""
 GGUF_PLUGIN = "vllm-gguf-plugin"
 """Where vLLM's GGUF support lives since 0.24 (CUDA and ROCm kernels, Triton fallbacks)."""
-# Parsers for model families whose chat templates call tools or think in known
-# formats; an option of "" turns a default off.
-_DEFAULT_PARSERS: dict[str, tuple[str | None, str | None]] = {
-    "Qwen2ForCausalLM": ("hermes", None),
-    "Qwen3ForCausalLM": ("hermes", "qwen3"),
-    "Qwen3MoeForCausalLM": ("hermes", "qwen3"),
-    "LlamaForCausalLM": ("llama3_json", None),
-    "MistralForCausalLM": ("mistral", None),
-}
 _SHUTDOWN_GRACE_S = 20.0
+_OVERFLOW_PARAMS = frozenset({"input_tokens", "input_text"})
+"""What vLLM names as the offending ``param`` when a prompt does not fit the context."""
 
 
 class _Vllm:
@@ -111,6 +113,7 @@ class _Vllm:
         self.AsyncLLM = load("vllm.v1.engine.async_llm", "AsyncLLM")
         self.ModelRegistry = load("vllm.model_executor.models", "ModelRegistry")
         self.StatLoggerBase = load("vllm.v1.metrics.loggers", "StatLoggerBase")
+        self.ToolParserManager = load("vllm.tool_parsers", "ToolParserManager")
         self.ChatCompletionRequest = load(
             "vllm.entrypoints.openai.chat_completion.protocol", "ChatCompletionRequest"
         )
@@ -220,10 +223,12 @@ class _StatsRecorder:
                     waiting = scheduler_stats.num_waiting_reqs
                     usage = float(scheduler_stats.kv_cache_usage)
                 prompt, generated = old.prompt_tokens, old.generation_tokens
+                cached = old.cached_prompt_tokens
                 if iteration_stats is not None:
                     prompt += iteration_stats.num_prompt_tokens
                     generated += iteration_stats.num_generation_tokens
-                recorder.stats = EngineStats(running, waiting, usage, prompt, generated)
+                    cached += iteration_stats.prompt_token_stats.cached_tokens
+                recorder.stats = EngineStats(running, waiting, usage, prompt, generated, cached)
 
             def log_engine_initialized(self) -> None:
                 pass
@@ -612,6 +617,7 @@ async def _build(
     # Building the layers loads the tokenizer and renders templates: seconds of CPU,
     # off the event loop so the management API keeps answering meanwhile.
     parsers: tuple[str | None, str | None] = (None, None)
+    late_system: bool | None = None
     if spec.task == "embed":
         tasks = tuple(await engine.get_supported_tasks())
         layers = await asyncio.to_thread(_pooling_layers, lib, engine, models, chat_template, tasks)
@@ -619,6 +625,7 @@ async def _build(
         layers, parsers = await _generating_layers(
             lib, engine, models, spec.model_id, serving, chat_template
         )
+        late_system = await _takes_late_system(lib, engine, layers.tokenization, spec.model_id)
     log.info(
         "engine ready",
         extra={
@@ -628,10 +635,16 @@ async def _build(
             "max_model_len": engine.model_config.max_model_len,
             "tool_call_parser": parsers[0],
             "reasoning_parser": parsers[1],
+            "late_system_messages": None if late_system is None else _LATE[late_system],
             "pids": sorted(p.pid for p in processes),
         },
     )
-    return VllmEngine(lib, engine, layers, recorder, processes, rpc_dir)
+    shape = _ChatShape(spec.model_id, parsers[0] is not None, bool(late_system))
+    return VllmEngine(lib, engine, layers, recorder, processes, rpc_dir, shape)
+
+
+_LATE = {True: "kept", False: "folded"}
+"""What the engine-ready line says of a model's late system messages."""
 
 
 async def _generating_layers(
@@ -643,9 +656,9 @@ async def _generating_layers(
     chat_template: str | None,
 ) -> tuple[_Layers, tuple[str | None, str | None]]:
     """The layers of a generating engine, and the tool-call and reasoning parsers they use."""
-    architectures = list(getattr(engine.model_config.hf_config, "architectures", None) or [])
-    default_tools, default_reasoning = next(
-        (_DEFAULT_PARSERS[a] for a in architectures if a in _DEFAULT_PARSERS), (None, None)
+    traits = _traits(engine, chat_template)
+    default_tools, default_reasoning = default_parsers(
+        traits, lib.ToolParserManager.list_registered()
     )
     tool_parser = serving.get("tool_call_parser", default_tools) or None
     reasoning_parser = serving.get("reasoning_parser", default_reasoning) or None
@@ -668,6 +681,41 @@ async def _generating_layers(
             _serving_layers, lib, engine, models, chat_template, tool_parser, reasoning_parser
         )
     return layers, (tool_parser, reasoning_parser)
+
+
+def _traits(engine: Any, chat_template: str | None) -> ModelTraits:
+    """What the parser defaults are chosen from: the model's config and chat template text."""
+    config = engine.model_config.hf_config
+    template = chat_template
+    if template is None:
+        tokenizer = getattr(engine.renderer, "tokenizer", None)
+        found = getattr(tokenizer, "chat_template", None)
+        if isinstance(found, dict):
+            found = "\n".join(str(text) for text in found.values())
+        template = found if isinstance(found, str) else None
+    return ModelTraits(
+        architectures=tuple(getattr(config, "architectures", None) or ()),
+        model_type=str(getattr(config, "model_type", "") or ""),
+        chat_template=template,
+    )
+
+
+async def _takes_late_system(lib: _Vllm, engine: Any, tokenization: Any, model_id: str) -> bool:
+    """Whether the model's chat template renders a system message after the first turn."""
+    rendered: list[str | None] = []
+    for probe in LATE_SYSTEM_PROBES:
+        request = lib.TokenizeChatRequest(
+            model=model_id, messages=list(probe), add_generation_prompt=True
+        )
+        text: str | None = None
+        try:
+            result = await tokenization.create_tokenize(request, None)
+            if not isinstance(result, lib.ErrorResponse):
+                text = str(engine.renderer.get_tokenizer().decode(result.tokens))
+        except Exception:  # a template that raises refuses, whatever it raises
+            text = None
+        rendered.append(text)
+    return takes_late_system(rendered)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -736,9 +784,14 @@ def _serving_layers(
         enable_auto_tools=tool_parser is not None,
         tool_parser=tool_parser,
         reasoning_parser=reasoning_parser or "",
+        enable_prompt_tokens_details=True,
     )
     completion = lib.OpenAIServingCompletion(
-        engine, models, online_renderer=renderer, request_logger=None
+        engine,
+        models,
+        online_renderer=renderer,
+        request_logger=None,
+        enable_prompt_tokens_details=True,
     )
     responses = lib.OpenAIServingResponses(
         engine,
@@ -775,6 +828,17 @@ def _pooling_layers(
     return _Layers("embed", tokenization, embedding=embedding, scores=scores)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ChatShape:
+    """What a model's chat requests are fitted to (see :mod:`neuron.chat_rules`)."""
+
+    model_id: str
+    tool_calls: bool
+    """A tool-call parser is on: automatic tool choice works."""
+    late_system: bool
+    """The chat template takes a system message after the first turn."""
+
+
 class VllmEngine:
     """One running ``AsyncLLM`` and the OpenAI serving objects over it."""
 
@@ -786,6 +850,7 @@ class VllmEngine:
         recorder: _StatsRecorder,
         processes: frozenset[psutil.Process],
         rpc_dir: Path,
+        shape: _ChatShape,
     ) -> None:
         self._lib = lib
         self._engine = engine
@@ -794,6 +859,8 @@ class VllmEngine:
         self._recorder = recorder
         self._processes = processes
         self._rpc_dir = rpc_dir
+        self._shape = shape
+        self._said_tools_off = False
 
     @property
     def max_model_len(self) -> int:
@@ -811,18 +878,54 @@ class VllmEngine:
         return bool(self._engine.errored)
 
     async def chat(self, body: bytes) -> Reply:
-        """Validate with vLLM's own request model and serve with its chat layer."""
+        """Validate with vLLM's own request model, fit it to the model, serve with its chat layer.
+
+        See :mod:`neuron.chat_rules` for what is fitted: late system messages,
+        tools without a parser, max_tokens, and a prompt too long, counted.
+        """
         chat = self._layers.chat
-        return await self._serve(
-            body, self._lib.ChatCompletionRequest, chat and chat.create_chat_completion
-        )
+        if chat is None:
+            return self._wrong_task()
+        request = self._validated(body, self._lib.ChatCompletionRequest)
+        if isinstance(request, JsonReply):
+            return request
+        if not self._shape.late_system:
+            request.messages = fold_system_messages(request.messages)
+        if request.tools and not self._shape.tool_calls:
+            request.tool_choice, refusal = tool_choice_without_parser(request.tool_choice)
+            self._say_tools_off()
+            if refusal is not None:
+                return JsonReply(400, encode(error_envelope(refusal, code=400)))
+        self._fit_output(request)
+        result = await self._call(request, chat.create_chat_completion)
+        if _overflowed(self._lib, result):
+            tools = [tool.model_dump() for tool in request.tools] if request.tools else None
+            counted = self._lib.TokenizeChatRequest(
+                model=request.model,
+                messages=request.messages,
+                tools=tools,
+                add_generation_prompt=request.add_generation_prompt,
+                chat_template_kwargs=request.chat_template_kwargs,
+            )
+            return await self._refuse_overflow(result, counted)
+        return _reply(self._lib, result)
 
     async def completion(self, body: bytes) -> Reply:
         """Validate with vLLM's own request model and serve with its completion layer."""
         completion = self._layers.completion
-        return await self._serve(
-            body, self._lib.CompletionRequest, completion and completion.create_completion
-        )
+        if completion is None:
+            return self._wrong_task()
+        request = self._validated(body, self._lib.CompletionRequest)
+        if isinstance(request, JsonReply):
+            return request
+        self._fit_output(request)
+        result = await self._call(request, completion.create_completion)
+        if _overflowed(self._lib, result) and isinstance(request.prompt, str):
+            counted = self._lib.TokenizeCompletionRequest(
+                model=request.model, prompt=request.prompt
+            )
+            return await self._refuse_overflow(result, counted)
+        return _reply(self._lib, result)
 
     async def responses(self, body: bytes) -> Reply:
         """Serve with vLLM's Responses layer; a stream is its named events, as vLLM frames them."""
@@ -845,6 +948,35 @@ class VllmEngine:
         layers = self._layers
         return await self._serve(body, self._lib.ScoreRequest, layers.scores, _pooled_reply)
 
+    def _fit_output(self, request: Any) -> None:
+        """max_tokens (or max_completion_tokens) at most the context: vLLM serves what is left."""
+        request.max_tokens = fit_output(request.max_tokens, self.max_model_len)
+        if getattr(request, "max_completion_tokens", None) is not None:
+            request.max_completion_tokens = fit_output(
+                request.max_completion_tokens, self.max_model_len
+            )
+
+    def _say_tools_off(self) -> None:
+        """Log once per model that its tool calls are off, and what turns them on."""
+        if self._said_tools_off:
+            return
+        self._said_tools_off = True
+        log.warning(
+            "tool calls are off for this model: requests with tools are answered in text",
+            extra={"model": self._shape.model_id, "setting": TOOL_CALLS_SETTING},
+        )
+
+    def _wrong_task(self) -> Reply:
+        message = f"this engine's task is {self._layers.task!r}: it does not serve this route"
+        return JsonReply(400, encode(error_envelope(message, code=400)))
+
+    def _validated(self, body: bytes, request_type: Any) -> Any:
+        """``body`` as vLLM's request model, or the 400 that says why it is not one."""
+        try:
+            return self._lib.validate(request_type, body)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            return JsonReply(400, encode(error_envelope(_validation_message(exc), code=400)))
+
     async def _serve(
         self,
         body: bytes,
@@ -853,27 +985,43 @@ class VllmEngine:
         render: Callable[[_Vllm, Any], Reply] | None = None,
     ) -> Reply:
         if method is None:
-            message = f"this engine's task is {self._layers.task!r}: it does not serve this route"
-            return JsonReply(400, encode(error_envelope(message, code=400)))
+            return self._wrong_task()
+        request = self._validated(body, request_type)
+        if isinstance(request, JsonReply):
+            return request
+        return (render or _reply)(self._lib, await self._call(request, method))
+
+    async def _call(self, request: Any, method: Any) -> Any:
         try:
-            request = self._lib.validate(request_type, body)
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            return JsonReply(400, encode(error_envelope(_validation_message(exc), code=400)))
-        try:
-            result = await method(request, None)
+            return await method(request, None)
         except Exception as exc:
             # What vLLM's own FastAPI exception handlers do with these.
-            result = self._lib.create_error_response(exc)
-        return (render or _reply)(self._lib, result)
+            return self._lib.create_error_response(exc)
+
+    async def _refuse_overflow(self, result: Any, counted: Any) -> Reply:
+        """A prompt longer than the context, refused with its whole size (vLLM's stops early)."""
+        try:
+            answer = await self._tokenization.create_tokenize(counted, None)
+        except Exception:
+            answer = None
+        if answer is None or isinstance(answer, self._lib.ErrorResponse):
+            return _reply(self._lib, result)
+        if int(answer.count) <= self.max_model_len:
+            return _reply(self._lib, result)
+        return JsonReply(400, encode(context_length_error(int(answer.count), self.max_model_len)))
 
     async def tokenize(self, request: TokenizeRequest) -> TokenizeResponse:
         """Count with vLLM's tokenization layer: the model's tokenizer and chat template."""
         if request.messages is not None:
+            messages = request.messages
+            if not self._shape.late_system:
+                messages = fold_system_messages(messages)
             vllm_request = self._lib.TokenizeChatRequest(
                 model=request.model,
-                messages=request.messages,
+                messages=messages,
                 tools=request.tools,
                 add_generation_prompt=request.add_generation_prompt,
+                chat_template_kwargs=request.chat_template_kwargs,
             )
         else:
             vllm_request = self._lib.TokenizeCompletionRequest(
@@ -912,6 +1060,11 @@ class VllmEngine:
         await _reap(set(self._processes))
         shutil.rmtree(self._rpc_dir, ignore_errors=True)
         log.info("engine stopped", extra={"seconds": round(time.monotonic() - started, 1)})
+
+
+def _overflowed(lib: _Vllm, result: Any) -> bool:
+    """Whether vLLM refused the request because its prompt does not fit the context."""
+    return isinstance(result, lib.ErrorResponse) and result.error.param in _OVERFLOW_PARAMS
 
 
 def _validation_message(exc: ValueError) -> str:

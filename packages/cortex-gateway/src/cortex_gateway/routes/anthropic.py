@@ -4,7 +4,9 @@ The same pipeline as the OpenAI routes (aliases, routing, cold loads,
 metrics, errors in Anthropic's envelope); the body is translated by
 ``translate.anthropic`` on the way in and the answer on the way out. A stream
 whose model is not ready within a second starts at once and sends ``ping``
-events while the client waits.
+events while the client waits. Claude Code's billing block is dropped first
+(``[anthropic] strip_billing_header``), and its session header keeps a
+conversation on one node (``[anthropic] session_affinity``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cortex_core.anthropic import CountTokensRequest, CountTokensResponse, MessagesRequest
+from cortex_core.anthropic import (
+    CountTokensRequest,
+    CountTokensResponse,
+    MessagesRequest,
+    ThinkingAdaptive,
+    ThinkingEnabled,
+)
+from cortex_core.config import AnthropicSection
 from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse
 from cortex_core.openai import ChatCompletion
 from cortex_core.wire import WireError, decode, encode
@@ -31,12 +40,14 @@ from cortex_gateway.responses import json_response
 from cortex_gateway.routes.endpoint import Handler, endpoint
 from cortex_gateway.state import Gateway
 from cortex_gateway.translate.anthropic import (
+    SESSION_HEADER,
     StreamTranslator,
     from_openai,
     openai_messages_for_tokenize,
     relay,
     sse_event,
     to_openai,
+    without_billing_header,
 )
 
 __all__ = ["AnthropicRoutes", "MessagesForward"]
@@ -53,13 +64,22 @@ class MessagesForward:
 
     path = CHAT
 
-    def __init__(self, body: bytes, message: MessagesRequest) -> None:
+    def __init__(
+        self, body: bytes, message: MessagesRequest, *, strip_billing_header: bool = True
+    ) -> None:
         self.model = message.model
         self.streaming = bool(message.stream)
         self._body = body
-        self._message = message
+        stripped = without_billing_header(message) if strip_billing_header else message
+        self._stripped = stripped is not message
+        self._message = stripped
         self._concrete = message.model
         self._translator: StreamTranslator | None = None
+        thinking = stripped.thinking
+        self._omit_thinking = (
+            isinstance(thinking, ThinkingEnabled | ThinkingAdaptive)
+            and thinking.display == "omitted"
+        )
 
     @property
     def early_start(self) -> EarlyStart:
@@ -67,8 +87,11 @@ class MessagesForward:
         return EarlyStart(READY_WITHIN_S, PING_EVERY_S)
 
     def prompt(self) -> bytes:
-        """The raw JSON of the system prompt, then of the messages."""
-        return decode_body(self._body, MessagesView).rendered
+        """The raw JSON of the system prompt (less the billing block), then of the messages."""
+        view = decode_body(self._body, MessagesView)
+        if self._stripped:
+            return encode(self._message.system) + bytes(view.messages)
+        return view.rendered
 
     def prepare(self, model: str) -> bytes:
         """The OpenAI chat request for ``model``."""
@@ -87,29 +110,42 @@ class MessagesForward:
                 error=exc.message,
             ) from exc
         meter.usage = answer.usage
-        message = from_openai(answer, self._concrete, self._message.stop_sequences)
+        message = from_openai(
+            answer,
+            self._concrete,
+            self._message.stop_sequences,
+            omit_thinking=self._omit_thinking,
+        )
         return json_response(message, headers=call.headers())
 
     def stream(
         self, call: Call, chunks: AsyncIterator[bytes], meter: Meter
     ) -> AsyncIterator[bytes]:
         """The chunk stream as Anthropic stream events."""
-        stop = self._message.stop_sequences
-        self._translator = translator = StreamTranslator(self._concrete, stop_sequences=stop)
+        self._translator = translator = StreamTranslator(
+            self._concrete,
+            stop_sequences=self._message.stop_sequences,
+            omit_thinking=self._omit_thinking,
+        )
         return relay(translator, chunks, meter)
 
     def render_error(self, error: GatewayError) -> bytes:
         """One bare ``error`` event (nothing if the message already ended)."""
         assert self._translator is not None, "a stream fails only once it has started"
-        failed = self._translator.fail(error.message, anthropic_type(error.status))
+        failed = self._translator.fail(
+            error.anthropic().error.message, anthropic_type(error.status)
+        )
         return b"".join(sse_event(event) for event in failed)
 
 
 async def _count(counted: CountTokensRequest, client: NeuronApi, model: str) -> TokenizeResponse:
     """The prompt's tokens, by the model's own tokenizer and chat template on its node."""
-    messages, tools = openai_messages_for_tokenize(counted)
+    messages, tools, template_kwargs = openai_messages_for_tokenize(counted)
+    request = TokenizeRequest(
+        model=model, messages=messages, tools=tools, chat_template_kwargs=template_kwargs
+    )
     try:
-        return await client.tokenize(TokenizeRequest(model=model, messages=messages, tools=tools))
+        return await client.tokenize(request)
     except NeuronCallError as exc:
         raise GatewayError(
             400 if exc.upstream_status == 400 else 502,
@@ -139,15 +175,27 @@ class AnthropicRoutes:
             r("/v1/messages/count_tokens", "count_tokens", self.count_tokens),
         ]
 
+    @property
+    def settings(self) -> AnthropicSection:
+        """``[anthropic]`` of ``cortex.toml``."""
+        return self.gateway.config.cortex.anthropic
+
     async def messages(self, request: Request, call: Call) -> Response:
         """``POST /v1/messages``."""
         body = await read_body(request, self.gateway.settings)
         message = decode_body(body, MessagesRequest)
-        return await self.gateway.pipeline.forward(request, call, MessagesForward(body, message))
+        if self.settings.session_affinity:
+            call.session = request.headers.get(SESSION_HEADER) or None
+        forward = MessagesForward(
+            body, message, strip_billing_header=self.settings.strip_billing_header
+        )
+        return await self.gateway.pipeline.forward(request, call, forward)
 
     async def count_tokens(self, request: Request, call: Call) -> Response:
         """``POST /v1/messages/count_tokens``, counted by the routed model's own tokenizer."""
         counted = decode_body(await read_body(request, self.gateway.settings), CountTokensRequest)
+        if self.settings.strip_billing_header:
+            counted = without_billing_header(counted)
         question = partial(_count, counted)
         answer = await self.gateway.pipeline.ask(request, call, counted.model, question)
         return json_response(CountTokensResponse(input_tokens=answer.count), headers=call.headers())

@@ -11,10 +11,16 @@ stream, :func:`relay` the upstream's bytes: every SSE payload through a
 - ``stream``: OpenAI chunk streams → Anthropic stream events
 - ``relay``: the chunk loop: an upstream SSE byte stream through the translator, pings, metering
 - ``tool_json``: tool-call argument text kept a valid, repaired JSON object prefix
+- ``claude_code``: Claude Code's billing block (dropped) and session header
 
 Each module's docstring lists the choices it makes where the two APIs differ.
 """
 
+from cortex_gateway.translate.anthropic.claude_code import (
+    BILLING_PREFIX,
+    SESSION_HEADER,
+    without_billing_header,
+)
 from cortex_gateway.translate.anthropic.relay import PING, relay
 from cortex_gateway.translate.anthropic.requests import openai_messages_for_tokenize, to_openai
 from cortex_gateway.translate.anthropic.responses import (
@@ -26,7 +32,9 @@ from cortex_gateway.translate.anthropic.stream import StreamTranslator, sse_even
 from cortex_gateway.translate.anthropic.tool_json import parse_tool_arguments
 
 __all__ = [
+    "BILLING_PREFIX",
     "PING",
+    "SESSION_HEADER",
     "StreamTranslator",
     "from_openai",
     "new_message_id",
@@ -36,4 +44,5 @@ __all__ = [
     "relay",
     "sse_event",
     "to_openai",
+    "without_billing_header",
 ]

@@ -6,6 +6,16 @@
   is dropped. A request's ``thinking`` becomes the chat template's
   ``enable_thinking``; ``budget_tokens`` has no OpenAI counterpart and is not
   passed on; no ``thinking`` leaves the model's default.
+* ``context_management``'s ``clear_thinking_20251015`` edit is honoured: the
+  thinking of all but the last ``keep`` assistant turns that have some is not
+  sent. Other edits (clearing tool results) are ignored: the prompt is sent whole.
+* ``output_config.effort`` becomes ``reasoning_effort`` (``max`` and ``xhigh``
+  as ``high``, the most OpenAI's API names; an effort it does not know is left out).
+* A ``system`` turn inside ``messages`` (Claude Code sends its environment so)
+  stays a system message in its place; the neuron folds it into the
+  neighbouring user turn when the model's chat template refuses a late one.
+* Tools with ``defer_loading`` stay out of the prompt, as Anthropic keeps them
+  out until a tool search loads them.
 * Tool results come first in a user turn (as ``tool`` messages), images a tool
   returned follow in a user message; an ``is_error`` result is prefixed.
 """
@@ -23,6 +33,10 @@ __all__ = ["openai_messages_for_tokenize", "to_openai"]
 
 _IS_ERROR_PREFIX = "Error: "
 """Put before a tool result flagged ``is_error``: OpenAI tool messages have no such flag."""
+CLEAR_THINKING = "clear_thinking_20251015"
+"""The ``context_management`` edit that drops the thinking of older turns."""
+_EFFORTS = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+"""Anthropic's ``output_config.effort`` → OpenAI's ``reasoning_effort``."""
 
 
 def to_openai(
@@ -33,11 +47,15 @@ def to_openai(
     system = _system_text(request.system)
     if system:
         messages.append(oa.SystemMessage(content=system))
+    thinking_kept = _thinking_turns_kept(request)
     for message in request.messages:
         if message.role == "user":
             messages.extend(_user_messages(message.content))
+        elif message.role == "system":
+            if text := _system_text(message.content):
+                messages.append(oa.SystemMessage(content=text))
         else:
-            assistant = _assistant_message(message.content)
+            assistant = _assistant_message(message.content, thinking_kept)
             if assistant is not None:
                 messages.append(assistant)
 
@@ -48,7 +66,7 @@ def to_openai(
             )
         )
         for tool in request.tools or ()
-        if tool.input_schema is not None
+        if tool.input_schema is not None and not tool.defer_loading
     ]
     out = oa.ChatCompletionRequest(model=model, messages=messages)
     if tools:
@@ -59,6 +77,8 @@ def to_openai(
     elif isinstance(request.thinking, an.ThinkingDisabled):
         out.chat_template_kwargs = {"enable_thinking": False}
     if isinstance(request, an.MessagesRequest):
+        if request.output_config is not None and request.output_config.effort:
+            out.reasoning_effort = _EFFORTS.get(request.output_config.effort)
         out.max_tokens = request.max_tokens
         out.stop = list(request.stop_sequences) if request.stop_sequences else None
         out.temperature = request.temperature
@@ -74,20 +94,59 @@ def to_openai(
 
 def openai_messages_for_tokenize(
     request: an.MessagesRequest | an.CountTokensRequest,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
-    """The chat messages and tools of ``request`` as plain dicts, for a neuron's ``/tokenize``."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """The chat messages, tools and template settings of ``request``, for a neuron's ``/tokenize``.
+
+    Plain dicts: what the model will see of the request, as the neuron renders it.
+    """
     translated = to_openai(request, request.model)
     messages: list[dict[str, Any]] = to_builtins(translated.messages)
     tools: list[dict[str, Any]] | None = to_builtins(translated.tools) if translated.tools else None
-    return messages, tools
+    return messages, tools, translated.chat_template_kwargs
 
 
-def _system_text(system: str | list[an.TextBlock] | None) -> str:
+def _system_text(system: str | list[an.TextBlock] | list[an.ContentBlock] | None) -> str:
     if system is None:
         return ""
     if isinstance(system, str):
         return system
-    return "\n".join(block.text for block in system)
+    return "\n".join(block.text for block in system if isinstance(block, an.TextBlock))
+
+
+class _ThinkingKept:
+    """Which assistant turns keep their thinking (``clear_thinking_20251015``'s ``keep``)."""
+
+    def __init__(self, keep_last: int | None, turns_with_thinking: int) -> None:
+        self._first_kept = 0 if keep_last is None else turns_with_thinking - keep_last
+        self._seen = 0
+
+    def next_turn(self) -> bool:
+        """Whether the next assistant turn that has thinking keeps it."""
+        kept = self._seen >= self._first_kept
+        self._seen += 1
+        return kept
+
+
+def _thinking_turns_kept(request: an.MessagesRequest | an.CountTokensRequest) -> _ThinkingKept:
+    keep_last: int | None = None
+    edits = request.context_management.edits if request.context_management else None
+    for edit in edits or ():
+        if edit.type != CLEAR_THINKING:
+            continue
+        keep = edit.keep
+        if isinstance(keep, dict) and keep.get("type") == "thinking_turns":
+            value = keep.get("value")
+            keep_last = value if isinstance(value, int) and value >= 0 else 1
+        elif keep != "all":
+            keep_last = 1  # Anthropic's default for this edit: the last thinking turn only
+    with_thinking = sum(
+        1
+        for m in request.messages
+        if m.role == "assistant"
+        and not isinstance(m.content, str)
+        and any(isinstance(b, an.ThinkingBlock) for b in m.content)
+    )
+    return _ThinkingKept(keep_last, with_thinking)
 
 
 def _image_part(source: an.ImageSource) -> oa.ContentPart:
@@ -179,12 +238,16 @@ def _tool_result(block: an.ToolResultBlock) -> tuple[oa.ToolMessage, list[oa.Con
     return oa.ToolMessage(content=text, tool_call_id=block.tool_use_id), images
 
 
-def _assistant_message(content: str | list[an.ContentBlock]) -> oa.AssistantMessage | None:
+def _assistant_message(
+    content: str | list[an.ContentBlock], thinking: _ThinkingKept
+) -> oa.AssistantMessage | None:
     if isinstance(content, str):
         return oa.AssistantMessage(content=content) if content else None
     texts: list[str] = []
     thoughts: list[str] = []
     calls: list[oa.ToolCall] = []
+    if any(isinstance(b, an.ThinkingBlock) for b in content) and not thinking.next_turn():
+        content = [b for b in content if not isinstance(b, an.ThinkingBlock)]
     for block in content:
         if isinstance(block, an.TextBlock):
             texts.append(block.text)

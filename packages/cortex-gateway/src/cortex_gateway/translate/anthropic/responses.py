@@ -2,6 +2,8 @@
 
 * Thinking blocks produced here carry an empty ``signature``: there is no
   signature to give, and clients send the blocks back only to this gateway.
+  With ``thinking.display: "omitted"`` they carry no text either, as
+  Anthropic's API sends them then.
 * Upstream tool call ids are kept when Anthropic would accept them
   (``[A-Za-z0-9_-]+``, which vLLM's ``chatcmpl-tool-...`` ids are); others, and
   missing ones, get a fresh ``toolu_...`` id.
@@ -66,19 +68,22 @@ def map_stop(
 
 def split_input_tokens(usage: oa.Usage) -> tuple[int, int | None]:
     """Uncached prompt tokens and cache reads, as Anthropic counts them separately."""
-    details = usage.prompt_tokens_details
-    cached = details.cached_tokens if details is not None and details.cached_tokens else 0
-    cached = min(cached, usage.prompt_tokens)
+    cached = usage.cached_tokens
     return usage.prompt_tokens - cached, (cached or None)
 
 
 def from_openai(
-    response: oa.ChatCompletion, model: str, stop_sequences: Sequence[str] | None = None
+    response: oa.ChatCompletion,
+    model: str,
+    stop_sequences: Sequence[str] | None = None,
+    *,
+    omit_thinking: bool = False,
 ) -> an.Message:
     """The Anthropic message for the first choice of ``response``, named ``model``.
 
     ``stop_sequences`` are the request's: a vLLM ``stop_reason`` among them gives
-    ``stop_reason: "stop_sequence"``.
+    ``stop_reason: "stop_sequence"``. With ``omit_thinking``, a thinking block
+    is there but empty.
     """
     content: list[an.ResponseBlock] = []
     finish_reason: str | None = None
@@ -93,7 +98,8 @@ def from_openai(
         )
         reasoning = (reasoning or "").lstrip()
         if reasoning:
-            content.append(an.ThinkingBlock(thinking=reasoning, signature=""))
+            shown = "" if omit_thinking else reasoning
+            content.append(an.ThinkingBlock(thinking=shown, signature=""))
         text = (message.content or message.refusal or "").lstrip()
         if text:
             content.append(an.TextBlock(text=text))

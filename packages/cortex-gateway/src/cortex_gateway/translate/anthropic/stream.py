@@ -6,6 +6,8 @@
 * OpenAI streams each tool call's pieces one call after another; a piece for a
   call whose block was already closed is dropped.
 * No ``signature_delta`` is streamed; the Anthropic SDK does not need one.
+* With ``thinking.display: "omitted"``, a thinking block opens and closes with
+  no ``thinking_delta`` in between.
 """
 
 from __future__ import annotations
@@ -57,13 +59,19 @@ class StreamTranslator:
     """
 
     def __init__(
-        self, model: str, *, input_tokens: int = 0, stop_sequences: list[str] | None = None
+        self,
+        model: str,
+        *,
+        input_tokens: int = 0,
+        stop_sequences: list[str] | None = None,
+        omit_thinking: bool = False,
     ) -> None:
         """Translate for a response named ``model``; ``input_tokens`` goes in message_start."""
         self.model = model
         self.message_id = new_message_id()
         self._input_tokens = input_tokens
         self._stop_sequences = list(stop_sequences or ())
+        self._omit_thinking = omit_thinking
         self._started = False
         self._done = False
         self._next_index = 0
@@ -200,6 +208,8 @@ class StreamTranslator:
                 else an.ThinkingBlock(thinking="", signature="")
             )
             events.append(self._begin(block, kind))
+        if kind == "thinking" and self._omit_thinking:
+            return events
         delta: an.TextDelta | an.ThinkingDelta
         delta = an.TextDelta(text=text) if kind == "text" else an.ThinkingDelta(thinking=text)
         events.append(an.ContentBlockDelta(index=self._open_index(), delta=delta))
