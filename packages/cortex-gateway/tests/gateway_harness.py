@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from starlette.types import Message
 from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway
 from cortex_gateway.testing import ScriptedFleet, ScriptedModel, ScriptedNode
-from cortex_gateway.testing.live import config_keys
+from cortex_gateway.testing.live import config_keys, key_tables
 
 __all__ = [
     "TASKS_CATALOGUE",
@@ -146,13 +146,15 @@ async def serve(
     eviction: dict[str, object] | None = None,
     scheduling: dict[str, object] | None = None,
     routing: dict[str, object] | None = None,
+    keys: Sequence[Mapping[str, object]] = (),
     environ: dict[str, str] | None = None,
     **gateway: object,
 ) -> AsyncIterator[Harness]:
     """Start the gateway over ``nodes``; ``gateway`` and ``eviction`` are config keys.
 
-    ``environ`` holds the neurons' tokens (default: each node's own, as the
-    fleet's config names them).
+    ``keys``: ``[[keys]]`` entries. ``environ`` holds the neurons' tokens
+    (default: each node's own, as the fleet's config names them) and the keys'
+    ``key_env`` variables.
     """
     fleet = ScriptedFleet(nodes, models)
     settings = {"poll_interval_s": 0.05, **gateway}
@@ -163,6 +165,7 @@ async def serve(
         eviction=config_keys(eviction or {}),
         scheduling=config_keys(scheduling or {}),
         routing=config_keys(routing or {}),
+        tables=key_tables(keys),
     )
     environ = fleet.environ() if environ is None else environ
     api, metrics, state = create_apps(config, neurons=fleet, environ=environ)

@@ -21,6 +21,7 @@ from cortex_core.catalogue import Catalogue
 from cortex_core.text import printable
 from cortex_gateway.errors import Surface
 from cortex_gateway.responses import NODE_HEADER, REQUEST_ID_HEADER
+from cortex_gateway.tenants import ANONYMOUS, Tenant
 
 __all__ = ["INFERENCE_ROUTES", "Call"]
 
@@ -63,6 +64,10 @@ class Call:
     """When a node was chosen for it (monotonic)."""
     prefix: list[int] | None = None
     """The prompt's prefix hashes, for prefix-aware routing (None: not scored)."""
+    tenant: Tenant = ANONYMOUS
+    """Whose key it came with (the unnamed tenant until the key is checked, or without keys)."""
+    admitted: bool = False
+    """Counted in against its key's limits: counted out when it ends."""
 
     @classmethod
     def begin(cls, request: Request, handler: str, surface: Surface) -> Call:
@@ -85,7 +90,10 @@ class Call:
     def fields(self) -> dict[str, str]:
         """The log fields known so far (what the client named, made printable and bounded)."""
         found = {"model": self.model, "alias": self.alias, "node": self.node}
-        return {k: printable(v) for k, v in found.items() if v is not None}
+        fields = {k: printable(v) for k, v in found.items() if v is not None}
+        if self.tenant.name:
+            fields["key"] = self.tenant.name  # the key's name (a config name), never the key
+        return fields
 
     def headers(self) -> dict[str, str]:
         """Headers every answer to this request carries: its id, and the node if one was chosen."""

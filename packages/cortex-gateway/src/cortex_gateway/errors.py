@@ -37,6 +37,7 @@ class ErrorKind(enum.StrEnum):
     FORBIDDEN = "forbidden"
     NOT_FOUND = "not_found"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     UPSTREAM = "upstream"
     TIMEOUT = "timeout"
@@ -57,6 +58,7 @@ _OPENAI_TYPES: dict[ErrorKind, str] = {
     ErrorKind.FORBIDDEN: "permission_error",
     ErrorKind.NOT_FOUND: "not_found_error",
     ErrorKind.OVERLOADED: "rate_limit_error",
+    ErrorKind.RATE_LIMITED: "rate_limit_error",
     ErrorKind.UNAVAILABLE: "service_unavailable",
     ErrorKind.UPSTREAM: "upstream_error",
     ErrorKind.TIMEOUT: "timeout",
@@ -98,6 +100,7 @@ class GatewayError(Exception):
         message: str,
         *,
         headers: dict[str, str] | None = None,
+        code: str | None = None,
         **log: Any,
     ) -> None:
         super().__init__(message)
@@ -106,11 +109,15 @@ class GatewayError(Exception):
         self.message = message
         self.headers = headers or {}
         """Headers the answer carries (``Retry-After`` on a 429)."""
+        self.code = code
+        """The OpenAI envelope's ``code`` where it is a name (``rate_limit_exceeded``);
+        else the status."""
         self.log = log
 
     def openai(self) -> OpenAIEnvelope:
         """The OpenAI error envelope."""
-        return openai_envelope(self.message, _OPENAI_TYPES[self.kind], code=self.status)
+        code = self.status if self.code is None else self.code
+        return openai_envelope(self.message, _OPENAI_TYPES[self.kind], code=code)
 
     def anthropic(self) -> AnthropicEnvelope:
         """The Anthropic error envelope."""

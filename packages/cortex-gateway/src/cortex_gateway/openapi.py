@@ -18,6 +18,7 @@ from cortex_core import openai as oa
 from cortex_core import responses_api as ra
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import FleetModel, FleetModelList
+from cortex_gateway.usage import UsageReport
 
 __all__ = ["AdminAnswer", "AdminRequest", "ReloadAnswer", "openapi_document"]
 
@@ -99,6 +100,7 @@ def openapi_document() -> dict[str, Any]:
         AdminRequest,
         AdminAnswer,
         ReloadAnswer,
+        UsageReport,
         Health,
     ]
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
@@ -244,9 +246,16 @@ def openapi_document() -> dict[str, Any]:
                 "responses": answers(ref[AdminAnswer], openai_error, admin),
             }
         },
+        "/admin/usage": {
+            "get": {
+                "summary": "Requests and tokens per key and model since the gateway started",
+                "responses": answers(ref[UsageReport], openai_error, [401, 403, 500]),
+            }
+        },
         "/admin/reload": {
             "post": {
-                "summary": "Read models.toml again (aliases and profiles), as SIGHUP does",
+                "summary": "Read models.toml (aliases and profiles) and the keys of cortex.toml"
+                " again, as SIGHUP does",
                 "responses": answers(ref[ReloadAnswer], openai_error, [401, 403, 422, 500]),
             }
         },

@@ -8,19 +8,30 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from cortex_core.catalogue import load_catalogue
-from cortex_core.config import ConfigError, GatewayConfig, GatewaySection, check_catalogue_nodes
+from cortex_core.config import (
+    ConfigError,
+    GatewayConfig,
+    GatewaySection,
+    check_catalogue_nodes,
+    load_cortex_config,
+)
 from cortex_gateway import __version__
 from cortex_gateway.activity import Series, Timeline
+from cortex_gateway.auth import Keys
 from cortex_gateway.events import Events, log_event
 from cortex_gateway.lifecycle import Lifecycle
 from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import Neurons
 from cortex_gateway.outcomes import Outcomes
 from cortex_gateway.pipeline import Pipeline
+from cortex_gateway.quotas import LocalQuotas, Quotas
+from cortex_gateway.tenants import KeyRing, cache_secret, read_keys
+from cortex_gateway.usage import KeyAccounts, UsageReport
 
 __all__ = ["Gateway", "NeuronsFactory", "Running"]
 
@@ -28,6 +39,8 @@ log = logging.getLogger(__name__)
 
 NeuronsFactory = Callable[[GatewayConfig], Neurons]
 """How the gateway reaches its neurons, made once it starts (in its event loop)."""
+QuotasFactory = Callable[[], Quotas]
+"""Where limited keys are counted: this process (default), or a supervisor's shared count."""
 FLUSH_S = 0.5
 """After cutting what was still running at shutdown, how long its error events get to go out."""
 
@@ -44,6 +57,7 @@ class Running:
     metrics: GatewayMetrics
     pipeline: Pipeline
     poller: asyncio.Task[None]
+    accounts: KeyAccounts
 
 
 class Gateway:
@@ -54,12 +68,17 @@ class Gateway:
         config: GatewayConfig,
         neurons: NeuronsFactory,
         environ: Mapping[str, str] | None = None,
+        quotas: QuotasFactory = LocalQuotas,
     ) -> None:
         self.config = config
         self.draining = False
         """SIGTERM came: ``/health`` answers 503 while requests in flight finish."""
         self._connect = neurons
         self._environ = os.environ if environ is None else environ
+        self._secret = cache_secret(self._environ)
+        self._quotas = quotas
+        self.usage_of_all: Callable[[], Awaitable[UsageReport]] | None = None
+        """With ``workers = N``: every worker's usage, gathered by the supervisor."""
         self._running: Running | None = None
         self.on_reloaded: Callable[[], object] | None = None
         """Called after ``POST /admin/reload`` succeeded (a worker tells its supervisor)."""
@@ -101,9 +120,22 @@ class Gateway:
         """``[gateway]`` of ``cortex.toml``."""
         return self.config.cortex.gateway
 
+    def read_keys(self, cortex_path: Path | None = None) -> KeyRing:
+        """The keys ``cortex.toml`` gives (read again from ``cortex_path``); a ConfigError."""
+        path = self.config.path
+        cortex = self.config.cortex if cortex_path is None else load_cortex_config(cortex_path)
+        return read_keys(path, cortex, self._environ, self._secret)
+
+    async def usage(self) -> UsageReport:
+        """Usage per key since the start: this process's, or every worker's together."""
+        if self.usage_of_all is not None:
+            return await self.usage_of_all()
+        return self.running.accounts.book.report()
+
     async def start(self) -> None:
         """Reach the neurons, poll them once, and keep polling in the background."""
         tokens = self.config.neuron_tokens(self._environ)
+        keys = Keys(self.read_keys())
         neurons = self._connect(self.config)
         events, timeline = Events(), Timeline()
         lifecycle = Lifecycle(self.config, neurons, events, tokens=tokens)
@@ -114,12 +146,14 @@ class Gateway:
         events.on(metrics.observe_event)
         events.on(log_event)
         series = Series()
-        outcomes = Outcomes(metrics, series)
-        pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes)
+        accounts = KeyAccounts(metrics.registry)
+        quotas = self._quotas()
+        outcomes = Outcomes(metrics, series, accounts, quotas)
+        pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes, keys, quotas)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
         self._running = Running(
-            neurons, events, timeline, series, lifecycle, metrics, pipeline, poller
+            neurons, events, timeline, series, lifecycle, metrics, pipeline, poller, accounts
         )
         log.info(
             "gateway started",
@@ -131,24 +165,32 @@ class Gateway:
         )
 
     def reload(self) -> ConfigError | None:
-        """Read ``models.toml`` again (SIGHUP, ``POST /admin/reload``).
+        """Read ``models.toml`` and ``cortex.toml``'s keys again (SIGHUP, ``POST /admin/reload``).
 
-        A broken file is refused, logged once, and returned; the catalogue in
-        force stays. Requests in flight keep the model they resolved.
+        A broken file (or a key whose ``key_env`` is unset) is refused, logged
+        once, and returned; the catalogue and keys in force stay. Requests in
+        flight keep the model they resolved and the key they were admitted with.
         """
         path = self.config.models_path
         try:
             catalogue = load_catalogue(path)
             check_catalogue_nodes(self.config.path, path, self.config.cortex, catalogue)
+            keys = self.read_keys(self.config.path)
         except ConfigError as exc:
             log.error("catalogue not reloaded", extra={"path": str(path), "error": str(exc)})
             return exc
         self.config = dataclasses.replace(self.config, catalogue=catalogue)
         if self._running is not None:
             self._running.lifecycle.use(catalogue)
+            self._running.pipeline.keys.use(keys)
         log.info(
             "catalogue reloaded",
-            extra={"path": str(path), "models": len(catalogue), "aliases": len(catalogue.aliases)},
+            extra={
+                "path": str(path),
+                "models": len(catalogue),
+                "aliases": len(catalogue.aliases),
+                "keys": len(keys.names()),
+            },
         )
         return None
 

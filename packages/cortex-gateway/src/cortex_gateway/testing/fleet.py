@@ -657,8 +657,12 @@ class ScriptedFleet:
         eviction: str = "",
         scheduling: str = "",
         routing: str = "",
+        tables: str = "",
     ) -> GatewayConfig:
-        """Write ``cortex.toml`` (its ``[[neurons]]`` are this fleet) and ``models.toml``; load."""
+        """Write ``cortex.toml`` (its ``[[neurons]]`` are this fleet) and ``models.toml``; load.
+
+        ``tables``: more of ``cortex.toml`` after the neurons (``[[keys]]`` tables).
+        """
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "models.toml").write_text(models_toml)
         neurons = "".join(
@@ -670,6 +674,7 @@ class ScriptedFleet:
         path.write_text(
             f'[gateway]\nlisten = "127.0.0.1:1"\nmetrics_listen = "127.0.0.1:2"\n{gateway}\n'
             f"[eviction]\n{eviction}\n[scheduling]\n{scheduling}\n[routing]\n{routing}\n{neurons}"
+            f"{tables}"
         )
         return load_gateway_config(path)
 

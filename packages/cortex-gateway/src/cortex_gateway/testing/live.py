@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,14 +29,19 @@ from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway
 from cortex_gateway.testing.fleet import ScriptedFleet, ScriptedModel, ScriptedNode
 
-__all__ = ["LiveGateway", "config_keys"]
+__all__ = ["LiveGateway", "config_keys", "key_tables"]
 
 T = TypeVar("T")
 
 
-def config_keys(options: dict[str, object]) -> str:
+def config_keys(options: Mapping[str, object]) -> str:
     """``key = value`` lines of a ``cortex.toml`` section (values as JSON, which TOML reads)."""
     return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
+
+
+def key_tables(keys: Sequence[Mapping[str, object]]) -> str:
+    """``[[keys]]`` tables of ``cortex.toml``, one per dict of its keys."""
+    return "".join(f"[[keys]]\n{config_keys(entry)}" for entry in keys)
 
 
 class LiveGateway:
