@@ -179,13 +179,20 @@ async def serve(
 
 
 async def disconnecting(
-    app: Starlette, path: str, body: bytes, *, after: int = 1, after_s: float | None = None
+    app: Starlette,
+    path: str,
+    body: bytes,
+    *,
+    after: int = 1,
+    after_s: float | None = None,
+    key: str | None = None,
 ) -> tuple[int, list[bytes]]:
     """POST ``body`` as hypercorn would, and disconnect once ``after`` body chunks came back.
 
     Answers the status and the chunks received. ``after=0`` disconnects
     before the request body is even delivered; ``after_s`` disconnects that
-    many seconds after the body was delivered, whatever came back.
+    many seconds after the body was delivered, whatever came back. ``key``
+    goes as ``Authorization: Bearer``.
     """
     gone = asyncio.Event()
     delivered = False
@@ -223,7 +230,11 @@ async def disconnecting(
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"gateway")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"host", b"gateway"),
+            *([(b"authorization", f"Bearer {key}".encode())] if key else []),
+        ],
         "client": ("127.0.0.1", 40000),
         "server": ("gateway", 80),
     }

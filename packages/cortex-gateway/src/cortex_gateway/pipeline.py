@@ -308,7 +308,15 @@ class Pipeline:
         """
         assert call.model is not None, "name the model first"
         prefix = call.prefix or ()
-        got = self.life.lease(call.model, exclude=exclude, arrived=call.started, prefix=prefix)
+        tenant = call.tenant
+        got = self.life.lease(
+            call.model,
+            exclude=exclude,
+            arrived=call.started,
+            prefix=prefix,
+            key=tenant.name,
+            batch=tenant.batch,
+        )
         lease = got if isinstance(got, Lease) else await _waited(got, request)
         call.node = lease.node
         call.routed = time.monotonic()

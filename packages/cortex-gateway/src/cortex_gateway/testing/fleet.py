@@ -102,6 +102,8 @@ class JsonAnswer:
     """The neuron marks its error message safe to show the client."""
     delay_s: float = 0.0
     """Seconds the answer takes (a generation's time)."""
+    until: asyncio.Event | None = None
+    """The answer comes once this is set (a generation the test ends when it wants)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,13 +181,16 @@ class ScriptedNode:
         answer_delay_s: float = 0.0,
         version: str = "0.0.0+scripted",
         token: str | None = None,
+        max_num_seqs: int | None = None,
     ) -> None:
         """A node with GPUs of ``gpus`` GiB each (none: a CPU node with ``host_memory_gib``).
 
-        With ``token``, every call but health needs it (401 otherwise).
+        With ``token``, every call but health needs it (401 otherwise);
+        ``max_num_seqs``: the batch limit its engines report (none: they do not say).
         """
         self.name = name
         self.token = token
+        self.max_num_seqs = max_num_seqs
         self.slow_s = 0.0
         """Seconds each management call takes (past the fleet's call timeout: it times out)."""
         self.gpus = [int(g * GIB) for g in gpus]
@@ -247,6 +252,7 @@ class ScriptedNode:
             memory_bytes=memory,
             loaded_at=time.time(),
             last_used=time.time(),
+            max_num_seqs=self.max_num_seqs,
             task=task,
         )
 
@@ -353,6 +359,7 @@ class ScriptedNode:
             loaded_at=now,
             last_used=now,
             max_model_len=2048,
+            max_num_seqs=self.max_num_seqs,
             task=task,
         )
         self.models[model.id] = ready
@@ -592,6 +599,12 @@ class ScriptedUpstream:
                 if self.answer.delay_s:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._dropped.wait(), self.answer.delay_s)
+                if self.answer.until is not None:
+                    dropped = asyncio.ensure_future(self._dropped.wait())
+                    done = asyncio.ensure_future(self.answer.until.wait())
+                    await asyncio.wait({dropped, done}, return_when=asyncio.FIRST_COMPLETED)
+                    dropped.cancel()
+                    done.cancel()
                 if self.answer.break_read or self._dropped.is_set():
                     raise UpstreamError("ClientPayloadError: response payload is not completed")
                 return self.answer.body
