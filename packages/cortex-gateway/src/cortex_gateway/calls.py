@@ -20,6 +20,7 @@ from starlette.requests import Request
 from cortex_core.catalogue import Catalogue
 from cortex_core.text import printable
 from cortex_gateway.errors import Surface
+from cortex_gateway.quotas import Admission
 from cortex_gateway.responses import NODE_HEADER, REQUEST_ID_HEADER
 from cortex_gateway.tenants import ANONYMOUS, Tenant
 
@@ -66,7 +67,7 @@ class Call:
     """The prompt's prefix hashes, for prefix-aware routing (None: not scored)."""
     tenant: Tenant = ANONYMOUS
     """Whose key it came with (the unnamed tenant until the key is checked, or without keys)."""
-    admitted: bool = False
+    admission: Admission | None = None
     """Counted in against its key's limits: counted out when it ends."""
 
     @classmethod

@@ -27,6 +27,7 @@ from cortex_core.runtime.loops import run as run_loop
 from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
+from cortex_gateway.tenants import read_keys
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
@@ -77,6 +78,7 @@ def main() -> None:
 @click.option("--worker", type=int, default=None, hidden=True)
 @click.option("--api-fd", type=int, default=None, hidden=True)
 @click.option("--metrics-fd", type=int, default=None, hidden=True)
+@click.option("--shared-fd", type=int, default=None, hidden=True)
 def serve(
     config_path: str | None,
     log_format: LogFormat,
@@ -84,6 +86,7 @@ def serve(
     worker: int | None,
     api_fd: int | None,
     metrics_fd: int | None,
+    shared_fd: int | None,
 ) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain requests in flight.
 
@@ -95,13 +98,15 @@ def serve(
     config = _load(path)
     try:
         config.neuron_tokens(os.environ)  # refuse now, not at the first call
+        read_keys(config.path, config.cortex, os.environ, b"")
     except ConfigError as exc:
         click.echo(f"cortex: {exc}", err=True)
         sys.exit(2)
     if worker is not None and api_fd is not None and metrics_fd is not None:
         # One of a supervisor's workers: its sockets are inherited, already bound.
         configure_logging(log_format, log_level.upper())
-        run_loop(_serve(config, f"fd://{api_fd}", f"fd://{metrics_fd}", worker=worker))
+        at = (f"fd://{api_fd}", f"fd://{metrics_fd}")
+        run_loop(_serve(config, *at, worker=worker, shared_fd=shared_fd))
         return
     try:  # now: a port in use is one line, before anything starts
         api_bind = bind_listen(config.cortex.gateway.listen)
@@ -122,14 +127,25 @@ def serve(
 
 
 async def _serve(
-    config: GatewayConfig, api_bind: str, metrics_bind: str, *, worker: int | None = None
+    config: GatewayConfig,
+    api_bind: str,
+    metrics_bind: str,
+    *,
+    worker: int | None = None,
+    shared_fd: int | None = None,
 ) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
 
     from cortex_core.runtime.serving import server_config
     from cortex_gateway.app import create_apps
+    from cortex_gateway.coordinator import WorkerLink
+    from cortex_gateway.quotas import LocalQuotas
 
-    api, metrics, gateway = create_apps(config)
+    # A worker shares its supervisor's counts (the keys' limits, their usage) over its link.
+    link = WorkerLink(shared_fd, lambda: gateway.local_usage()) if shared_fd is not None else None
+    api, metrics, gateway = create_apps(config, quotas=LocalQuotas if link is None else link.quotas)
+    if link is not None:
+        gateway.usage_of_all = link.usage
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -158,10 +174,14 @@ async def _serve(
     # The drain has already given requests shutdown_grace_s; hypercorn's grace only flushes.
     api_settings = server_config(api_bind, graceful_timeout_s=5.0)
     metrics_settings = server_config(metrics_bind, graceful_timeout_s=5.0)
-    await asyncio.gather(
-        hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
-        hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
-    )
+    try:
+        await asyncio.gather(
+            hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
+            hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
+        )
+    finally:
+        if link is not None:
+            await link.close()
 
 
 @main.command()

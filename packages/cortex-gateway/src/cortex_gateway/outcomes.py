@@ -22,7 +22,6 @@ from cortex_gateway.calls import INFERENCE_ROUTES, Call
 from cortex_gateway.errors import ErrorKind, GatewayError, internal_error
 from cortex_gateway.metering import Meter
 from cortex_gateway.metrics import GatewayMetrics, Labels
-from cortex_gateway.quotas import Quotas
 from cortex_gateway.responses import ClosingStream, json_response
 from cortex_gateway.sse import EventTooLarge
 from cortex_gateway.upstream import BROKEN_STREAM
@@ -45,23 +44,18 @@ def _series_key(label: str) -> str:
 class Outcomes:
     """Records every request's outcome in the metrics, the series and the log."""
 
-    def __init__(
-        self, metrics: GatewayMetrics, series: Series, accounts: KeyAccounts, quotas: Quotas
-    ) -> None:
+    def __init__(self, metrics: GatewayMetrics, series: Series, accounts: KeyAccounts) -> None:
         self.metrics = metrics
         self.series = series
         """The last minutes of inference requests, per model: the dashboard's charts."""
         self.accounts = accounts
         """Usage per key (``/admin/usage`` and the ``cortex_key_*`` metrics)."""
-        self.quotas = quotas
-        """Where the call's key was counted in against its limits, to count it out."""
 
     def _account(self, call: Call, labels: Labels, status: int, usage: Usage | None) -> None:
         """The call's key: counted out of its limits, its usage counted (inference routes)."""
-        if call.admitted:
-            call.admitted = False
-            tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else 0
-            self.quotas.release(call.tenant, tokens)
+        admission, call.admission = call.admission, None
+        if admission is not None:
+            admission.release(usage.prompt_tokens + usage.completion_tokens if usage else 0)
         if labels.route != "other":
             self.accounts.record(call.tenant.name, labels.model, status, usage)
 

@@ -40,7 +40,7 @@ from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import NeuronApi, Neurons
 from cortex_gateway.outcomes import Outcomes
 from cortex_gateway.prefix import prefix_hashes
-from cortex_gateway.quotas import Quotas, over_limit
+from cortex_gateway.quotas import Quotas, Refusal, over_limit
 from cortex_gateway.upstream import Connection, Opening, Unsent, Upstreams
 
 __all__ = ["Adapter", "EarlyStart", "Handler", "Pipeline", "RouteSpec"]
@@ -276,10 +276,10 @@ class Pipeline:
         tenant = call.tenant
         if not tenant.limited:
             return
-        refusal = await self.quotas.admit(tenant)
-        if refusal is not None:
-            raise over_limit(tenant, refusal)
-        call.admitted = True
+        admitted = await self.quotas.admit(tenant)
+        if isinstance(admitted, Refusal):
+            raise over_limit(tenant, admitted)
+        call.admission = admitted
 
     # --- routing and connecting ------------------------------------------------------
 

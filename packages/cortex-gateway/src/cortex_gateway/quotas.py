@@ -28,7 +28,15 @@ from typing import Literal, Protocol
 from cortex_gateway.errors import ErrorKind, GatewayError
 from cortex_gateway.tenants import Tenant
 
-__all__ = ["WINDOW_S", "Limits", "LocalQuotas", "Quotas", "Refusal", "over_limit"]
+__all__ = [
+    "WINDOW_S",
+    "Admission",
+    "Limits",
+    "LocalQuotas",
+    "Quotas",
+    "Refusal",
+    "over_limit",
+]
 
 WINDOW_S = 60
 """The sliding window of ``tokens_per_minute``, in seconds."""
@@ -107,16 +115,34 @@ class Limits:
             spent.append([second, tokens])
 
 
+class Admission(Protocol):
+    """A request counted in against its key's limits, until it is counted out."""
+
+    def release(self, tokens: int) -> None:
+        """Count the request out, with the tokens it used (once)."""
+        ...
+
+
 class Quotas(Protocol):
     """Where a gateway process counts its limited tenants' requests."""
 
-    async def admit(self, tenant: Tenant) -> Refusal | None:
+    async def admit(self, tenant: Tenant) -> Admission | Refusal:
         """Count a request of ``tenant`` in, or say why not."""
         ...
 
-    def release(self, tenant: Tenant, tokens: int) -> None:
-        """Count an admitted request out, with the tokens it used."""
-        ...
+
+class _Counted:
+    """A request counted in :class:`Limits` of this process."""
+
+    __slots__ = ("_clock", "_limits", "_name")
+
+    def __init__(self, limits: Limits, name: str, clock: Callable[[], float]) -> None:
+        self._limits = limits
+        self._name = name
+        self._clock = clock
+
+    def release(self, tokens: int) -> None:
+        self._limits.release(self._name, tokens, self._clock())
 
 
 class LocalQuotas:
@@ -126,15 +152,16 @@ class LocalQuotas:
         self.limits = Limits()
         self._clock = clock
 
-    async def admit(self, tenant: Tenant) -> Refusal | None:
+    async def admit(self, tenant: Tenant) -> Admission | Refusal:
         """Count a request of ``tenant`` in, or say why not."""
-        return self.limits.admit(
+        return self.admit_now(tenant)
+
+    def admit_now(self, tenant: Tenant) -> Admission | Refusal:
+        """:meth:`admit`, without waiting for anything."""
+        refusal = self.limits.admit(
             tenant.name, tenant.max_concurrent, tenant.tokens_per_minute, self._clock()
         )
-
-    def release(self, tenant: Tenant, tokens: int) -> None:
-        """Count an admitted request out, with the tokens it used."""
-        self.limits.release(tenant.name, tokens, self._clock())
+        return refusal or _Counted(self.limits, tenant.name, self._clock)
 
 
 def over_limit(tenant: Tenant, refusal: Refusal) -> GatewayError:

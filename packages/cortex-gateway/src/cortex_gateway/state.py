@@ -126,11 +126,15 @@ class Gateway:
         cortex = self.config.cortex if cortex_path is None else load_cortex_config(cortex_path)
         return read_keys(path, cortex, self._environ, self._secret)
 
+    def local_usage(self) -> UsageReport:
+        """Usage per key since this process started."""
+        return self.running.accounts.book.report()
+
     async def usage(self) -> UsageReport:
         """Usage per key since the start: this process's, or every worker's together."""
         if self.usage_of_all is not None:
             return await self.usage_of_all()
-        return self.running.accounts.book.report()
+        return self.local_usage()
 
     async def start(self) -> None:
         """Reach the neurons, poll them once, and keep polling in the background."""
@@ -148,7 +152,7 @@ class Gateway:
         series = Series()
         accounts = KeyAccounts(metrics.registry)
         quotas = self._quotas()
-        outcomes = Outcomes(metrics, series, accounts, quotas)
+        outcomes = Outcomes(metrics, series, accounts)
         pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes, keys, quotas)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
