@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from cortex_core.catalogue import Catalogue, save_alias
 from cortex_core.config import (
@@ -28,6 +29,7 @@ from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 from cortex_gateway.tenants import read_keys
+from cortex_gateway.usage import UsageReport, usage_table
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
@@ -329,6 +331,19 @@ def models(gateway: str, key: str | None, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@main.command()
+@gateway_option
+@key_option
+@click.option("--json", "as_json", is_flag=True, help="Print the /admin/usage JSON.")
+def usage(gateway: str, key: str | None, as_json: bool) -> None:
+    """Requests and tokens per key and model since the gateway started (GET /admin/usage)."""
+    report = _request(gateway, "GET", "/admin/usage", key=key)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(usage_table(msgspec.convert(report, UsageReport)))
 
 
 @main.command()

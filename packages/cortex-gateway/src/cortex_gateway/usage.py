@@ -30,6 +30,7 @@ __all__ = [
     "UsageReport",
     "cached_tokens",
     "merge_reports",
+    "usage_table",
 ]
 
 
@@ -130,6 +131,33 @@ def merge_reports(reports: Iterable[UsageReport]) -> UsageReport:
             for counts in key.models:
                 book.add(key.name, counts)
     return book.report()
+
+
+def usage_table(report: UsageReport) -> str:
+    """``report`` as the table ``cortex usage`` prints: a row per key and model, then the total."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.since))
+    counted = [
+        (
+            key.name or "(unnamed)",
+            m.model,
+            (m.requests, m.errors, m.prompt_tokens, m.cached_tokens, m.completion_tokens),
+        )
+        for key in report.keys
+        for m in key.models
+    ]
+    if not counted:
+        return f"since {started}: no inference requests"
+    totals = tuple(sum(column) for column in zip(*(c for _, _, c in counted), strict=True))
+    header = ("KEY", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "CACHED", "COMPLETION")
+    rows = [(key, model, *map(str, c)) for key, model, c in [*counted, ("TOTAL", "", totals)]]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [f"since {started}"]
+    for row in [header, *rows]:
+        # Names to the left, figures to the right.
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
 
 
 class KeyAccounts:

@@ -57,9 +57,13 @@ class LiveGateway:
         eviction: dict[str, object] | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        keys: Sequence[Mapping[str, object]] = (),
         **gateway: object,
     ) -> None:
-        """``port``: a given one (to start again where the last one was), else a free one."""
+        """``port``: a given one (to start again where the last one was), else a free one.
+
+        ``keys``: ``[[keys]]`` entries (give their keys as ``key_sha256``).
+        """
         self.fleet = ScriptedFleet(nodes, models)
         settings = {"poll_interval_s": 0.5, **gateway}
         self.config = self.fleet.config(
@@ -67,6 +71,7 @@ class LiveGateway:
             models_toml,
             gateway=config_keys(settings),
             eviction=config_keys(eviction or {}),
+            tables=key_tables(keys),
         )
         self.host = host
         self.port = port or free_port(host)
