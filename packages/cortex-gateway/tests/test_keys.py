@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import httpx2
 import openai
 import pytest
@@ -55,6 +56,15 @@ def bearer(key: str) -> dict[str, str]:
 
 def chat_body(model: str = "fake/small", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": QUESTION, **extra}
+
+
+async def chat(
+    gw: Harness, headers: dict[str, str], model: str = "fake/small", **extra: Any
+) -> httpx.Response:
+    """``POST /v1/chat/completions`` with one question, as the key in ``headers``."""
+    return await gw.http.post(
+        "/v1/chat/completions", json=chat_body(model, **extra), headers=headers
+    )
 
 
 def usage_answer(prompt: int, cached: int, completion: int) -> JsonAnswer:
@@ -106,9 +116,7 @@ async def test_named_keys_admit_by_env_or_digest_and_unnamed_keys_still_work(
         tmp_path, [node()], CATALOGUE, models=MODELS, keys=keys, environ=ENVIRON, api_keys=["old"]
     ) as gw:
         for key in ("alice-secret", "bob-secret", "old"):
-            answer = await gw.http.post(
-                "/v1/chat/completions", json=chat_body(), headers=bearer(key)
-            )
+            answer = await chat(gw, bearer(key))
             assert answer.status_code == 200, (key, answer.text)
         for headers in ({}, bearer("KEY_ALICE"), bearer(sha("bob-secret")), bearer("alice")):
             answer = await gw.http.post("/v1/chat/completions", json=chat_body(), headers=headers)
@@ -135,9 +143,7 @@ async def test_roles_an_admin_key_is_one_whichever_way_it_is_given(tmp_path: Pat
         assert (
             await gw.http.get("/admin/usage", headers=bearer("alice-secret"))
         ).status_code == 403
-        answer = await gw.http.post(
-            "/v1/chat/completions", json=chat_body(), headers=bearer("ops-secret")
-        )
+        answer = await chat(gw, bearer("ops-secret"))
         assert answer.status_code == 200
 
 
@@ -152,9 +158,9 @@ async def test_usage_per_key_and_model_with_cached_tokens(tmp_path: Path) -> Non
         tmp_path, [node()], CATALOGUE, models=MODELS, keys=keys, environ=ENVIRON, api_keys=["anon"]
     ) as gw:
         alice, batch = bearer("alice-secret"), bearer("batch-secret")
-        await gw.http.post("/v1/chat/completions", json=chat_body(), headers=alice)
+        await chat(gw, alice)
         gw.node("beast").answers.append(usage_answer(100, 64, 7))
-        await gw.http.post("/v1/chat/completions", json=chat_body(), headers=alice)
+        await chat(gw, alice)
         # A stream's usage (asked for by the gateway, not the client) counts too.
         events = [
             chat_chunk("fake/small", {"content": "Paris"}),
@@ -164,13 +170,11 @@ async def test_usage_per_key_and_model_with_cached_tokens(tmp_path: Path) -> Non
             b"data: [DONE]\n\n",
         ]
         gw.node("beast").answers.append(StreamAnswer(events))
-        answer = await gw.http.post(
-            "/v1/chat/completions", json=chat_body("helexa/small", stream=True), headers=alice
-        )
+        answer = await chat(gw, alice, "helexa/small", stream=True)
         assert b"usage" not in answer.content  # the client did not ask for it
-        await gw.http.post("/v1/chat/completions", json=chat_body("no/such"), headers=alice)
-        await gw.http.post("/v1/chat/completions", json=chat_body("other/model"), headers=batch)
-        await gw.http.post("/v1/chat/completions", json=chat_body(), headers=bearer("anon"))
+        await chat(gw, alice, "no/such")
+        await chat(gw, batch, "other/model")
+        await chat(gw, bearer("anon"))
         usage = await usage_of(gw)
         small = usage["alice"]["fake/small"]
         assert small == {
@@ -206,16 +210,12 @@ async def test_a_rotated_key_is_one_tenant(tmp_path: Path) -> None:
         tmp_path, [node()], CATALOGUE, models=MODELS, keys=keys, environ=ENVIRON
     ) as gw:
         gw.node("beast").answers.append(JsonAnswer(b"{}", delay_s=0.5))
-        first = asyncio.ensure_future(
-            gw.http.post("/v1/chat/completions", json=chat_body(), headers=bearer("alice-secret"))
-        )
+        first = asyncio.ensure_future(chat(gw, bearer("alice-secret")))
         await until(lambda: gw.node("beast").open_requests == 1)
-        second = await gw.http.post(
-            "/v1/chat/completions", json=chat_body(), headers=bearer("alice-2")
-        )
+        second = await chat(gw, bearer("alice-2"))
         assert second.status_code == 429  # the old key's request counts against the new key
         assert (await first).status_code == 200
-        ok = await gw.http.post("/v1/chat/completions", json=chat_body(), headers=bearer("alice-2"))
+        ok = await chat(gw, bearer("alice-2"))
         assert ok.status_code == 200
         assert (await usage_of(gw))["alice"]["fake/small"]["requests"] == 3
 
@@ -230,11 +230,9 @@ async def test_max_concurrent_answers_429_with_retry_after_in_both_envelopes(
     ) as gw:
         alice = bearer("alice-secret")
         gw.node("beast").answers.append(JsonAnswer(b"{}", delay_s=1.0))
-        held = asyncio.ensure_future(
-            gw.http.post("/v1/chat/completions", json=chat_body(), headers=alice)
-        )
+        held = asyncio.ensure_future(chat(gw, alice))
         await until(lambda: gw.node("beast").open_requests == 1)
-        refused = await gw.http.post("/v1/chat/completions", json=chat_body(), headers=alice)
+        refused = await chat(gw, alice)
         assert refused.status_code == 429
         assert refused.headers["retry-after"] == "1"
         error = refused.json()["error"]
@@ -265,9 +263,7 @@ async def test_max_concurrent_answers_429_with_retry_after_in_both_envelopes(
         )
         assert counted.status_code == 429
         assert (await held).status_code == 200
-        assert (
-            await gw.http.post("/v1/chat/completions", json=chat_body(), headers=alice)
-        ).is_success
+        assert (await chat(gw, alice)).is_success
         assert await gw.metric("cortex_request_errors_total", kind="rate_limited") == 5
         assert await gw.metric("cortex_key_requests_total", key="alice", status="429") == 5
 
@@ -320,22 +316,14 @@ async def test_allow_lists_hide_models(tmp_path: Path) -> None:
         assert {m["id"] for m in listed} == {"helexa/small"}
         listed = (await gw.http.get("/v1/models", headers=batch)).json()["data"]
         assert {m["id"] for m in listed} == {"other/model", "helexa/other"}
-        ok = await gw.http.post(
-            "/v1/chat/completions", json=chat_body("helexa/small"), headers=alice
-        )
+        ok = await chat(gw, alice, "helexa/small")
         assert ok.status_code == 200
         # An id allowed lets its aliases through (other/*); an alias allowed, only itself.
-        via = await gw.http.post(
-            "/v1/chat/completions", json=chat_body("helexa/other"), headers=batch
-        )
+        via = await chat(gw, batch, "helexa/other")
         assert via.status_code == 200
-        direct = await gw.http.post(
-            "/v1/chat/completions", json=chat_body("fake/small"), headers=alice
-        )
+        direct = await chat(gw, alice, "fake/small")
         assert direct.status_code == 404
-        refused = await gw.http.post(
-            "/v1/chat/completions", json=chat_body("other/model"), headers=alice
-        )
+        refused = await chat(gw, alice, "other/model")
         assert refused.status_code == 404
         assert openai_error(refused)["message"] == "model 'other/model' does not exist"
         assert (await gw.http.get("/v1/models/other%2Fmodel", headers=alice)).status_code == 404
@@ -442,9 +430,7 @@ async def test_keys_reload_with_the_catalogue(tmp_path: Path) -> None:
             assert named in message
 
         async def status(key: str) -> int:
-            answer = await gw.http.post(
-                "/v1/chat/completions", json=chat_body(), headers=bearer(key)
-            )
+            answer = await chat(gw, bearer(key))
             return answer.status_code
 
         assert await status("alice-secret") == 200

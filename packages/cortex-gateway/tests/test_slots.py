@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -58,9 +60,17 @@ async def loaded(gw: Harness) -> None:
     assert answer.status_code == 200
 
 
-async def test_a_flood_delays_another_keys_request_by_one_slot_at_most(tmp_path: Path) -> None:
-    """Beyond the cap requests wait at the gateway; the next slots go round-robin across keys."""
-    node = ScriptedNode("beast", gpus=[24])
+@contextlib.asynccontextmanager
+async def capped(
+    tmp_path: Path,
+    node: ScriptedNode,
+    cap: int,
+    reserved: int,
+    load_timeout_s: float = 900.0,
+    max_waiting: int = 256,
+) -> AsyncIterator[Harness]:
+    """A gateway over ``node`` with fake/small loaded and ``cap`` (``reserved`` interactive)."""
+    scheduling: dict[str, object] = {"max_in_flight_per_model": cap, "interactive_slots": reserved}
     async with serve(
         tmp_path,
         [node],
@@ -68,9 +78,18 @@ async def test_a_flood_delays_another_keys_request_by_one_slot_at_most(tmp_path:
         models=MODELS,
         keys=KEYS,
         environ=ENVIRON,
-        scheduling={"max_in_flight_per_model": 2, "interactive_slots": 0},
+        scheduling=scheduling,
+        load_timeout_s=load_timeout_s,
+        max_waiting=max_waiting,
     ) as gw:
         await loaded(gw)
+        yield gw
+
+
+async def test_a_flood_delays_another_keys_request_by_one_slot_at_most(tmp_path: Path) -> None:
+    """Beyond the cap requests wait at the gateway; the next slots go round-robin across keys."""
+    node = ScriptedNode("beast", gpus=[24])
+    async with capped(tmp_path, node, cap=2, reserved=0) as gw:
         events = held(node, 7)
         flood = [send(gw, "a", f"a{i}") for i in range(6)]
         await until(lambda: node.open_requests == 2 and bool(gw.state.lifecycle.waiting))
@@ -95,16 +114,7 @@ async def test_a_flood_delays_another_keys_request_by_one_slot_at_most(tmp_path:
 async def test_interactive_requests_start_at_once_through_a_batch_flood(tmp_path: Path) -> None:
     """interactive_slots stay free of batch work; waiting interactive requests go first."""
     node = ScriptedNode("beast", gpus=[24])
-    async with serve(
-        tmp_path,
-        [node],
-        CATALOGUE,
-        models=MODELS,
-        keys=KEYS,
-        environ=ENVIRON,
-        scheduling={"max_in_flight_per_model": 3, "interactive_slots": 1},
-    ) as gw:
-        await loaded(gw)
+    async with capped(tmp_path, node, cap=3, reserved=1) as gw:
         events = held(node, 8)
         flood = [send(gw, "a", f"a{i}") for i in range(5)]
         await until(lambda: sum(gw.state.lifecycle.waiting.values()) == 3)
@@ -153,18 +163,7 @@ async def test_the_default_cap_is_the_engines_batch_limit(tmp_path: Path) -> Non
 async def test_a_client_gone_leaves_the_line_and_a_long_wait_is_a_503(tmp_path: Path) -> None:
     """A waiting request whose client leaves is never sent; one that waits too long is a 503."""
     node = ScriptedNode("beast", gpus=[24])
-    async with serve(
-        tmp_path,
-        [node],
-        CATALOGUE,
-        models=MODELS,
-        keys=KEYS,
-        environ=ENVIRON,
-        load_timeout_s=0.5,
-        max_waiting=2,
-        scheduling={"max_in_flight_per_model": 1, "interactive_slots": 0},
-    ) as gw:
-        await loaded(gw)
+    async with capped(tmp_path, node, cap=1, reserved=0, load_timeout_s=0.5, max_waiting=2) as gw:
         events = held(node, 3)
         first = send(gw, "a", "a0")
         await until(lambda: node.open_requests == 1)
