@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -44,6 +45,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cortex_gateway.coordinator import Coordinator
+from cortex_gateway.tenants import CACHE_SECRET_ENV
 
 __all__ = ["MAX_FAMILIES", "Supervisor", "merge_metrics"]
 
@@ -149,6 +151,9 @@ class Supervisor:
         self._session: aiohttp.ClientSession | None = None
         self.coordinator = Coordinator()
         """The counts the workers share (keys' limits and usage)."""
+        self.environ = {**os.environ}
+        # One secret for every worker, so a key's cache salt is the same whichever serves it.
+        self.environ.setdefault(CACHE_SECRET_ENV, secrets.token_hex(32))
 
     # --- workers ---------------------------------------------------------------------
 
@@ -176,7 +181,9 @@ class Supervisor:
         shared = self.coordinator.link(worker.index)
         try:
             worker.process = await asyncio.create_subprocess_exec(
-                *self.command(worker, shared), pass_fds=(self.api_fd, worker.metrics_fd, shared)
+                *self.command(worker, shared),
+                pass_fds=(self.api_fd, worker.metrics_fd, shared),
+                env=self.environ,
             )
         finally:
             os.close(shared)  # the worker has its own copy
