@@ -199,3 +199,36 @@ def test_each_worker_takes_its_share_of_the_cap() -> None:
     assert (split.limit(node, "m", batch=False), split.limit(node, "m", batch=True)) == (1, 1)
     none = NodeState("b", "http://b:1", up=True, models=(ModelInfo(id="m", state="ready"),))
     assert Slots(SchedulingSection(), 1).limit(none, "m", batch=False) is None
+
+
+async def test_requests_waiting_for_a_slot_hear_when_the_node_goes_down(tmp_path: Path) -> None:
+    """The node whose slots they wait for goes down: they are answered at once, not left waiting."""
+    node = ScriptedNode("beast", gpus=[24])
+    async with capped(tmp_path, node, cap=1, reserved=0) as gw:
+        held(node, 1)
+        first = send(gw, "a", "a0")
+        await until(lambda: node.open_requests == 1)
+        waiting = [send(gw, "b", "b0"), send(gw, "i", "i0")]
+        await until(lambda: sum(gw.state.lifecycle.waiting.values()) == 2)
+        node.stop()
+        answers = await asyncio.gather(first, *waiting)
+        assert [a.status_code for a in answers[1:]] == [503, 503]
+        assert "is up" in answers[1].json()["error"]["message"]  # re-routed: no node left
+        assert len(gw.state.lifecycle.slots) == 0
+        assert arrived(node) == ["a0"]
+
+
+async def test_requests_waiting_for_a_slot_end_when_the_gateway_stops(tmp_path: Path) -> None:
+    """Draining: a request still waiting for a slot when time is up gets 503, shutting down."""
+    node = ScriptedNode("beast", gpus=[24])
+    async with capped(tmp_path, node, cap=1, reserved=0) as gw:
+        held(node, 1)
+        first = send(gw, "a", "a0")
+        await until(lambda: node.open_requests == 1)
+        waiting = send(gw, "b", "b0")
+        await until(lambda: bool(gw.state.lifecycle.waiting))
+        await gw.state.drain(0.1)
+        answer = await waiting
+        assert answer.status_code == 503
+        assert "shutting down" in answer.json()["error"]["message"]
+        await first  # the one running was cut at the end of the drain: not this test's business
