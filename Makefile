@@ -112,6 +112,10 @@ bench-cpu-engine: ## CPU engine settings side by side: bfloat16, float32, tcmall
 bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded against prefix (several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/prefix.py $(BENCH_ARGS)
 
+.PHONY: bench-tenants
+bench-tenants: ## Two keys on a real CPU engine: an interactive key's first token under a batch key's flood, with and without priorities and fair share (several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/tenants.py $(BENCH_ARGS)
+
 .PHONY: bench-switching
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
 	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)

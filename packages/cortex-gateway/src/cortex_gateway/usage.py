@@ -65,9 +65,12 @@ class UsageReport(msgspec.Struct, kw_only=True):
 def cached_tokens(usage: Usage) -> int:
     """Prompt tokens the engine read from its prefix cache, as the answer's usage says.
 
-    The one place the cached figure is read: OpenAI's
-    ``usage.prompt_tokens_details.cached_tokens`` (what the neuron relays from
-    vLLM, Anthropic answers included, since they are translated from it).
+    The one place the per-key usage reads the cached figure: OpenAI's
+    ``usage.prompt_tokens_details.cached_tokens``, where the meter's usage
+    carries it on every surface (chat and completions as vLLM sends it,
+    Anthropic messages translated from chat, Responses mapped from
+    ``input_tokens_details``). Where the meter's ``Usage`` gains a figure of
+    its own for cached tokens (``Usage.cached_tokens``), read that here.
     """
     details = usage.prompt_tokens_details
     return (details.cached_tokens or 0) if details is not None else 0
