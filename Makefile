@@ -116,6 +116,10 @@ bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded agai
 bench-swap: ## Model swaps on a real CPU neuron: vLLM's process model against forked engines, and vllm's server cold (several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/swap.py $(BENCH_ARGS)
 
+.PHONY: bench-tenants
+bench-tenants: ## Two keys on a real CPU engine: an interactive key's first token under a batch key's flood, with and without priorities and fair share (several minutes)
+	PYTHONPATH=. $(UV) run --no-sync python bench/tenants.py $(BENCH_ARGS)
+
 .PHONY: bench-switching
 bench-switching: ## Model swaps under interleaved traffic: fifo against grouped, side by side
 	PYTHONPATH=. $(UV) run --no-sync python bench/switching.py $(BENCH_ARGS)

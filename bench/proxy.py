@@ -21,13 +21,21 @@ Workloads:
   translation; cortex only), CPU per chunk against the OpenAI route's;
 - ``soak``: mixed requests in rounds of 10k, the gateway's RSS after each.
 
-    PYTHONPATH=. .venv/bin/python bench/proxy.py [--quick] [--workers 1,2] [--proxy NAME=URL]
+With ``--keyed``, each gateway runs a second time with every request sent
+under a named key with a limit (``max_concurrent`` far above the load, so
+none is refused): each request is then counted in and out against the key's
+limit, which with ``--workers 2`` is one round trip to the supervisor that
+the workers share the count through (``cortex_gateway.coordinator``).
+
+    PYTHONPATH=. .venv/bin/python bench/proxy.py [--quick] [--workers 1,2] [--keyed]
+        [--proxy NAME=URL]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -177,13 +185,19 @@ def rss_mib(pid: int) -> float:
     return total / 1024
 
 
-def wait_ready(url: str, body: dict[str, Any], path: str, seconds: float = 60) -> None:
-    """Post ``body`` until it is answered 200, or fail after ``seconds``."""
+def wait_ready(
+    url: str,
+    body: dict[str, Any],
+    path: str,
+    headers: dict[str, str] | None = None,
+    seconds: float = 60,
+) -> None:
+    """Post ``body`` (with ``headers``) until it is answered 200, or fail after ``seconds``."""
     deadline = time.monotonic() + seconds
     data = json.dumps(body).encode()
     while True:
         request = urllib.request.Request(
-            url + path, data=data, headers={"content-type": "application/json"}
+            url + path, data=data, headers={"content-type": "application/json", **(headers or {})}
         )
         try:
             with urllib.request.urlopen(request, timeout=5) as answer:
@@ -208,6 +222,8 @@ class Target:
     """At most this many requests per workload (another proxy may be 100 times slower)."""
     json_only: bool = False
     """A fixed answer, no upstream: only the non-streaming workloads mean anything."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Sent with every request (a key)."""
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -242,7 +258,16 @@ def started(
                 process.wait()
 
 
-def cortex_config(directory: Path, mock: str, workers: int) -> Path:
+BENCH_KEY = "bench-key"
+KEYED = (
+    '[[keys]]\nname = "bench"\n'
+    f'key_sha256 = "{hashlib.sha256(BENCH_KEY.encode()).hexdigest()}"\n'
+    "max_concurrent = 100000\n"
+)
+"""A named key whose limit every request is counted against (and none reaches)."""
+
+
+def cortex_config(directory: Path, mock: str, workers: int, keyed: bool = False) -> Path:
     """A cortex.toml and models.toml for the two mock models; the cortex.toml's path."""
     api, metrics = free_port(), free_port()
     models = "".join(
@@ -253,7 +278,7 @@ def cortex_config(directory: Path, mock: str, workers: int) -> Path:
     config.write_text(
         f'[gateway]\nlisten = "127.0.0.1:{api}"\nmetrics_listen = "127.0.0.1:{metrics}"\n'
         f"poll_interval_s = 2\n{f'workers = {workers}' if workers != 1 else ''}\n\n"
-        f'[[neurons]]\nname = "mock"\nendpoint = "{mock}"\n'
+        f'[[neurons]]\nname = "mock"\nendpoint = "{mock}"\n' + (KEYED if keyed else "")
     )
     return config
 
@@ -279,6 +304,7 @@ def load(
             str(workload.concurrency),
             "--stagger",
             str(workload.stagger_s),
+            *(f"--header={k}: {v}" for k, v in target.headers.items()),
         ],
         capture_output=True,
         check=True,
@@ -430,6 +456,9 @@ def main() -> None:
         "--quick", action="store_true", help="a fifth of the requests, a short soak"
     )
     parser.add_argument("--workers", default="1", help="gateway worker counts to compare, e.g. 1,2")
+    parser.add_argument(
+        "--keyed", action="store_true", help="each gateway again, every request under a limited key"
+    )
     parser.add_argument("--proxy", action="append", default=[], help="NAME=URL of another proxy")
     parser.add_argument(
         "--litellm", action="store_true", help="start LiteLLM's proxy (if installed)"
@@ -523,21 +552,31 @@ def main() -> None:
             if litellm is not None:
                 targets.append(litellm)
         for workers in counts:
-            directory = work / f"cortex-{workers}"
-            directory.mkdir()
-            config = cortex_config(directory, mock_url, workers)
-            api = config.read_text().split('listen = "', 1)[1].split('"', 1)[0]
-            cpus = proxy_cpus if workers == 1 else None
-            process = stack.enter_context(
-                started(
-                    [PYTHON, "-m", "cortex_gateway", "serve", "--config", str(config)],
-                    cpus,
-                    directory / "gateway.log",
+            for keyed in (False, True) if args.keyed else (False,):
+                directory = work / f"cortex-{workers}{'-keyed' if keyed else ''}"
+                directory.mkdir()
+                config = cortex_config(directory, mock_url, workers, keyed)
+                api = config.read_text().split('listen = "', 1)[1].split('"', 1)[0]
+                cpus = proxy_cpus if workers == 1 else None
+                process = stack.enter_context(
+                    started(
+                        [PYTHON, "-m", "cortex_gateway", "serve", "--config", str(config)],
+                        cpus,
+                        directory / "gateway.log",
+                    )
                 )
-            )
-            name = "cortex" if len(counts) == 1 else f"cortex x{workers}"
-            wait_ready(f"http://{api}", chat("bench/paced"), "/v1/chat/completions")
-            targets.append(Target(name, f"http://{api}", pid=process.pid, anthropic=True))
+                name = "cortex" if len(counts) == 1 else f"cortex x{workers}"
+                headers = {"authorization": f"Bearer {BENCH_KEY}"} if keyed else {}
+                wait_ready(f"http://{api}", chat("bench/paced"), "/v1/chat/completions", headers)
+                targets.append(
+                    Target(
+                        name + (" keyed" if keyed else ""),
+                        f"http://{api}",
+                        pid=process.pid,
+                        anthropic=True,
+                        headers=headers,
+                    )
+                )
         for w in loads:
             for t in targets:
                 if (w.anthropic and not t.anthropic) or (w.chunks and t.json_only):

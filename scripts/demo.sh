@@ -72,7 +72,7 @@ step "curl $API/v1/models"
 curl -s "$API/v1/models" | "$PY" -m json.tool
 
 step "An OpenAI chat completion through the alias helexa/small"
-echo "curl $API/v1/chat/completions -d '{\"model\": \"helexa/small\", \"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'"
+echo "curl $API/v1/chat/completions -H 'content-type: application/json' -d '{\"model\": \"helexa/small\", \"messages\": [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]}'"
 curl -s -i "$API/v1/chat/completions" -H 'content-type: application/json' \
     -d '{"model": "helexa/small", "max_tokens": 40, "temperature": 0,
          "messages": [{"role": "user", "content": "What is the capital of France?"}]}' \

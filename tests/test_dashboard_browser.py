@@ -13,6 +13,7 @@ download: where it is missing these tests skip, unless
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import statistics
@@ -42,6 +43,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 GIB = 1 << 30
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE = """
 [[models]]
@@ -334,6 +336,44 @@ def test_with_api_keys_the_page_shows_only_the_key_prompt_until_a_key_is_given(
         page.wait_for_selector('[data-node="a"]')  # kept for the session: no prompt again
         assert page.evaluate("sessionStorage.getItem('cortex.key')") == "sekret"
         assert page.evaluate("localStorage.length") == 0
+
+
+def test_the_keys_panel_shows_usage_per_key_to_admin_keys_only(
+    tmp_path: Path, open_page: Any
+) -> None:
+    """An admin key's page lists each key's requests and tokens; a user key's page does not."""
+    keys = [
+        {"name": "alice", "key_sha256": hashlib.sha256(b"alice-key").hexdigest()},
+        {"name": "ops", "key_sha256": hashlib.sha256(b"ops-key").hexdigest(), "role": "admin"},
+    ]
+    with LiveGateway(tmp_path, two_nodes(), CATALOGUE, models=MODELS, keys=keys) as gw:
+        headers = {"authorization": "Bearer alice-key"}
+        with httpx.Client(base_url=gw.url, headers=headers, timeout=30) as client:
+            for model in ("fake/small", "fake/small", "fake/small", "no/such"):
+                client.post("/v1/chat/completions", json={"model": model, "messages": QUESTION})
+
+        def connect(key: str) -> Any:
+            page = open_page(gw.url + "/ui")
+            page.wait_for_selector("#key-prompt", state="visible")
+            page.fill("#key-input", key)
+            page.click("#key-form button")
+            page.wait_for_selector('[data-node="a"]')
+            return page
+
+        user = connect("alice-key")
+        admin = connect("ops-key")
+        row = admin.wait_for_selector('#keys tr[data-key="alice"][data-model="fake/small"]')
+        cells = row.eval_on_selector_all("td", "tds => tds.map(td => td.textContent)")
+        assert cells[:4] == ["alice", "fake/small", "3", "0"]
+        assert int(cells[6]) > 0  # completion tokens
+        other = admin.wait_for_selector('#keys tr[data-key="alice"][data-model="other"]')
+        assert other.eval_on_selector_all("td", "tds => tds.map(td => td.textContent)")[2:4] == [
+            "1",
+            "1",
+        ]
+        assert admin.locator("#keys-panel").is_visible()
+        assert user.locator("#keys-panel").is_hidden()
+        assert user.locator("#keys tbody tr").count() == 0  # it never asked
 
 
 def test_a_model_id_with_markup_renders_as_text(tmp_path: Path, open_page: Any) -> None:

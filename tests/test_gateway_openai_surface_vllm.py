@@ -150,7 +150,7 @@ def test_an_embedding_model_added_and_reloaded_is_cold_loaded(fleet: Fleet) -> N
     models_toml = fleet.workdir / "models.toml"
     models_toml.write_text(CATALOGUE + EMBEDDER)
     with fleet.http() as http:
-        reloaded = http.post("/admin/reload")
+        reloaded = http.post("/admin/reload", json={})
         assert reloaded.status_code == 200, reloaded.text
         listing = {m["id"]: m for m in http.get("/v1/models").json()["data"]}
     assert listing[EMBED]["task"] == "embed"

@@ -7,8 +7,10 @@ keeps serving; a reload reaches every worker; SIGTERM stops them all.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -111,3 +113,57 @@ def test_two_workers_serve_one_port_and_sum_their_metrics(
     workers = workers_of(supervisor)
     assert fleet.gateway.stop() == 0
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+
+
+def test_a_keys_limits_and_usage_are_the_whole_gateways(
+    start_fleet: StartFleet, tmp_path: Path
+) -> None:
+    """With two workers a key's max_concurrent holds for both together; usage adds up."""
+    root = tmp_path / "models"
+    fake_model(root, "fake/a", 3)
+    limited = hashlib.sha256(b"limited-key").hexdigest()
+    admin = hashlib.sha256(b"admin-key").hexdigest()
+    fleet = start_fleet(
+        [NeuronSpec("beast", "127.0.0.2", [24])],
+        MODELS,
+        models_root=root,
+        gateway=(
+            "workers = 2\n"
+            f'[[keys]]\nname = "limited"\nkey_sha256 = "{limited}"\nmax_concurrent = 2\n'
+            f'[[keys]]\nname = "ops"\nkey_sha256 = "{admin}"\nrole = "admin"\n'
+        ),
+        env={"NEURON_TEST_CHUNK_DELAY": "0.4"},
+    )
+    supervisor = fleet.gateway.pid
+    until(lambda: len(workers_of(supervisor)) == 2)
+    until(lambda: requests_total(fleet)[1] == 2)
+    with fleet.http(authorization="Bearer admin-key") as client:
+        assert client.post("/admin/models/load", json={"model": "fake/a"}).status_code == 200
+
+    def stream(_: int) -> int:
+        # A connection of its own each: the kernel spreads them over both workers.
+        with fleet.http(authorization="Bearer limited-key") as client:
+            body = {"model": "fake/a", "messages": QUESTION, "stream": True}
+            with client.stream("POST", "/v1/chat/completions", json=body) as answer:
+                answer.read()
+                return answer.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = sorted(pool.map(stream, range(8)))
+    # Each worker alone would admit two: four or more would get through.
+    assert statuses == [200, 200] + [429] * 6
+    with fleet.http(authorization="Bearer admin-key") as client:
+        report = client.get("/admin/usage").json()
+    usage = {k["name"]: k["models"] for k in report["keys"]}
+    [row] = usage["limited"]
+    assert (row["model"], row["requests"], row["errors"]) == ("fake/a", 8, 6)
+    assert row["completion_tokens"] > 0
+    text = httpx.get(f"{fleet.metrics_url}/metrics", timeout=10).text
+    refused = sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "cortex_key_requests_total"
+        and s.labels == {"key": "limited", "model": "fake/a", "status": "429"}
+    )
+    assert refused == 6

@@ -17,6 +17,7 @@ from cortex_core.config import (
     ConfigError,
     EvictionSection,
     GatewaySection,
+    KeyEntry,
     NeuronEntry,
     NeuronSection,
     SchedulingSection,
@@ -85,6 +86,30 @@ def test_gateway_defaults(write: Write) -> None:
     assert config.neuron("nope") is None
     anthropic = config.cortex.anthropic
     assert (anthropic.strip_billing_header, anthropic.session_affinity) == (True, True)
+
+
+def test_keys_defaults_and_a_rotation(write: Write) -> None:
+    """A named key gets the documented defaults; two entries may share a name (a rotation)."""
+    write("models.toml", MODELS)
+    digest = "ab" * 32
+    config = load_gateway_config(
+        write(
+            "cortex.toml",
+            f'[[keys]]\nname = "alice"\nkey_env = "A1"\n'
+            f'[[keys]]\nname = "alice"\nkey_sha256 = "{digest.upper()}"\n',
+        )
+    )
+    first, second = config.cortex.keys
+    assert (first.role, first.priority, first.max_concurrent, first.tokens_per_minute) == (
+        "user",
+        "interactive",
+        0,
+        0,
+    )
+    assert (first.models, first.isolate_cache) == ([], False)
+    assert second.key_sha256 == digest.upper()
+    assert config.cortex.scheduling.max_in_flight_per_model == 0
+    assert config.cortex.scheduling.interactive_slots == 1
 
 
 def test_models_path_absolute(write: Write, tmp_path: Path) -> None:
@@ -177,6 +202,52 @@ def test_neuron_defaults(write: Write) -> None:
             '[[neurons]]\nname = "a"\nendpoint = "http://a:1"\n[[neurons]]\nname = "a"\nendpoint = "http://b:1"\n',
             "neurons[1].name",
             "duplicate neuron name 'a'",
+        ),
+        ('[[keys]]\nname = "a b"\nkey_env = "K"\n', "keys[0].name", "1 to 64 letters"),
+        (f'[[keys]]\nname = "{"x" * 65}"\nkey_env = "K"\n', "keys[0].name", "1 to 64"),
+        ('[[keys]]\nname = "a"\n', "keys[0]", "exactly one of `key_env` or `key_sha256`"),
+        (
+            f'[[keys]]\nname = "a"\nkey_env = "K"\nkey_sha256 = "{"0" * 64}"\n',
+            "keys[0]",
+            "exactly one of",
+        ),
+        ('[[keys]]\nname = "a"\nkey_env = " "\n', "keys[0].key_env", "may not be empty"),
+        (
+            '[[keys]]\nname = "a"\nkey_sha256 = "abc"\n',
+            "keys[0].key_sha256",
+            "64 hexadecimal digits",
+        ),
+        (
+            '[[keys]]\nname = "a"\nkey_env = "K"\nrole = "root"\n',
+            "keys[0].role",
+            "must be one of 'admin', 'user'",
+        ),
+        (
+            '[[keys]]\nname = "a"\nkey_env = "K"\npriority = "urgent"\n',
+            "keys[0].priority",
+            "must be one of 'batch', 'interactive'",
+        ),
+        (
+            '[[keys]]\nname = "a"\nkey_env = "K"\nmax_concurrent = -1\n',
+            "keys[0].max_concurrent",
+            "expected an integer >= 0",
+        ),
+        ('[[keys]]\nname = "a"\nkey_env = "K"\nmodels = [""]\n', "keys[0].models[0]", "empty"),
+        (
+            '[[keys]]\nname = "a"\nkey_env = "K"\n[[keys]]\nname = "b"\nkey_env = "K"\n',
+            "keys[1]",
+            "gives the same key as keys[0]",
+        ),
+        (
+            '[[keys]]\nname = "a"\nkey_env = "K1"\n'
+            '[[keys]]\nname = "a"\nkey_env = "K2"\npriority = "batch"\n',
+            "keys[1]",
+            "shares the name 'a' with keys[0] (a rotation) but not its role, priority",
+        ),
+        (
+            "[scheduling]\nmax_in_flight_per_model = -2\n",
+            "scheduling.max_in_flight_per_model",
+            "expected an integer >= 0",
         ),
     ],
 )
@@ -367,6 +438,7 @@ def _keys(type_: Any) -> set[str]:
         ("### `[scheduling]`", SchedulingSection),
         ("### `[anthropic]`", AnthropicSection),
         ("### `[[neurons]]`", NeuronEntry),
+        ("### `[[keys]]`", KeyEntry),
         ("### `[[models]]`", ModelProfile),
         ("### `[neuron]`", NeuronSection),
         ("### `[sources.NAME]`", SourceConfig),
@@ -376,5 +448,5 @@ def test_configuration_doc_lists_every_key(heading: str, type_: Any) -> None:
     """docs/configuration.md documents every key of each config section, and no other."""
     doc = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
     section = doc.split(heading, 1)[1].split("\n#", 1)[0]
-    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE))
+    documented = set(re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.MULTILINE))
     assert documented == _keys(type_)

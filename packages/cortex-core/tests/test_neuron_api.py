@@ -49,6 +49,7 @@ DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "last_used": 1763900300.5,
                     "in_flight": 2,
                     "max_model_len": 16384,
+                    "max_num_seqs": 256,
                     "error": None,
                     "phase": None,
                     "phase_seconds": {
@@ -70,6 +71,7 @@ DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "last_used": 1763900100.0,
                     "in_flight": 0,
                     "max_model_len": 8192,
+                    "max_num_seqs": 256,
                     "error": None,
                     "phase": None,
                     "phase_seconds": {"waking": 1.6},
@@ -86,6 +88,7 @@ DOCUMENTED_BODIES: list[tuple[type[Any], dict[str, Any]]] = [
                     "last_used": None,
                     "in_flight": 0,
                     "max_model_len": None,
+                    "max_num_seqs": None,
                     "error": "engine exited during start",
                     "phase": None,
                     "phase_seconds": {},

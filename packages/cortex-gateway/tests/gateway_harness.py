@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from starlette.types import Message
 from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway
 from cortex_gateway.testing import ScriptedFleet, ScriptedModel, ScriptedNode
-from cortex_gateway.testing.live import config_keys
+from cortex_gateway.testing.live import config_keys, key_tables
 
 __all__ = [
     "TASKS_CATALOGUE",
@@ -146,13 +146,15 @@ async def serve(
     eviction: dict[str, object] | None = None,
     scheduling: dict[str, object] | None = None,
     routing: dict[str, object] | None = None,
+    keys: Sequence[Mapping[str, object]] = (),
     environ: dict[str, str] | None = None,
     **gateway: object,
 ) -> AsyncIterator[Harness]:
     """Start the gateway over ``nodes``; ``gateway`` and ``eviction`` are config keys.
 
-    ``environ`` holds the neurons' tokens (default: each node's own, as the
-    fleet's config names them).
+    ``keys``: ``[[keys]]`` entries. ``environ`` holds the neurons' tokens
+    (default: each node's own, as the fleet's config names them) and the keys'
+    ``key_env`` variables.
     """
     fleet = ScriptedFleet(nodes, models)
     settings = {"poll_interval_s": 0.05, **gateway}
@@ -163,6 +165,7 @@ async def serve(
         eviction=config_keys(eviction or {}),
         scheduling=config_keys(scheduling or {}),
         routing=config_keys(routing or {}),
+        tables=key_tables(keys),
     )
     environ = fleet.environ() if environ is None else environ
     api, metrics, state = create_apps(config, neurons=fleet, environ=environ)
@@ -176,13 +179,20 @@ async def serve(
 
 
 async def disconnecting(
-    app: Starlette, path: str, body: bytes, *, after: int = 1, after_s: float | None = None
+    app: Starlette,
+    path: str,
+    body: bytes,
+    *,
+    after: int = 1,
+    after_s: float | None = None,
+    key: str | None = None,
 ) -> tuple[int, list[bytes]]:
     """POST ``body`` as hypercorn would, and disconnect once ``after`` body chunks came back.
 
     Answers the status and the chunks received. ``after=0`` disconnects
     before the request body is even delivered; ``after_s`` disconnects that
-    many seconds after the body was delivered, whatever came back.
+    many seconds after the body was delivered, whatever came back. ``key``
+    goes as ``Authorization: Bearer``.
     """
     gone = asyncio.Event()
     delivered = False
@@ -220,7 +230,11 @@ async def disconnecting(
         "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"gateway")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"host", b"gateway"),
+            *([(b"authorization", f"Bearer {key}".encode())] if key else []),
+        ],
         "client": ("127.0.0.1", 40000),
         "server": ("gateway", 80),
     }

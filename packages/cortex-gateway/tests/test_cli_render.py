@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from click.testing import CliRunner
 
 from cortex_core.units import GIB
-from cortex_gateway.cli import key_for, render_status
+from cortex_gateway.cli import key_for, main, render_status
+from cortex_gateway.testing import ScriptedNode
+from cortex_gateway.testing.live import LiveGateway
+from cortex_gateway.usage import UsageReport, usage_table
 
 
 def device(index: int, used_gib: float, total_gib: float, utilization: float = 0.0) -> Any:
@@ -260,3 +268,49 @@ def test_the_key_a_client_command_sends(
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     assert key_for(given, path) == expected
+
+
+def test_cortex_usage_prints_a_table_and_json(tmp_path: Path) -> None:
+    """``cortex usage`` against a running gateway: a row per key and model, a total, or JSON."""
+    keys = [{"name": "alice", "key_sha256": hashlib.sha256(b"alice-key").hexdigest()}]
+    node = ScriptedNode("a", (24,))
+    node.put("fake/small", "ready", memory_gib=4)
+    catalogue = '[[models]]\nid = "fake/small"\nmemory_gb = 4\n'
+    with LiveGateway(tmp_path, [node], catalogue, keys=keys, api_keys=["anon"]) as gw:
+        question = [{"role": "user", "content": "hi"}]
+        for key in ("alice-key", "alice-key", "anon"):
+            httpx.post(
+                f"{gw.url}/v1/chat/completions",
+                json={"model": "fake/small", "messages": question},
+                headers={"authorization": f"Bearer {key}"},
+                timeout=30,
+            )
+        runner = CliRunner()
+        table = runner.invoke(main, ["usage", "--gateway", gw.url, "--key", "alice-key"])
+        assert table.exit_code == 0, table.output
+        lines = table.output.splitlines()
+        assert lines[0].startswith("since ")
+        assert lines[1].split() == [
+            "KEY",
+            "MODEL",
+            "REQUESTS",
+            "ERRORS",
+            "PROMPT",
+            "CACHED",
+            "COMPLETION",
+        ]
+        assert lines[2].split()[:4] == ["(unnamed)", "fake/small", "1", "0"]
+        assert lines[3].split()[:4] == ["alice", "fake/small", "2", "0"]
+        assert lines[4].split()[:3] == ["TOTAL", "3", "0"]
+        as_json = runner.invoke(main, ["usage", "--gateway", gw.url, "--key", "anon", "--json"])
+        assert as_json.exit_code == 0, as_json.output
+        report = json.loads(as_json.output)
+        assert [k["name"] for k in report["keys"]] == ["", "alice"]
+
+
+def test_usage_table_of_nothing_yet() -> None:
+    """No request yet: one line saying so."""
+    assert (
+        usage_table(UsageReport(since=0.0))
+        == "since 1970-01-01 00:00:00 UTC: no inference requests"
+    )

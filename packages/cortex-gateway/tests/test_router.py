@@ -30,7 +30,16 @@ from cortex_gateway.placement import (
     idle_models,
     place,
 )
-from cortex_gateway.router import ColdLoad, NoNode, NotFound, Serve, WaitForLoad, route
+from cortex_gateway.router import (
+    ColdLoad,
+    Hold,
+    NoNode,
+    NotFound,
+    Saturated,
+    Serve,
+    WaitForLoad,
+    route,
+)
 
 NOW = 1_750_000_000.0
 
@@ -161,6 +170,23 @@ def test_route_prefers_the_node_with_fewer_gateway_requests() -> None:
         "benjy"
     )
     assert route(SMALL, CATALOGUE, snapshot, {("beast", SMALL): 1, ("benjy", SMALL): 3}) == Serve(
+        "beast"
+    )
+
+
+def test_route_passes_over_full_nodes_and_is_saturated_when_all_are() -> None:
+    """A node at its cap takes nothing more; with every open node full the request waits."""
+    snapshot = fleet(beast(loaded(SMALL)), benjy(loaded(SMALL)))
+    busy = {("beast", SMALL): 0, ("benjy", SMALL): 3}
+    beast_full = frozenset({("beast", SMALL)})
+    assert route(SMALL, CATALOGUE, snapshot, busy, full=beast_full) == Serve("benjy")
+    both = frozenset({("beast", SMALL), ("benjy", SMALL)})
+    assert route(SMALL, CATALOGUE, snapshot, busy, full=both) == Saturated("beast")
+    # A node admitting nothing (a swap is due) is a hold, whatever its cap.
+    gated = frozenset({("beast", SMALL), ("benjy", SMALL)})
+    assert route(SMALL, CATALOGUE, snapshot, busy, full=both, gated=gated) == Hold("beast")
+    only_gated = frozenset({("benjy", SMALL)})
+    assert route(SMALL, CATALOGUE, snapshot, busy, full=beast_full, gated=only_gated) == Saturated(
         "beast"
     )
 

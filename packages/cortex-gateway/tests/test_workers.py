@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cortex_gateway.workers import merge_metrics
+from cortex_gateway.tenants import CACHE_SECRET_ENV
+from cortex_gateway.workers import Supervisor, merge_metrics
 
 WORKER = """# HELP cortex_requests_total Requests answered
 # TYPE cortex_requests_total counter
@@ -51,3 +56,18 @@ def test_one_worker_merges_to_itself() -> None:
     """With one answer the scrape is that answer, sample for sample."""
     one = WORKER.format(requests=3, created=100.0, fast=2, seconds=0.5, up=1, in_flight=0)
     assert samples(merge_metrics([one])) == samples(one.encode())
+
+
+def test_every_worker_gets_the_same_cache_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers' environment holds one cache secret: the operator's, else one made once."""
+    monkeypatch.delenv(CACHE_SECRET_ENV, raising=False)
+    made = Supervisor(2, Path("cortex.toml"), 0, "127.0.0.1:1", [])
+    monkeypatch.setenv(CACHE_SECRET_ENV, "the-operators")
+    given = Supervisor(2, Path("cortex.toml"), 0, "127.0.0.1:1", [])
+    try:
+        assert len(made.environ[CACHE_SECRET_ENV]) == 64
+        assert given.environ[CACHE_SECRET_ENV] == "the-operators"
+    finally:
+        for supervisor in (made, given):
+            for worker in supervisor.workers:
+                os.close(worker.metrics_fd)

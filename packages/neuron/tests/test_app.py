@@ -249,6 +249,7 @@ def test_models_empty_then_loaded(neuron: Neuron) -> None:
         "last_used",
         "in_flight",
         "max_model_len",
+        "max_num_seqs",
     ):
         assert key in model
     assert model["id"] == "test/tiny"
@@ -259,6 +260,7 @@ def test_models_empty_then_loaded(neuron: Neuron) -> None:
     assert isinstance(model["loaded_at"], float)
     assert model["in_flight"] == 0
     assert model["max_model_len"] == 2048
+    assert model["max_num_seqs"] == 128  # the engine's batch limit: the gateway's default cap
 
 
 def test_load_ready(neuron: Neuron) -> None:

@@ -217,6 +217,7 @@ def test_load_and_serve_tiny(api: httpx.Client, neuron: NeuronProcess) -> None:
     info = response.json()
     assert (info["id"], info["state"], info["source"]) == (TINY, "ready", "local")
     assert info["max_model_len"] == 1024
+    assert info["max_num_seqs"] >= 1  # vLLM's own batch limit, reported for the gateway's cap
     assert info["memory_bytes"] > 0
     assert set(info["phase_seconds"]) == {"preflight", "fetching", "starting", "serving"}
     # Forked from the engine host: one process, vLLM's EngineCore with the worker inside.
@@ -227,7 +228,11 @@ def test_load_and_serve_tiny(api: httpx.Client, neuron: NeuronProcess) -> None:
 
     sdk = client(neuron)
     chat = sdk.chat.completions.create(
-        model=TINY, messages=[{"role": "user", "content": "Hello"}], max_tokens=5
+        model=TINY,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=5,
+        # What the gateway sends for a batch key that isolates its cache.
+        extra_body={"priority": 1, "cache_salt": "f" * 64},
     )
     assert chat.model == TINY
     assert chat.choices[0].message.content
@@ -331,13 +336,49 @@ def test_unload_gives_memory_back(api: httpx.Client, neuron: NeuronProcess) -> N
 
 
 def test_reload(api: httpx.Client, neuron: NeuronProcess) -> None:
-    """A model unloaded can be loaded again and serves again, reusing its engine caches."""
-    assert load(api, TINY, options=TINY_OPTIONS).status_code == 200
+    """A model unloaded can be loaded again (one request at a time, now) and serves again."""
+    loaded = load(api, TINY, options={**TINY_OPTIONS, "max_num_seqs": 1})
+    assert loaded.status_code == 200
+    assert loaded.json()["max_num_seqs"] == 1
     chat = client(neuron).chat.completions.create(
         model=TINY, messages=[{"role": "user", "content": "again"}], max_tokens=3
     )
     assert chat.usage is not None
     assert chat.usage.completion_tokens == 3
+
+
+def test_the_engine_serves_the_lowest_priority_first(neuron: NeuronProcess) -> None:
+    """Engines schedule by priority: a waiting priority-0 request goes before an earlier 1.
+
+    The reloaded tiny model runs one request at a time; while a long one
+    runs, a priority-1 request and then a priority-0 one wait in the
+    engine's queue. First come, first served would end the 1 first.
+    """
+    finished: list[str] = []
+
+    def ask(name: str, priority: int | None, tokens: int) -> None:
+        extra: dict[str, object] = {"ignore_eos": True}
+        if priority is not None:
+            extra["priority"] = priority
+        client(neuron).chat.completions.create(
+            model=TINY,
+            messages=[{"role": "user", "content": name}],
+            max_tokens=tokens,
+            extra_body=extra,
+        )
+        finished.append(name)
+
+    long = threading.Thread(target=ask, args=("long", None, 900))
+    long.start()
+    time.sleep(0.5)
+    batch = threading.Thread(target=ask, args=("batch", 1, 4))
+    batch.start()
+    time.sleep(0.3)
+    interactive = threading.Thread(target=ask, args=("interactive", 0, 4))
+    interactive.start()
+    for thread in (long, batch, interactive):
+        thread.join(timeout=120)
+    assert finished == ["long", "interactive", "batch"]
 
 
 def test_a_compiled_engine_reuses_its_caches(api: httpx.Client, neuron: NeuronProcess) -> None:

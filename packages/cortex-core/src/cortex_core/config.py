@@ -8,6 +8,7 @@ types.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "EvictionSection",
     "GatewayConfig",
     "GatewaySection",
+    "KeyEntry",
     "NeuronConfig",
     "NeuronEntry",
     "NeuronSection",
@@ -54,6 +56,7 @@ __all__ = [
     "check_catalogue_nodes",
     "convert_section",
     "env_token",
+    "load_cortex_config",
     "load_gateway_config",
     "load_neuron_config",
     "parse_hostport",
@@ -122,6 +125,13 @@ class SchedulingSection(_Config):
     max_swap_wait_s); fifo: first come, first served."""
     max_swap_wait_s: NonNegSeconds = 30.0
     """The longest a request is held back for a loaded model's sake before a swap."""
+    max_in_flight_per_model: NonNegInt = 0
+    """Requests one model may have in flight on one node; beyond it they wait at the gateway,
+    interactive first, then round-robin across keys. 0: the engine's own batch limit (the
+    neuron's ``max_num_seqs``; no cap if the neuron does not say)."""
+    interactive_slots: NonNegInt = 1
+    """Of that cap, how many slots only interactive requests may take (a batch flood leaves
+    them free); batch requests always keep at least one."""
 
 
 class RoutingSection(_Config):
@@ -155,6 +165,42 @@ class NeuronEntry(_Config):
     """The environment variable holding the token the gateway sends this neuron."""
 
 
+KEY_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+"""A ``[[keys]]`` name: it shows in metrics, logs and the dashboard."""
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class KeyEntry(_Config):
+    """One ``[[keys]]`` entry: a named key, what it may use, its limits and its class."""
+
+    name: str
+    key_env: str | None = None
+    """The environment variable holding the key (read at start and on reload)."""
+    key_sha256: str | None = None
+    """The key's SHA-256, in hex: the key itself is never in the file."""
+    role: Literal["user", "admin"] = "user"
+    priority: Literal["interactive", "batch"] = "interactive"
+    max_concurrent: NonNegInt = 0
+    """This key's requests in flight at once; 0: no limit."""
+    tokens_per_minute: NonNegInt = 0
+    """Prompt and completion tokens over a sliding minute; 0: no limit."""
+    models: list[str] = field(default_factory=list)
+    """Ids and aliases this key may use (``*`` and ``?`` globs); empty: every model."""
+    isolate_cache: bool = False
+    """A per-key ``cache_salt``, and prefixes shared with no other key."""
+
+    def policy(self) -> tuple[object, ...]:
+        """Everything but the key: entries sharing a name must agree on it."""
+        return (
+            self.role,
+            self.priority,
+            self.max_concurrent,
+            self.tokens_per_minute,
+            self.models,
+            self.isolate_cache,
+        )
+
+
 class CortexConfig(_Config):
     """``cortex.toml`` as written."""
 
@@ -164,6 +210,7 @@ class CortexConfig(_Config):
     routing: RoutingSection = field(default_factory=RoutingSection)
     anthropic: AnthropicSection = field(default_factory=AnthropicSection)
     neurons: list[NeuronEntry] = field(default_factory=list)
+    keys: list[KeyEntry] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,13 +263,58 @@ def _validate_cortex(path: Path, config: CortexConfig) -> None:
         seen.add(neuron.name)
         if neuron.token_env is not None and not neuron.token_env.strip():
             raise ConfigError(path, f"neurons[{i}].token_env", "may not be empty")
+    _validate_keys(path, config.keys)
+
+
+def _validate_keys(path: Path, keys: list[KeyEntry]) -> None:
+    """Names, one way to give each key, no key twice, and one policy per name."""
+    first: dict[str, int] = {}
+    given: dict[str, int] = {}
+    for i, entry in enumerate(keys):
+        at = f"keys[{i}]"
+        if not KEY_NAME.fullmatch(entry.name):
+            raise ConfigError(
+                path, f"{at}.name", f"{entry.name!r}: use 1 to 64 letters, digits, '.', '_', '-'"
+            )
+        if (entry.key_env is None) == (entry.key_sha256 is None):
+            raise ConfigError(path, at, "give exactly one of `key_env` or `key_sha256`")
+        if entry.key_env is not None and not entry.key_env.strip():
+            raise ConfigError(path, f"{at}.key_env", "may not be empty")
+        if entry.key_sha256 is not None and not _SHA256.fullmatch(entry.key_sha256):
+            raise ConfigError(path, f"{at}.key_sha256", "must be 64 hexadecimal digits")
+        for j, pattern in enumerate(entry.models):
+            if not pattern.strip():
+                raise ConfigError(path, f"{at}.models[{j}]", "may not be empty")
+        source = f"env:{entry.key_env}" if entry.key_env else f"sha:{entry.key_sha256}".lower()
+        if source in given:
+            raise ConfigError(path, at, f"gives the same key as keys[{given[source]}]")
+        given[source] = i
+        if entry.name in first:
+            # Two entries, one name: a key being rotated. They are one tenant.
+            j = first[entry.name]
+            if keys[j].policy() != entry.policy():
+                raise ConfigError(
+                    path,
+                    at,
+                    f"shares the name {entry.name!r} with keys[{j}] (a rotation) but not its"
+                    " role, priority, limits, models or isolate_cache",
+                )
+        else:
+            first[entry.name] = i
+
+
+def load_cortex_config(path: str | Path) -> CortexConfig:
+    """Load and validate ``cortex.toml`` alone; raise :class:`ConfigError`."""
+    path = Path(path)
+    config = convert_section(read_toml(path), CortexConfig, path)
+    _validate_cortex(path, config)
+    return config
 
 
 def load_gateway_config(path: str | Path) -> GatewayConfig:
     """Load and validate ``cortex.toml`` and its ``models.toml``; raise :class:`ConfigError`."""
     path = Path(path)
-    config = convert_section(read_toml(path), CortexConfig, path)
-    _validate_cortex(path, config)
+    config = load_cortex_config(path)
     models_path = Path(config.gateway.models)
     if not models_path.is_absolute():
         models_path = path.parent / models_path

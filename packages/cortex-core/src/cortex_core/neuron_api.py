@@ -141,6 +141,8 @@ class ModelInfo(_Wire):
     last_used: float | None = None
     in_flight: int = 0
     max_model_len: int | None = None
+    max_num_seqs: int | None = None
+    """The engine's batch limit: how many requests it runs at once (none: it does not say)."""
     error: str | None = None
     """Why a ``failed`` load failed."""
     phase: str | None = None

@@ -19,8 +19,9 @@ from starlette.types import Receive, Scope, Send
 
 from cortex_core.config import GatewayConfig
 from cortex_gateway.neurons import Neurons
+from cortex_gateway.quotas import LocalQuotas
 from cortex_gateway.routes import api_routes, metrics_routes, unrouted
-from cortex_gateway.state import Gateway, NeuronsFactory
+from cortex_gateway.state import Gateway, NeuronsFactory, QuotasFactory
 from cortex_gateway.transport import HttpNeurons
 
 __all__ = ["GatewayApp", "create_apps", "http_neurons"]
@@ -71,13 +72,16 @@ def create_apps(
     *,
     neurons: NeuronsFactory = http_neurons,
     environ: Mapping[str, str] | None = None,
+    quotas: QuotasFactory = LocalQuotas,
 ) -> tuple[GatewayApp, Starlette, Gateway]:
     """The API app, the metrics app (its own listener), and their shared state.
 
     ``neurons`` is called once the API app starts, in its event loop;
-    ``environ`` (default ``os.environ``) holds the neurons' tokens.
+    ``environ`` (default ``os.environ``) holds the neurons' tokens and the
+    ``key_env`` keys; ``quotas`` makes where limited keys are counted (a
+    worker's: its supervisor's shared count).
     """
-    gateway = Gateway(config, neurons, environ)
+    gateway = Gateway(config, neurons, environ, quotas)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -1,18 +1,19 @@
-"""API keys: which key a request presents, and whether its route admits it.
+"""API keys: which tenant a request's key is, and whether its route admits it.
 
-``api_keys`` admit every keyed route but ``/admin/*`` when ``admin_keys`` is
-set; then only an admin key does there (an API key is a 403). An admin key
-admits every route. Keys are compared in constant time and never logged.
+Keys come from ``api_keys`` and ``admin_keys`` (unnamed) and ``[[keys]]``
+(named, each with a role): a :class:`~cortex_gateway.tenants.KeyRing`. User
+keys admit every keyed route but ``/admin/*`` when some admin key exists;
+then only an admin key does there (a user key is a 403). An admin key admits
+every route. A presented key is hashed once (SHA-256) and looked up by its
+digest, never compared as text, and never logged.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.requests import Request
 
-from cortex_core.config import GatewaySection
 from cortex_gateway.errors import ErrorKind, GatewayError
+from cortex_gateway.tenants import ANONYMOUS, KeyRing, Tenant
 
 __all__ = ["Keys", "presented_key"]
 
@@ -25,38 +26,34 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key")
 
 
-def _one_of(given: str, keys: list[str]) -> bool:
-    """Whether ``given`` is one of ``keys``, comparing every key in constant time."""
-    presented = given.encode()
-    found = False
-    for key in keys:
-        found |= hmac.compare_digest(presented, key.encode())
-    return found
-
-
 class Keys:
-    """The keys of ``[gateway]``: ``api_keys`` and ``admin_keys``."""
+    """The keys in force (replaced whole when ``cortex.toml`` is read again)."""
 
-    def __init__(self, settings: GatewaySection) -> None:
-        self.api_keys = settings.api_keys
-        self.admin_keys = settings.admin_keys
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
 
-    def authorize(self, request: Request, *, admin: bool = False) -> None:
-        """Refuse a request its route does not admit: 401, or 403 for an API key on /admin."""
-        api_keys, admin_keys = self.api_keys, self.admin_keys
-        if not api_keys and not admin_keys:
-            return
+    def use(self, ring: KeyRing) -> None:
+        """Admit by ``ring`` from now on (requests already admitted keep their tenant)."""
+        self.ring = ring
+
+    def authorize(self, request: Request, *, admin: bool = False) -> Tenant:
+        """The request's tenant; 401 without a key its route admits, 403: a user key on /admin."""
+        ring = self.ring
+        if not ring.keyed:
+            return ANONYMOUS
         given = presented_key(request)
-        if given is not None and _one_of(given, admin_keys):
-            return
-        if admin and admin_keys:
-            if given is not None and _one_of(given, api_keys):
+        tenant = ring.find(given) if given is not None else None
+        if tenant is not None and tenant.admin:
+            return tenant
+        if admin and ring.admins:
+            if tenant is not None:
                 raise GatewayError(403, ErrorKind.FORBIDDEN, "this key may not use the admin API")
             raise GatewayError(401, ErrorKind.UNAUTHORIZED, "missing or invalid admin key")
-        if not api_keys and not admin:
-            return  # only the admin API is keyed
-        if given is None or not _one_of(given, api_keys):
+        if not ring.users and not admin:
+            return ANONYMOUS  # only the admin API is keyed
+        if tenant is None:
             raise GatewayError(401, ErrorKind.UNAUTHORIZED, "missing or invalid API key")
+        return tenant
 
     def admits(self, request: Request, *, admin: bool = False) -> bool:
         """Whether :meth:`authorize` lets ``request`` through."""

@@ -1,8 +1,9 @@
 """What the gateway reads from and changes in inference bodies, without decoding the rest.
 
-Only ``model`` is rewritten (to the concrete id the neuron knows), and
-``stream_options.include_usage`` set when the gateway needs the token counts;
-every other byte of the body goes as it came. Nothing here does I/O.
+Only ``model`` is rewritten (to the concrete id the neuron knows),
+``stream_options.include_usage`` set when the gateway needs the token counts,
+and ``priority`` and ``cache_salt`` set as the request's key says; every
+other byte of the body goes as it came. Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "context_overflow",
     "relayable_message",
     "rewrite_model",
+    "stamp",
 ]
 
 _raw_object = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -105,6 +107,29 @@ def rewrite_model(body: bytes, model: str, *, include_usage: bool = False) -> by
             fields["stream_options"] = msgspec.Raw(encode(options))
     except msgspec.DecodeError as exc:
         raise WireError(f"body is not a JSON object: {exc}") from exc
+    return encode(fields)
+
+
+def stamp(body: bytes, priority: int, cache_salt: str | None) -> bytes:
+    """``body`` with the ``priority`` and ``cache_salt`` its key gives, the client's own dropped.
+
+    The engine schedules by ``priority`` and salts its prefix cache with
+    ``cache_salt``: only the gateway sets them. ``priority`` 0 (interactive,
+    vLLM's default) and no salt leave a body that names neither as it came.
+    """
+    untouched = not priority and cache_salt is None
+    if untouched and b'"priority"' not in body and b'"cache_salt"' not in body:
+        return body
+    try:
+        fields = _raw_object.decode(body)
+    except msgspec.DecodeError as exc:
+        raise WireError(f"body is not a JSON object: {exc}") from exc
+    fields.pop("priority", None)
+    fields.pop("cache_salt", None)
+    if priority:
+        fields["priority"] = msgspec.Raw(encode(priority))
+    if cache_salt is not None:
+        fields["cache_salt"] = msgspec.Raw(encode(cache_salt))
     return encode(fields)
 
 

@@ -20,7 +20,9 @@ from starlette.requests import Request
 from cortex_core.catalogue import Catalogue
 from cortex_core.text import printable
 from cortex_gateway.errors import Surface
+from cortex_gateway.quotas import Admission
 from cortex_gateway.responses import NODE_HEADER, REQUEST_ID_HEADER
+from cortex_gateway.tenants import ANONYMOUS, Tenant
 
 __all__ = ["INFERENCE_ROUTES", "Call"]
 
@@ -65,6 +67,10 @@ class Call:
     """The prompt's prefix hashes, for prefix-aware routing (None: not scored)."""
     session: str | None = None
     """The client's conversation key (Claude Code's session), kept on one node by prefix routing."""
+    tenant: Tenant = ANONYMOUS
+    """Whose key it came with (the unnamed tenant until the key is checked, or without keys)."""
+    admission: Admission | None = None
+    """Counted in against its key's limits: counted out when it ends."""
 
     @classmethod
     def begin(cls, request: Request, handler: str, surface: Surface) -> Call:
@@ -87,7 +93,10 @@ class Call:
     def fields(self) -> dict[str, str]:
         """The log fields known so far (what the client named, made printable and bounded)."""
         found = {"model": self.model, "alias": self.alias, "node": self.node}
-        return {k: printable(v) for k, v in found.items() if v is not None}
+        fields = {k: printable(v) for k, v in found.items() if v is not None}
+        if self.tenant.name:
+            fields["key"] = self.tenant.name  # the key's name (a config name), never the key
+        return fields
 
     def headers(self) -> dict[str, str]:
         """Headers every answer to this request carries: its id, and the node if one was chosen."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import msgspec
 
 from cortex_core.catalogue import Catalogue, save_alias
 from cortex_core.config import (
@@ -26,6 +27,8 @@ from cortex_core.runtime.sockets import ListenError, bind_listen
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 from cortex_gateway.reloads import guard
+from cortex_gateway.tenants import read_keys
+from cortex_gateway.usage import UsageReport, usage_table
 
 DEFAULT_CONFIG = "/etc/cortex/cortex.toml"
 DEFAULT_GATEWAY = "http://127.0.0.1:31313"
@@ -76,6 +79,7 @@ def main() -> None:
 @click.option("--worker", type=int, default=None, hidden=True)
 @click.option("--api-fd", type=int, default=None, hidden=True)
 @click.option("--metrics-fd", type=int, default=None, hidden=True)
+@click.option("--shared-fd", type=int, default=None, hidden=True)
 def serve(
     config_path: str | None,
     log_format: LogFormat,
@@ -83,6 +87,7 @@ def serve(
     worker: int | None,
     api_fd: int | None,
     metrics_fd: int | None,
+    shared_fd: int | None,
 ) -> None:
     """Run the gateway until SIGTERM or SIGINT, then drain requests in flight.
 
@@ -94,6 +99,7 @@ def serve(
     config = _load(path)
     try:
         config.neuron_tokens(os.environ)  # refuse now, not at the first call
+        read_keys(config.path, config.cortex, os.environ, b"")
     except ConfigError as exc:
         click.echo(f"cortex: {exc}", err=True)
         sys.exit(2)
@@ -102,7 +108,8 @@ def serve(
         configure_logging(log_format, log_level.upper())
         from cortex_gateway.daemon import serve as serve_gateway
 
-        run_loop(serve_gateway(config, f"fd://{api_fd}", f"fd://{metrics_fd}", worker=worker))
+        at = (f"fd://{api_fd}", f"fd://{metrics_fd}")
+        run_loop(serve_gateway(config, *at, worker=worker, shared_fd=shared_fd))
         return
     try:  # now: a port in use is one line, before anything starts
         api_bind = bind_listen(config.cortex.gateway.listen)
@@ -273,6 +280,19 @@ def models(gateway: str, key: str | None, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+
+
+@main.command()
+@gateway_option
+@key_option
+@click.option("--json", "as_json", is_flag=True, help="Print the /admin/usage JSON.")
+def usage(gateway: str, key: str | None, as_json: bool) -> None:
+    """Requests and tokens per key and model since the gateway started (GET /admin/usage)."""
+    report = _request(gateway, "GET", "/admin/usage", key=key)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(usage_table(msgspec.convert(report, UsageReport)))
 
 
 @main.command()

@@ -25,15 +25,23 @@ log = logging.getLogger(__name__)
 
 
 async def serve(
-    config: GatewayConfig, api_bind: str, metrics_bind: str, *, worker: int | None = None
+    config: GatewayConfig,
+    api_bind: str,
+    metrics_bind: str,
+    *,
+    worker: int | None = None,
+    shared_fd: int | None = None,
 ) -> None:
     """Serve the API and metrics apps on their sockets until SIGTERM or SIGINT, then drain.
 
-    ``worker`` is this process's index when a supervisor runs several.
+    ``worker`` is this process's index when a supervisor runs several, and
+    ``shared_fd`` its end of the link over which it shares the keys' counts.
     """
     from hypercorn.asyncio import serve as hypercorn_serve
 
     from cortex_gateway.app import create_apps
+    from cortex_gateway.coordinator import WorkerLink
+    from cortex_gateway.quotas import LocalQuotas
 
     settings = config.cortex.gateway
     if (short := raise_descriptor_limit(settings.max_connections)) is not None:
@@ -42,7 +50,11 @@ async def serve(
             extra={"limit": short, "max_connections": settings.max_connections},
         )
 
-    api, metrics, gateway = create_apps(config)
+    # A worker shares its supervisor's counts (the keys' limits, their usage) over its link.
+    link = WorkerLink(shared_fd, lambda: gateway.local_usage()) if shared_fd is not None else None
+    api, metrics, gateway = create_apps(config, quotas=LocalQuotas if link is None else link.quotas)
+    if link is not None:
+        gateway.usage_of_all = link.usage
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -83,7 +95,11 @@ async def serve(
     metrics_settings = server_config(
         metrics_bind, graceful_timeout_s=5.0, header_timeout_s=settings.header_timeout_s
     )
-    await asyncio.gather(
-        hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
-        hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
-    )
+    try:
+        await asyncio.gather(
+            hypercorn_serve(api_app, api_settings, shutdown_trigger=stop.wait),
+            hypercorn_serve(metrics_app, metrics_settings, shutdown_trigger=stop.wait),
+        )
+    finally:
+        if link is not None:
+            await link.close()

@@ -40,6 +40,7 @@ class ErrorKind(enum.StrEnum):
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
     OVERLOADED = "overloaded"
+    RATE_LIMITED = "rate_limited"
     UNAVAILABLE = "unavailable"
     UPSTREAM = "upstream"
     TIMEOUT = "timeout"
@@ -61,6 +62,7 @@ _OPENAI_TYPES: dict[ErrorKind, str] = {
     ErrorKind.NOT_FOUND: "not_found_error",
     ErrorKind.CONFLICT: "invalid_request_error",
     ErrorKind.OVERLOADED: "rate_limit_error",
+    ErrorKind.RATE_LIMITED: "rate_limit_error",
     ErrorKind.UNAVAILABLE: "service_unavailable",
     ErrorKind.UPSTREAM: "upstream_error",
     ErrorKind.TIMEOUT: "timeout",
@@ -115,6 +117,8 @@ class GatewayError(Exception):
         self.headers = headers or {}
         """Headers the answer carries (``Retry-After`` on a 429)."""
         self.code = code
+        """The OpenAI envelope's ``code`` where it is a name (``rate_limit_exceeded``,
+        ``context_length_exceeded``); else the status."""
         self.param = param
         self.anthropic_message = anthropic_message
         self.log = log

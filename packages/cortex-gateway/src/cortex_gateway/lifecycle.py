@@ -1,13 +1,17 @@
 """The lifecycle: a request's model routed onto the fleet, as a lease, or a wait for one.
 
 It assembles the :class:`~cortex_gateway.poller.Poller` (the neurons' word),
-the :class:`~cortex_gateway.loads.Loads` (every load and unload) and the book
-of :class:`~cortex_gateway.leases.Lease` s, and does three things with them:
-route (``router.route`` on the fleet snapshot), lease (the node held in the
-same step as the decision) and wait (for a load, for a node, for room,
-bounded by ``max_waiting`` per model and ``load_timeout_s``). A node that
-restarts, or is down by evidence with its requests gone quiet (see
-:mod:`~cortex_gateway.poller`), has its leases aborted at once.
+the :class:`~cortex_gateway.loads.Loads` (every load and unload), the book
+of :class:`~cortex_gateway.leases.Lease` s and the
+:class:`~cortex_gateway.slots.Slots` (caps per node and model, and who
+waits for a slot), and does three things with them: route
+(``router.route`` on the fleet snapshot), lease (the node held in the same
+step as the decision) and wait (for a load, for a node, for room, for a
+slot, bounded by ``max_waiting`` per model and ``load_timeout_s``). A node
+that restarts, or is down by evidence with its requests gone quiet (see
+:mod:`~cortex_gateway.poller`), has its leases aborted at once; a slot that may
+have come free (a request ended, the fleet changed) is offered to the
+requests waiting for one, in fair order.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ from cortex_gateway.router import (
     Hold,
     NoNode,
     NotFound,
+    Saturated,
     Serve,
     WaitForLoad,
     route,
 )
+from cortex_gateway.slots import Slots, Ticket
 
 __all__ = ["Lifecycle"]
 
@@ -81,6 +87,9 @@ class Lifecycle:
             config, self.poller, self.leases, self.events, waiting_since=self._oldest, clock=clock
         )
         self.leases.on_release(self.loads.released)
+        self.slots = Slots(config.cortex.scheduling, self.settings.workers, offer=self._offer)
+        """Caps on requests in flight per node and model, and who waits for a slot."""
+        self.leases.on_release(self.slots.released)
         self.catalogue: Catalogue = config.catalogue
         """The catalogue in force (:meth:`use` replaces it; requests keep what they resolved)."""
         self._waiting: Counter[str] = Counter()
@@ -164,6 +173,7 @@ class Lifecycle:
                     "requests on a node that went down aborted",
                     extra={"node": name, "count": aborted},
                 )
+        self.slots.released()  # a node's models, or their caps, may have changed
 
     async def run(self) -> None:
         """Poll forever; after each round, keep pinned models loaded and unload idle ones."""
@@ -185,9 +195,11 @@ class Lifecycle:
         exclude: frozenset[str],
         prefix: Sequence[int] = (),
         session: str | None = None,
+        batch: bool = False,
     ) -> Decision:
         affinity = held = None
         fleet = self.poller.fleet
+        counts = self.leases.counts
         if prefix:
             nodes = fleet.locations(model_id)
             affinity = self.prefixes.match(model_id, prefix, nodes, session)
@@ -196,10 +208,11 @@ class Lifecycle:
             model_id,
             self.catalogue,
             fleet,
-            self.leases.counts,
+            counts,
             exclude=exclude,
             avoid=self.poller.broken(),
             gated=self.loads.gates(),
+            full=self.slots.full(fleet, model_id, counts, batch=batch),
             blocks=len(prefix),
             affinity=affinity,
             held=held,
@@ -216,6 +229,8 @@ class Lifecycle:
         arrived: float | None = None,
         prefix: Sequence[int] = (),
         session: str | None = None,
+        key: str = "",
+        batch: bool = False,
     ) -> Lease | asyncio.Task[Lease]:
         """A lease on the node to serve ``model_id`` now, or the wait for one (a task to await).
 
@@ -223,12 +238,13 @@ class Lifecycle:
         eviction, a burst) comes between them; ``prefix`` (the prompt's block
         hashes) weighs where it goes and is recorded there, with its ``session``
         (a client's conversation key, which keeps it on one node). A request that has
-        to wait (for a load, for room, for a node) is bounded by
+        to wait (for a load, for room, for a node, for a slot) is bounded by
         ``max_waiting`` per model (429) and by ``load_timeout_s``; ``arrived``
-        (monotonic) is when it came, for the swap policy.
+        (monotonic) is when it came, for the swap policy. A request waiting for
+        a slot waits in ``key``'s line of its class (``batch`` or interactive).
         """
-        decision = self._route(model_id, exclude, prefix, session)
-        if isinstance(decision, Serve):
+        decision = self._route(model_id, exclude, prefix, session, batch)
+        if isinstance(decision, Serve) and not self.slots.waiting(model_id):
             return self._take(decision.node, model_id, prefix, decision.matched, session)
         if self._waiting[model_id] >= self.settings.max_waiting:
             raise GatewayError(
@@ -240,7 +256,8 @@ class Lifecycle:
         arrival = time.monotonic() if arrived is None else arrived
         self._waiting[model_id] += 1
         self._arrivals.setdefault(model_id, []).append(arrival)
-        waiting = asyncio.ensure_future(self._wait_for(model_id, exclude, prefix, session))
+        ticket = Ticket(model_id, key, batch, exclude, prefix, session=session)
+        waiting = asyncio.ensure_future(self._wait_for(ticket))
         waiting.add_done_callback(partial(self._waited, model_id, arrival))
         return waiting
 
@@ -258,15 +275,79 @@ class Lifecycle:
         lease.matched = matched
         return lease
 
-    async def _wait_for(
-        self,
-        model_id: str,
-        exclude: frozenset[str],
-        prefix: Sequence[int],
-        session: str | None,
-    ) -> Lease:
-        node, matched = await self._resolve(model_id, exclude, prefix, session)
-        return self._take(node, model_id, prefix, matched, session)
+    async def _wait_for(self, ticket: Ticket) -> Lease:
+        model_id, prefix, batch = ticket.model, ticket.prefix, ticket.batch
+        session = ticket.session
+        deadline = time.monotonic() + self.settings.load_timeout_s
+        while True:
+            found = await self._resolve(model_id, ticket.exclude, prefix, session, batch, deadline)
+            if found is not None:
+                node, matched = found
+                state = self.poller.fleet.nodes.get(node)
+                if self.slots.room(state, model_id, self.leases.counts, batch=batch):
+                    return self._take(node, model_id, prefix, matched, session)
+            lease = await self._queue(ticket, deadline)
+            if lease is not None:
+                return lease
+            ticket = Ticket(model_id, ticket.key, batch, ticket.exclude, prefix, session=session)
+
+    # --- slots -------------------------------------------------------------------------
+
+    async def _queue(self, ticket: Ticket, deadline: float) -> Lease | None:
+        """Wait in line for a slot: the lease, or None to route again (the model moved)."""
+        self.slots.push(ticket)
+        self._offer(ticket.model)
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(ticket.granted), max(deadline - time.monotonic(), 0)
+            )
+        except TimeoutError:
+            self._give_up(ticket)
+            raise GatewayError(
+                503,
+                ErrorKind.UNAVAILABLE,
+                f"model {ticket.model!r} had no free slot in time: every node serving it"
+                " has its cap of requests in flight",
+                headers={"retry-after": str(RETRY_AFTER_S)},
+            ) from None
+        except BaseException:
+            self._give_up(ticket)  # its client left, or the gateway stops
+            raise
+
+    def _give_up(self, ticket: Ticket) -> None:
+        """A ticket's request stopped waiting: out of the line, or its lease given back."""
+        granted = ticket.granted
+        if not self.slots.drop(ticket) and granted.done() and not granted.cancelled():
+            lease = granted.result()
+            if lease is not None:
+                lease.release()
+        granted.cancel()
+
+    def _offer(self, model_id: str) -> None:
+        """Give each slot that is free to the next ticket of ``model_id``, in fair order."""
+        while (ticket := self.slots.next(model_id, self._fits)) is not None:
+            if ticket.granted.done():
+                continue
+            serve = ticket.serve
+            if serve is None:
+                ticket.granted.set_result(None)  # not a slot's wait any more: route again
+            else:
+                lease = self._take(
+                    serve.node, model_id, ticket.prefix, serve.matched, ticket.session
+                )
+                ticket.granted.set_result(lease)
+
+    def _fits(self, ticket: Ticket) -> bool:
+        """Whether ``ticket`` can go now: a slot is its, or its model is no longer a slot's wait."""
+        if ticket.granted.done():
+            return True
+        decision = self._route(
+            ticket.model, ticket.exclude, ticket.prefix, ticket.session, ticket.batch
+        )
+        if isinstance(decision, Saturated):
+            return False
+        ticket.serve = decision if isinstance(decision, Serve) else None
+        return True
 
     def _waited(self, model_id: str, arrival: float, _: object) -> None:
         """A wait ended, however it ended: it no longer counts."""
@@ -287,16 +368,20 @@ class Lifecycle:
         model_id: str,
         exclude: frozenset[str],
         prefix: Sequence[int],
-        session: str | None = None,
-    ) -> tuple[str, int]:
-        deadline = time.monotonic() + self.settings.load_timeout_s
+        session: str | None,
+        batch: bool,
+        deadline: float,
+    ) -> tuple[str, int] | None:
+        """Where the request can go once its model is ready; None: every node is at its cap."""
         changes = self.poller.changes
         while True:
             if changes.stopping:
                 raise GatewayError(503, ErrorKind.UNAVAILABLE, SHUTTING_DOWN)
-            match self._route(model_id, exclude, prefix, session):
+            match self._route(model_id, exclude, prefix, session, batch):
                 case Serve(node, matched):
                     return node, matched
+                case Saturated(_):
+                    return None
                 case Hold(_):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -320,6 +405,9 @@ class Lifecycle:
     def stop(self) -> int:
         """The gateway is stopping: waiters give up and leases are aborted; how many."""
         self.poller.changes.stop()
+        for ticket in self.slots.clear():
+            if not ticket.granted.done():
+                ticket.granted.set_result(None)  # it routes again, and finds the gateway stopping
         return self.leases.abort_all(SHUTTING_DOWN)
 
     async def close(self) -> None:

@@ -67,7 +67,7 @@ class _FleetCollector(Collector):
             in_flight.add_metric([model, node_name], count)
         waiting = GaugeMetricFamily(
             "cortex_requests_waiting",
-            "Requests waiting for their model to load",
+            "Requests waiting for their model to load, or for a slot (max_in_flight_per_model)",
             labels=["model"],
         )
         for model, count in dict(status.waiting).items():

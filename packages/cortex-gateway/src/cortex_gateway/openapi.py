@@ -18,6 +18,7 @@ from cortex_core import openai as oa
 from cortex_core import responses_api as ra
 from cortex_gateway import __version__
 from cortex_gateway.catalogue_view import FleetModel, FleetModelList
+from cortex_gateway.usage import UsageReport
 
 __all__ = ["AdminAnswer", "AdminRequest", "ReloadAnswer", "ReloadRequest", "openapi_document"]
 
@@ -109,6 +110,7 @@ def openapi_document() -> dict[str, Any]:
         AdminAnswer,
         ReloadRequest,
         ReloadAnswer,
+        UsageReport,
         Health,
     ]
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
@@ -254,9 +256,16 @@ def openapi_document() -> dict[str, Any]:
                 "responses": answers(ref[AdminAnswer], openai_error, admin),
             }
         },
+        "/admin/usage": {
+            "get": {
+                "summary": "Requests and tokens per key and model since the gateway started",
+                "responses": answers(ref[UsageReport], openai_error, [401, 403, 500]),
+            }
+        },
         "/admin/reload": {
             "post": {
-                "summary": "Read models.toml again (aliases and profiles), as SIGHUP does",
+                "summary": "Read models.toml (aliases and profiles) and the keys of cortex.toml"
+                " again, as SIGHUP does",
                 "requestBody": {**json_body(ref[ReloadRequest]), "required": False},
                 "responses": answers(
                     ref[ReloadAnswer], openai_error, [400, 401, 403, 409, 415, 422, 500, 503]

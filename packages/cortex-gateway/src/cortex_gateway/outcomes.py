@@ -16,14 +16,16 @@ from typing import Any
 
 from starlette.responses import Response
 
+from cortex_core.openai import Usage
 from cortex_gateway.activity import ALL, Series
 from cortex_gateway.calls import INFERENCE_ROUTES, Call
 from cortex_gateway.errors import ErrorKind, GatewayError, internal_error
 from cortex_gateway.metering import Meter
-from cortex_gateway.metrics import GatewayMetrics
+from cortex_gateway.metrics import GatewayMetrics, Labels
 from cortex_gateway.responses import ClosingStream, json_response
 from cortex_gateway.sse import EventTooLarge
 from cortex_gateway.upstream import BROKEN_STREAM
+from cortex_gateway.usage import KeyAccounts
 
 __all__ = ["CLIENT_GONE", "Outcomes"]
 
@@ -42,10 +44,20 @@ def _series_key(label: str) -> str:
 class Outcomes:
     """Records every request's outcome in the metrics, the series and the log."""
 
-    def __init__(self, metrics: GatewayMetrics, series: Series) -> None:
+    def __init__(self, metrics: GatewayMetrics, series: Series, accounts: KeyAccounts) -> None:
         self.metrics = metrics
         self.series = series
         """The last minutes of inference requests, per model: the dashboard's charts."""
+        self.accounts = accounts
+        """Usage per key (``/admin/usage`` and the ``cortex_key_*`` metrics)."""
+
+    def _account(self, call: Call, labels: Labels, status: int, usage: Usage | None) -> None:
+        """The call's key: counted out of its limits, its usage counted (inference routes)."""
+        admission, call.admission = call.admission, None
+        if admission is not None:
+            admission.release(usage.prompt_tokens + usage.completion_tokens if usage else 0)
+        if labels.route != "other":
+            self.accounts.record(call.tenant.name, labels.model, status, usage)
 
     def finish(self, call: Call, status: int, meter: Meter) -> None:
         """Record an answered request: its metrics and its one log line."""
@@ -54,6 +66,7 @@ class Outcomes:
         waited = (call.routed or call.started) - call.started
         self.metrics.observe_success(labels, status, meter, latency, waited)
         usage = meter.usage
+        self._account(call, labels, status, usage)
         if labels.route in CHARTED_ROUTES:
             tokens = usage.completion_tokens if usage else 0
             self.series.record(_series_key(labels.model), ok=True, tokens=tokens, ttft=meter.ttft)
@@ -76,6 +89,7 @@ class Outcomes:
         """Record a failed request: its metrics and its one log line."""
         labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
         self.metrics.observe_failure(labels, error.status, error.kind)
+        self._account(call, labels, error.status, None)
         if labels.route in CHARTED_ROUTES:
             self.series.record(_series_key(labels.model), ok=False)
         fields: dict[str, Any] = {
@@ -104,6 +118,7 @@ class Outcomes:
         """Record a client that left before its answer (nothing was sent on for it)."""
         labels = self.metrics.labels(call.model, call.alias, call.node, call.route)
         self.metrics.observe_gone(labels)
+        self._account(call, labels, CLIENT_GONE, None)
         log.info(
             "client gone",
             extra={"request_id": call.request_id, "handler": call.handler, **call.fields()},

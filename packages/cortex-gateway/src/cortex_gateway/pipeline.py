@@ -26,7 +26,10 @@ from starlette.responses import Response
 
 from cortex_core.config import GatewaySection
 from cortex_core.tasks import wrong_task
+from cortex_core.text import printable
+from cortex_core.wire import WireError
 from cortex_gateway.auth import Keys
+from cortex_gateway.bodies import stamp
 from cortex_gateway.calls import Call
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface, internal_error
 from cortex_gateway.incoming import ClientGone, require_json, unless_gone
@@ -37,6 +40,7 @@ from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import NeuronApi, Neurons
 from cortex_gateway.outcomes import Outcomes
 from cortex_gateway.prefix import prefix_hashes
+from cortex_gateway.quotas import Quotas, Refusal, over_limit
 from cortex_gateway.upstream import Connection, Opening, Unsent, Upstreams
 
 __all__ = ["Adapter", "EarlyStart", "Handler", "Pipeline", "RouteSpec"]
@@ -127,10 +131,15 @@ class Pipeline:
         metrics: GatewayMetrics,
         settings: GatewaySection,
         outcomes: Outcomes,
+        keys: Keys,
+        quotas: Quotas,
     ) -> None:
         self.life = lifecycle
         self.metrics = metrics
-        self.keys = Keys(settings)
+        self.keys = keys
+        """Who each request's key is (replaced on reload)."""
+        self.quotas = quotas
+        """Where limited keys' requests are counted in (shared by ``workers = N``)."""
         self.outcomes = outcomes
         self.upstreams = Upstreams(neurons, settings)
         self.routing = lifecycle.routing
@@ -148,7 +157,7 @@ class Pipeline:
         call = Call.begin(request, spec.handler, spec.surface)
         try:
             if not spec.public:
-                self.keys.authorize(request, admin=spec.admin)
+                call.tenant = self.keys.authorize(request, admin=spec.admin)
             if request.method == "POST":
                 require_json(request)
             return await work(request, call)
@@ -178,15 +187,22 @@ class Pipeline:
         and sent; one that failed before anything came back goes once more,
         to another node. Every failure is a :class:`GatewayError`.
         """
-        model = call.name(self.life.catalogue, adapter.model)
+        model = self._name(call, adapter.model)
         # A model outside the catalogue (loaded on a neuron by hand) is refused by its neuron.
         profile = self.life.catalogue.profile(model)
         if profile is not None and (wrong := wrong_task(model, profile.task, adapter.path)):
             raise GatewayError(400, ErrorKind.BAD_REQUEST, wrong, task=profile.task)
+        await self._admit(call)
+        tenant = call.tenant
         if self.routing.policy == "prefix":
             blocks = self.routing.prefix_block_chars
-            call.prefix = prefix_hashes(model, adapter.prompt(), blocks) or None
-        body = adapter.prepare(model)
+            # A key that isolates its cache has prefixes of its own: no other key's match them.
+            space = model if tenant.cache_salt is None else f"{model}\x00{tenant.cache_salt}"
+            call.prefix = prefix_hashes(space, adapter.prompt(), blocks) or None
+        try:
+            body = stamp(adapter.prepare(model), tenant.priority, tenant.cache_salt)
+        except WireError as exc:
+            raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
         meter = Meter(started=call.started)
         early = adapter.early_start if adapter.streaming else None
         if early is not None:
@@ -234,7 +250,8 @@ class Pipeline:
 
         ``question`` gets the node's management client and the concrete id.
         """
-        model = call.name(self.life.catalogue, asked)
+        model = self._name(call, asked)
+        await self._admit(call)
         lease = await self._lease(call, request)
         try:
             answer = await question(lease.client, model)
@@ -242,6 +259,27 @@ class Pipeline:
             lease.release()
         self.outcomes.finish(call, 200, Meter(started=call.started))
         return answer
+
+    # --- the key's part --------------------------------------------------------------
+
+    def _name(self, call: Call, asked: str) -> str:
+        """The concrete id of ``asked``; 404 if the call's key may not use it (as if unknown)."""
+        model = call.name(self.life.catalogue, asked)
+        if not call.tenant.allows(asked, model):
+            raise GatewayError(
+                404, ErrorKind.NOT_FOUND, f"model '{printable(asked)}' does not exist"
+            )
+        return model
+
+    async def _admit(self, call: Call) -> None:
+        """Count the call in against its key's limits (429 over one); outcomes count it out."""
+        tenant = call.tenant
+        if not tenant.limited:
+            return
+        admitted = await self.quotas.admit(tenant)
+        if isinstance(admitted, Refusal):
+            raise over_limit(tenant, admitted)
+        call.admission = admitted
 
     # --- routing and connecting ------------------------------------------------------
 
@@ -270,8 +308,15 @@ class Pipeline:
         """
         assert call.model is not None, "name the model first"
         prefix = call.prefix or ()
+        tenant = call.tenant
         got = self.life.lease(
-            call.model, exclude=exclude, arrived=call.started, prefix=prefix, session=call.session
+            call.model,
+            exclude=exclude,
+            arrived=call.started,
+            prefix=prefix,
+            session=call.session,
+            key=tenant.name,
+            batch=tenant.batch,
         )
         lease = got if isinstance(got, Lease) else await _waited(got, request)
         call.node = lease.node

@@ -1,6 +1,7 @@
 """Reading ``models.toml`` again while the gateway serves: off the loop, bounded, and guarded.
 
-A reload reads and checks the file in a thread of its own, so a large file
+A reload reads and checks the file (and ``cortex.toml``'s keys, which reload
+with it) in a thread of its own, so a large file
 costs the event loop nothing and a file on a hung file system blocks that
 thread, never the loop: the reload gives up after ``RELOAD_TIMEOUT_S`` and
 the catalogue in force stays. The file's size is capped where every config
@@ -18,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from cortex_core.catalogue import Catalogue, load_catalogue
 from cortex_core.config import ConfigError, GatewayConfig, check_catalogue_nodes
+from cortex_gateway.tenants import KeyRing
 
-__all__ = ["MAX_STUCK", "RELOAD_TIMEOUT_S", "CatalogueReader", "Refusal", "guard"]
+__all__ = ["MAX_STUCK", "RELOAD_TIMEOUT_S", "CatalogueReader", "Read", "Refusal", "guard"]
 
 RELOAD_TIMEOUT_S = 10.0
 """How long reading and checking ``models.toml`` may take before the reload gives up."""
@@ -39,6 +42,14 @@ class Refusal:
     status: int
     """422: the file is broken; 409: the guard refused it; 503: it could not be read in time."""
     message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """What a reload read: the catalogue, and the keys ``cortex.toml`` now gives."""
+
+    catalogue: Catalogue
+    keys: KeyRing
 
 
 def guard(old: Catalogue, new: Catalogue, in_use: Collection[str]) -> str | None:
@@ -66,16 +77,21 @@ class CatalogueReader:
         self._unfinished = 0
         """Reads whose thread has not returned (stuck ones included)."""
 
-    async def read(self, config: GatewayConfig) -> Catalogue | Refusal:
-        """The catalogue ``config.models_path`` now holds, checked against ``cortex.toml``."""
+    async def read(
+        self, config: GatewayConfig, read_keys: Callable[[Path], KeyRing]
+    ) -> Read | Refusal:
+        """The catalogue ``config.models_path`` now holds, checked against ``cortex.toml``.
+
+        ``read_keys(cortex_path)`` reads the keys again, in the same thread.
+        """
         if self._unfinished >= MAX_STUCK:
             return Refusal(
                 503, f"{self._unfinished} earlier reads of {config.models_path} never finished"
             )
         loop = asyncio.get_running_loop()
-        answer: asyncio.Future[Catalogue] = loop.create_future()
+        answer: asyncio.Future[Read] = loop.create_future()
 
-        def settle(result: Catalogue | ConfigError) -> None:
+        def settle(result: Read | ConfigError) -> None:
             self._unfinished -= 1
             if answer.done():
                 return
@@ -86,7 +102,7 @@ class CatalogueReader:
 
         def work() -> None:
             try:
-                result: Catalogue | ConfigError = _read(config)
+                result: Read | ConfigError = _read(config, read_keys)
             except ConfigError as exc:
                 result = exc
             # The loop may be gone (the gateway stopped meanwhile): nobody waits any more.
@@ -114,7 +130,7 @@ class CatalogueReader:
             return Refusal(422, str(exc))
 
 
-def _read(config: GatewayConfig) -> Catalogue:
+def _read(config: GatewayConfig, read_keys: Callable[[Path], KeyRing]) -> Read:
     catalogue = load_catalogue(config.models_path)
     check_catalogue_nodes(config.path, config.models_path, config.cortex, catalogue)
-    return catalogue
+    return Read(catalogue, read_keys(config.path))

@@ -1,7 +1,7 @@
 """Routing: where a request goes, a pure decision over a fleet snapshot.
 
-:func:`route` answers ``Serve | Hold | WaitForLoad | ColdLoad | NotFound |
-NoNode`` from the fleet, the gateway's requests in flight and the prompt's
+:func:`route` answers ``Serve | Saturated | Hold | WaitForLoad | ColdLoad |
+NotFound | NoNode`` from the fleet, the gateway's requests in flight and the prompt's
 prefix history; the lifecycle gathers those facts and acts on the decision.
 Where a cold load goes and what it evicts is :mod:`cortex_gateway.placement`.
 Nothing here does I/O, so every rule is testable with plain data.
@@ -24,6 +24,7 @@ __all__ = [
     "Hold",
     "NoNode",
     "NotFound",
+    "Saturated",
     "Serve",
     "WaitForLoad",
     "route",
@@ -60,6 +61,13 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Saturated:
+    """The model is ready, but every node that admits it has its cap in flight: wait for a slot."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
 class ColdLoad:
     """The model is in the catalogue, or sleeps somewhere, but is ready nowhere: place it.
 
@@ -83,7 +91,7 @@ class NoNode:
     message: str
 
 
-Decision = Serve | Hold | WaitForLoad | ColdLoad | NotFound | NoNode
+Decision = Serve | Saturated | Hold | WaitForLoad | ColdLoad | NotFound | NoNode
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +142,7 @@ def route(
     exclude: frozenset[str] = frozenset(),
     avoid: frozenset[str] = frozenset(),
     gated: frozenset[tuple[str, str]] = frozenset(),
+    full: frozenset[tuple[str, str]] = frozenset(),
     blocks: int = 0,
     affinity: Mapping[str, int] | None = None,
     held: Mapping[str, int] | None = None,
@@ -146,7 +155,8 @@ def route(
     ``exclude``: nodes this request already failed on; ``avoid``: nodes that
     failed recently, used only when no other node has the model ready;
     ``gated``: ``(node, model)`` pairs admitting no new request (a swap away
-    from the model is due there).
+    from the model is due there); ``full``: pairs with their cap of requests
+    in flight (``Saturated`` when every open one is).
 
     Prefix-aware routing (``affinity``: leading blocks of the request's
     prompt each node was sent, of ``blocks``; ``held``: blocks each node
@@ -162,12 +172,15 @@ def route(
     """
     ready = [fleet.nodes[name] for name in fleet.locations(model_id) if name not in exclude]
     open_ = [n for n in ready if (n.name, model_id) not in gated]
-    preferred = [n for n in open_ if n.name not in avoid] or open_
+    room = [n for n in open_ if (n.name, model_id) not in full] if full else open_
+    preferred = [n for n in room if n.name not in avoid] or room
     if preferred:
         weighed = _Affinity(
             affinity or {}, blocks, held or {}, prefill or {}, max_imbalance, min_match
         )
         return _choose(preferred, model_id, in_flight, weighed)
+    if open_:
+        return Saturated(open_[0].name)
     if ready:
         return Hold(ready[0].name)
     loading = [name for name in fleet.loading(model_id) if name not in exclude]

@@ -8,13 +8,14 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
-from cortex_core.catalogue import Catalogue
-from cortex_core.config import GatewayConfig, GatewaySection
+from cortex_core.config import GatewayConfig, GatewaySection, load_cortex_config
 from cortex_gateway import __version__
 from cortex_gateway.activity import Series, Timeline
+from cortex_gateway.auth import Keys
 from cortex_gateway.dashboard_feed import Feed
 from cortex_gateway.events import Events, log_event
 from cortex_gateway.lifecycle import Lifecycle
@@ -22,7 +23,10 @@ from cortex_gateway.metrics import GatewayMetrics
 from cortex_gateway.neurons import Neurons
 from cortex_gateway.outcomes import Outcomes
 from cortex_gateway.pipeline import Pipeline
-from cortex_gateway.reloads import CatalogueReader, Refusal, guard
+from cortex_gateway.quotas import LocalQuotas, Quotas
+from cortex_gateway.reloads import CatalogueReader, Read, Refusal, guard
+from cortex_gateway.tenants import KeyRing, cache_secret, read_keys
+from cortex_gateway.usage import KeyAccounts, UsageReport
 
 __all__ = ["Gateway", "NeuronsFactory", "Running"]
 
@@ -30,6 +34,8 @@ log = logging.getLogger(__name__)
 
 NeuronsFactory = Callable[[GatewayConfig], Neurons]
 """How the gateway reaches its neurons, made once it starts (in its event loop)."""
+QuotasFactory = Callable[[], Quotas]
+"""Where limited keys are counted: this process (default), or a supervisor's shared count."""
 FLUSH_S = 0.5
 """After cutting what was still running at shutdown, how long its error events get to go out."""
 
@@ -48,6 +54,7 @@ class Running:
     feed: Feed
     """What every open dashboard page is sent (made once per tick for all of them)."""
     poller: asyncio.Task[None]
+    accounts: KeyAccounts
 
 
 class Gateway:
@@ -58,12 +65,17 @@ class Gateway:
         config: GatewayConfig,
         neurons: NeuronsFactory,
         environ: Mapping[str, str] | None = None,
+        quotas: QuotasFactory = LocalQuotas,
     ) -> None:
         self.config = config
         self.draining = False
         """SIGTERM came: ``/health`` answers 503 while requests in flight finish."""
         self._connect = neurons
         self._environ = os.environ if environ is None else environ
+        self._secret = cache_secret(self._environ)
+        self._quotas = quotas
+        self.usage_of_all: Callable[[], Awaitable[UsageReport]] | None = None
+        """With ``workers = N``: every worker's usage, gathered by the supervisor."""
         self._running: Running | None = None
         self.on_reloaded: Callable[[bool], object] | None = None
         """Called after ``POST /admin/reload`` succeeded, with whether it was forced (a
@@ -115,9 +127,26 @@ class Gateway:
         """``[gateway]`` of ``cortex.toml``."""
         return self.config.cortex.gateway
 
+    def read_keys(self, cortex_path: Path | None = None) -> KeyRing:
+        """The keys ``cortex.toml`` gives (read again from ``cortex_path``); a ConfigError."""
+        path = self.config.path
+        cortex = self.config.cortex if cortex_path is None else load_cortex_config(cortex_path)
+        return read_keys(path, cortex, self._environ, self._secret)
+
+    def local_usage(self) -> UsageReport:
+        """Usage per key since this process started."""
+        return self.running.accounts.book.report()
+
+    async def usage(self) -> UsageReport:
+        """Usage per key since the start: this process's, or every worker's together."""
+        if self.usage_of_all is not None:
+            return await self.usage_of_all()
+        return self.local_usage()
+
     async def start(self) -> None:
         """Reach the neurons, poll them once, and keep polling in the background."""
         tokens = self.config.neuron_tokens(self._environ)
+        keys = Keys(self.read_keys())
         neurons = self._connect(self.config)
         events, timeline = Events(), Timeline()
         lifecycle = Lifecycle(self.config, neurons, events, tokens=tokens)
@@ -128,13 +157,24 @@ class Gateway:
         events.on(metrics.observe_event)
         events.on(log_event)
         series = Series()
-        outcomes = Outcomes(metrics, series)
-        pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes)
+        accounts = KeyAccounts(metrics.registry)
+        quotas = self._quotas()
+        outcomes = Outcomes(metrics, series, accounts)
+        pipeline = Pipeline(lifecycle, neurons, metrics, self.settings, outcomes, keys, quotas)
         feed = Feed(lifecycle.status, timeline, series, self.settings.max_dashboard_streams)
         await lifecycle.refresh_all()
         poller = asyncio.create_task(lifecycle.run())
         self._running = Running(
-            neurons, events, timeline, series, lifecycle, metrics, pipeline, feed, poller
+            neurons,
+            events,
+            timeline,
+            series,
+            lifecycle,
+            metrics,
+            pipeline,
+            feed,
+            poller,
+            accounts,
         )
         log.info(
             "gateway started",
@@ -146,33 +186,39 @@ class Gateway:
         )
 
     async def reload(self, *, force: bool = False) -> Refusal | None:
-        """Read ``models.toml`` again (SIGHUP, ``POST /admin/reload``), off the event loop.
+        """Read ``models.toml`` and ``cortex.toml``'s keys again (SIGHUP, ``POST /admin/reload``).
 
-        A broken file, one not read within the reader's time, or (unless
-        ``force``) one that :func:`~cortex_gateway.reloads.guard` refuses is
-        not taken: the refusal is logged once and returned, and the catalogue
-        in force stays. Requests in flight keep the model they resolved.
+        Both are read off the event loop. A broken file (or a key whose
+        ``key_env`` is unset), one not read within the reader's time, or
+        (unless ``force``) a catalogue that
+        :func:`~cortex_gateway.reloads.guard` refuses is not taken: the refusal
+        is logged once and returned, and the catalogue and keys in force stay.
+        Requests in flight keep the model they resolved and the key they were
+        admitted with.
         """
         path = self.config.models_path
         async with self._reloading:
-            read = await self.reader.read(self.config)
-            if isinstance(read, Catalogue) and not force:
-                why = guard(self.config.catalogue, read, self._in_use())
+            read = await self.reader.read(self.config, self.read_keys)
+            if isinstance(read, Read) and not force:
+                why = guard(self.config.catalogue, read.catalogue, self._in_use())
                 read = read if why is None else Refusal(409, f"{why}; force it to reload")
             if isinstance(read, Refusal):
                 log.error(
                     "catalogue not reloaded", extra={"path": str(path), "error": read.message}
                 )
                 return read
-            self.config = dataclasses.replace(self.config, catalogue=read)
+            catalogue = read.catalogue
+            self.config = dataclasses.replace(self.config, catalogue=catalogue)
             if self._running is not None:
-                self._running.lifecycle.use(read)
+                self._running.lifecycle.use(catalogue)
+                self._running.pipeline.keys.use(read.keys)
         log.info(
             "catalogue reloaded",
             extra={
                 "path": str(path),
-                "models": len(read),
-                "aliases": len(read.aliases),
+                "models": len(catalogue),
+                "aliases": len(catalogue.aliases),
+                "keys": len(read.keys.names()),
                 "forced": force,
             },
         )

@@ -4,7 +4,10 @@ The supervisor binds the API socket once and starts N workers (``cortex
 serve`` with the socket's descriptor); the kernel hands each new connection
 to one of them. Each worker is a whole gateway with its own fleet view: the
 neurons are the source of truth (in-flight counts, last use), and concurrent
-loads of one model join at the neuron. Each worker serves its metrics on a
+loads of one model join at the neuron. What must hold for the gateway as a
+whole, the keys' limits and their usage, the supervisor keeps and the
+workers ask it for, each over a link of its own
+(:mod:`cortex_gateway.coordinator`). Each worker serves its metrics on a
 private loopback port; the supervisor serves the configured metrics port
 with their sum (fleet gauges, which every worker polls alike, with their
 maximum).
@@ -22,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import signal
 import socket
 import sys
@@ -39,6 +44,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from cortex_gateway.coordinator import Coordinator
+from cortex_gateway.tenants import CACHE_SECRET_ENV
 
 __all__ = ["MAX_FAMILIES", "Supervisor", "merge_metrics"]
 
@@ -143,11 +151,16 @@ class Supervisor:
         self.stopping = False
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
+        self.coordinator = Coordinator()
+        """The counts the workers share (keys' limits and usage)."""
+        self.environ = {**os.environ}
+        # One secret for every worker, so a key's cache salt is the same whichever serves it.
+        self.environ.setdefault(CACHE_SECRET_ENV, secrets.token_hex(32))
 
     # --- workers ---------------------------------------------------------------------
 
-    def command(self, worker: _Worker) -> list[str]:
-        """The command line of one worker."""
+    def command(self, worker: _Worker, shared_fd: int) -> list[str]:
+        """The command line of one worker, its link to the shared counts on ``shared_fd``."""
         return [
             sys.executable,
             "-m",
@@ -162,12 +175,20 @@ class Supervisor:
             str(self.api_fd),
             "--metrics-fd",
             str(worker.metrics_fd),
+            "--shared-fd",
+            str(shared_fd),
         ]
 
     async def _start(self, worker: _Worker) -> None:
-        worker.process = await asyncio.create_subprocess_exec(
-            *self.command(worker), pass_fds=(self.api_fd, worker.metrics_fd)
-        )
+        shared = self.coordinator.link(worker.index)
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                *self.command(worker, shared),
+                pass_fds=(self.api_fd, worker.metrics_fd, shared),
+                env=self.environ,
+            )
+        finally:
+            os.close(shared)  # the worker has its own copy
         worker.started = time.monotonic()
         log.info("worker started", extra={"worker": worker.index, "pid": worker.process.pid})
 
@@ -273,4 +294,5 @@ class Supervisor:
                 )
         finally:
             await self._session.close()
+            await self.coordinator.close()
         log.info("every worker stopped")

@@ -100,6 +100,11 @@ class Engine(Protocol):
         ...
 
     @property
+    def max_num_seqs(self) -> int:
+        """Its batch limit: how many requests it runs at once (the rest wait in its queue)."""
+        ...
+
+    @property
     def pids(self) -> frozenset[int]:
         """The engine's own processes, which must be gone after :meth:`shutdown`."""
         ...

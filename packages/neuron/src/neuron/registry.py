@@ -110,6 +110,7 @@ class Entry:
             last_used=self.last_used,
             in_flight=self.in_flight,
             max_model_len=self.engine.max_model_len if self.engine else None,
+            max_num_seqs=self.engine.max_num_seqs if self.engine else None,
             error=self.error,
             phase=self.phase if self.state == "loading" else None,
             phase_seconds=dict(self.phase_seconds) if self.state != "loading" else {},

@@ -458,6 +458,9 @@ class VllmEngineFactory:
             # native embedding model as it is.
             options.setdefault("runner", "pooling")
             options.setdefault("convert", "embed")
+        # Requests carry a priority (the gateway's: interactive 0, batch 1; none is 0):
+        # the engine's queue serves the lowest first, on the CPU as on CUDA.
+        options.setdefault("scheduling_policy", "priority")
         if not spec.devices:
             # vLLM's CPU backend: compiled mode starts far slower and decodes no faster.
             options.setdefault("enforce_eager", True)
@@ -866,6 +869,11 @@ class VllmEngine:
     def max_model_len(self) -> int:
         """The context length vLLM settled on."""
         return int(self._engine.model_config.max_model_len)
+
+    @property
+    def max_num_seqs(self) -> int:
+        """The batch limit vLLM settled on (``max_num_seqs``: 128 here on the CPU, more on GPUs)."""
+        return int(self._engine.vllm_config.scheduler_config.max_num_seqs)
 
     @property
     def pids(self) -> frozenset[int]:

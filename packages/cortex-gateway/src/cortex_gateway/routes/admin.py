@@ -46,6 +46,7 @@ class AdminRoutes:
             r("/admin/models/load", "admin_load", self.load, "POST"),
             r("/admin/models/unload", "admin_unload", self.unload, "POST"),
             r("/admin/reload", "admin_reload", self.reload, "POST"),
+            r("/admin/usage", "admin_usage", self.usage, "GET"),
         ]
 
     async def fleet(self, request: Request, call: Call) -> Response:
@@ -89,8 +90,12 @@ class AdminRoutes:
             }
         )
 
+    async def usage(self, request: Request, call: Call) -> Response:
+        """``GET /admin/usage``: requests and tokens per key and model since the start."""
+        return json_response(await self.gateway.usage())
+
     async def reload(self, request: Request, call: Call) -> Response:
-        """``POST /admin/reload``: read ``models.toml`` again, as SIGHUP does.
+        """``POST /admin/reload``: read ``models.toml`` and the keys again, as SIGHUP does.
 
         The body may be empty, or ``{"force": true}``. A broken file answers
         422 naming file, key and problem; one that would remove every model or

@@ -114,17 +114,24 @@ class OpenAIRoutes:
         ]
 
     async def models(self, request: Request, call: Call) -> Response:
-        """``GET /v1/models``: the catalogue merged with what the fleet has loaded."""
+        """``GET /v1/models``: the catalogue merged with what the fleet has loaded.
+
+        A key with an allow-list sees only the models it may use.
+        """
         status = self.gateway.lifecycle.status()
-        return json_response(
-            list_models(status.catalogue, status.fleet, status.backoffs, time.time())
-        )
+        listing = list_models(status.catalogue, status.fleet, status.backoffs, time.time())
+        if call.tenant.allowed is not None:
+            allows = call.tenant.allows
+            listing.data = [m for m in listing.data if allows(m.id, m.alias_of or m.id)]
+        return json_response(listing)
 
     async def model(self, request: Request, call: Call) -> Response:
         """``GET /v1/models/{id}``: one entry (ids with a slash arrive %2F-encoded or not)."""
         status = self.gateway.lifecycle.status()
         model_id = call.model = request.path_params["model"]
         entry = find_model(model_id, status.catalogue, status.fleet, status.backoffs, time.time())
+        if entry is not None and not call.tenant.allows(model_id, entry.alias_of or entry.id):
+            entry = None  # a model this key may not use does not exist for it
         if entry is None:
             raise GatewayError(
                 404, ErrorKind.NOT_FOUND, f"model '{printable(model_id)}' does not exist"

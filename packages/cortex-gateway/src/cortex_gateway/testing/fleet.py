@@ -105,6 +105,8 @@ class JsonAnswer:
     """The neuron marks its error message safe to show the client."""
     delay_s: float = 0.0
     """Seconds the answer takes (a generation's time)."""
+    until: asyncio.Event | None = None
+    """The answer comes once this is set (a generation the test ends when it wants)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,15 +185,18 @@ class ScriptedNode:
         version: str = "0.0.0+scripted",
         token: str | None = None,
         sleep_memory_gib: float | None = None,
+        max_num_seqs: int | None = None,
     ) -> None:
         """A node with GPUs of ``gpus`` GiB each (none: a CPU node with ``host_memory_gib``).
 
-        With ``token``, every call but health needs it (401 otherwise). With
+        With ``token``, every call but health needs it (401 otherwise);
+        ``max_num_seqs``: the batch limit its engines report (none: they do not say). With
         ``sleep_memory_gib`` (a neuron's ``sleep_memory_gb``), models on its GPUs
         may sleep, all together holding at most that much host memory.
         """
         self.name = name
         self.token = token
+        self.max_num_seqs = max_num_seqs
         self.slow_s = 0.0
         """Seconds each management call takes (past the fleet's call timeout: it times out)."""
         self.management_refused = False
@@ -264,6 +269,7 @@ class ScriptedNode:
             memory_bytes=memory,
             loaded_at=time.time(),
             last_used=time.time(),
+            max_num_seqs=self.max_num_seqs,
             task=task,
             host_memory_bytes=memory if asleep else 0,
         )
@@ -377,6 +383,7 @@ class ScriptedNode:
             loaded_at=now,
             last_used=now,
             max_model_len=2048,
+            max_num_seqs=self.max_num_seqs,
             task=task,
         )
         self.models[model.id] = ready
@@ -654,6 +661,12 @@ class ScriptedUpstream:
                 if self.answer.delay_s:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._dropped.wait(), self.answer.delay_s)
+                if self.answer.until is not None:
+                    dropped = asyncio.ensure_future(self._dropped.wait())
+                    done = asyncio.ensure_future(self.answer.until.wait())
+                    await asyncio.wait({dropped, done}, return_when=asyncio.FIRST_COMPLETED)
+                    dropped.cancel()
+                    done.cancel()
                 if self.answer.break_read or self._dropped.is_set():
                     raise UpstreamError("ClientPayloadError: response payload is not completed")
                 return self.answer.body
@@ -719,8 +732,12 @@ class ScriptedFleet:
         eviction: str = "",
         scheduling: str = "",
         routing: str = "",
+        tables: str = "",
     ) -> GatewayConfig:
-        """Write ``cortex.toml`` (its ``[[neurons]]`` are this fleet) and ``models.toml``; load."""
+        """Write ``cortex.toml`` (its ``[[neurons]]`` are this fleet) and ``models.toml``; load.
+
+        ``tables``: more of ``cortex.toml`` after the neurons (``[[keys]]`` tables).
+        """
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "models.toml").write_text(models_toml)
         neurons = "".join(
@@ -732,6 +749,7 @@ class ScriptedFleet:
         path.write_text(
             f'[gateway]\nlisten = "127.0.0.1:1"\nmetrics_listen = "127.0.0.1:2"\n{gateway}\n'
             f"[eviction]\n{eviction}\n[scheduling]\n{scheduling}\n[routing]\n{routing}\n{neurons}"
+            f"{tables}"
         )
         return load_gateway_config(path)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,14 +29,19 @@ from cortex_gateway.app import create_apps
 from cortex_gateway.state import Gateway
 from cortex_gateway.testing.fleet import ScriptedFleet, ScriptedModel, ScriptedNode
 
-__all__ = ["LiveGateway", "config_keys"]
+__all__ = ["LiveGateway", "config_keys", "key_tables"]
 
 T = TypeVar("T")
 
 
-def config_keys(options: dict[str, object]) -> str:
+def config_keys(options: Mapping[str, object]) -> str:
     """``key = value`` lines of a ``cortex.toml`` section (values as JSON, which TOML reads)."""
     return "".join(f"{key} = {json.dumps(value)}\n" for key, value in options.items())
+
+
+def key_tables(keys: Sequence[Mapping[str, object]]) -> str:
+    """``[[keys]]`` tables of ``cortex.toml``, one per dict of its keys."""
+    return "".join(f"[[keys]]\n{config_keys(entry)}" for entry in keys)
 
 
 class LiveGateway:
@@ -52,9 +57,13 @@ class LiveGateway:
         eviction: dict[str, object] | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        keys: Sequence[Mapping[str, object]] = (),
         **gateway: object,
     ) -> None:
-        """``port``: a given one (to start again where the last one was), else a free one."""
+        """``port``: a given one (to start again where the last one was), else a free one.
+
+        ``keys``: ``[[keys]]`` entries (give their keys as ``key_sha256``).
+        """
         self.fleet = ScriptedFleet(nodes, models)
         settings = {"poll_interval_s": 0.5, **gateway}
         self.config = self.fleet.config(
@@ -62,6 +71,7 @@ class LiveGateway:
             models_toml,
             gateway=config_keys(settings),
             eviction=config_keys(eviction or {}),
+            tables=key_tables(keys),
         )
         self.host = host
         self.port = port or free_port(host)

@@ -6,6 +6,7 @@
 
 const KEY = "cortex.key";
 const STALE_MS = 35000; // the server sends at least every 15 s: silence past this is a dead link
+const USAGE_EVERY_MS = 5000; // the keys panel (admin keys only) reads /admin/usage this often
 const $ = (id) => document.getElementById(id);
 
 const state = {
@@ -22,6 +23,7 @@ const state = {
   retryMs: 1000,
   controller: null,
   watchdog: 0,
+  usageTimer: 0,
 };
 
 // Read by the browser tests: how long the last snapshot took to render, and how many.
@@ -204,6 +206,7 @@ function renderSnapshot(snapshot) {
   state.offset = snapshot.time * 1000 - Date.now();
   state.snapshot = snapshot;
   document.body.classList.toggle("admin", snapshot.admin);
+  watchUsage(snapshot.admin);
   $("version").textContent = "gateway " + snapshot.version;
   renderNodes(snapshot.nodes);
   renderModels(snapshot.models, snapshot.nodes);
@@ -317,6 +320,49 @@ function deviceBar(device) {
     el("div", { class: "label" }, el("span", { text: "GPU " + device.index + (device.name ? " · " + device.name : "") }),
       el("span", { text: gib(device.used) + " / " + gib(device.total) })),
     meter, legend);
+}
+
+// --- keys (admin only) ------------------------------------------------------------
+
+function watchUsage(admin) {
+  if (admin && !state.usageTimer) {
+    refreshUsage();
+    state.usageTimer = setInterval(refreshUsage, USAGE_EVERY_MS);
+  } else if (!admin && state.usageTimer) {
+    clearInterval(state.usageTimer);
+    state.usageTimer = 0;
+  }
+}
+
+async function refreshUsage() {
+  let response;
+  try {
+    response = await fetch("/admin/usage", { headers: auth(), cache: "no-store" });
+  } catch (error) {
+    return; // the stream's reconnect says the gateway is gone
+  }
+  if (response.ok) renderUsage(await response.json());
+}
+
+function count(value) {
+  return value >= 1e6 ? (value / 1e6).toFixed(1) + " M" : value >= 1e4 ? (value / 1e3).toFixed(1) + " k" : String(value);
+}
+
+function renderUsage(report) {
+  const rows = [];
+  for (const key of report.keys) for (const m of key.models) rows.push([key.name, m]);
+  const named = report.keys.filter((k) => k.name).length;
+  $("keys-summary").textContent = named + " named keys · since " + clock(report.since);
+  const body = $("keys").tBodies[0];
+  body.replaceChildren(...rows.map(([name, m]) => el("tr", { "data-key": name, "data-model": m.model },
+    el("td", { text: name || "(unnamed)", class: name ? "" : "muted" }),
+    el("td", { class: "id", text: m.model }),
+    el("td", { text: m.requests }),
+    el("td", { class: m.errors ? "err" : "", text: m.errors }),
+    el("td", { text: count(m.prompt_tokens) }),
+    el("td", { text: count(m.cached_tokens) }),
+    el("td", { text: count(m.completion_tokens) }))));
+  if (!rows.length) body.append(el("tr", null, el("td", { colSpan: 7, class: "muted", text: "no inference requests yet" })));
 }
 
 // --- models ----------------------------------------------------------------------

@@ -45,6 +45,8 @@ ENGINE_OPTIONS = frozenset(
         "engine_process",
         "runner",
         "convert",
+        "max_num_seqs",
+        "scheduling_policy",
     }
 )
 
@@ -70,6 +72,11 @@ class ScriptedEngine:
     def max_model_len(self) -> int:
         """The planned context length."""
         return int(self.spec.options.get("max_model_len", 2048))
+
+    @property
+    def max_num_seqs(self) -> int:
+        """The batch limit it was given (vLLM's default on the CPU otherwise)."""
+        return int(self.spec.options.get("max_num_seqs", 128))
 
     @property
     def pids(self) -> frozenset[int]:
