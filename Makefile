@@ -112,6 +112,10 @@ bench-cpu-engine: ## CPU engine settings side by side: bfloat16, float32, tcmall
 bench-prefix: ## Prefix-aware routing on two real CPU neurons: least_loaded against prefix (several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/prefix.py $(BENCH_ARGS)
 
+.PHONY: bench-claude-code
+bench-claude-code: ## Claude Code's billing block on a real CPU neuron: strip_billing_header off against on
+	PYTHONPATH=. $(UV) run --no-sync python bench/claude_code.py $(BENCH_ARGS)
+
 .PHONY: bench-swap
 bench-swap: ## Model swaps on a real CPU neuron: vLLM's process model against forked engines, and vllm's server cold (several minutes)
 	PYTHONPATH=. $(UV) run --no-sync python bench/swap.py $(BENCH_ARGS)
