@@ -9,6 +9,12 @@ session sends it; each answer is one token, so what is timed is the prompt's
 prefill. Printed: time to first token and the share of the prompt read from
 the engine's prefix cache, per setting, from the second request on.
 
+vLLM 0.32 drops the billing line from system text itself (its chat
+renderer's ``_strip_claude_code_billing_header``), so on this engine both
+settings read the same share from its cache; the gateway's strip is what
+keeps its own prefix-aware routing, which hashes the request as it arrives
+(docs/performance.md).
+
     PYTHONPATH=. .venv/bin/python bench/claude_code.py [--requests 6]
 """
 
