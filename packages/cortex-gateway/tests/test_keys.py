@@ -436,7 +436,9 @@ async def test_keys_reload_with_the_catalogue(tmp_path: Path) -> None:
         assert await status("alice-secret") == 200
         assert await status("carol-secret") == 401
         environ["KEY_CAROL"] = "carol-secret"
-        assert (await gw.http.post("/admin/reload", json={}, headers=bearer("root"))).status_code == 200
+        assert (
+            await gw.http.post("/admin/reload", json={}, headers=bearer("root"))
+        ).status_code == 200
         assert await status("carol-secret") == 200
         # Alice's entry removed: her key stops working at once.
         path.write_text(
@@ -445,7 +447,9 @@ async def test_keys_reload_with_the_catalogue(tmp_path: Path) -> None:
                 'name = "alice2"\nkey_sha256 = "' + "0" * 64 + '"\n',
             )
         )
-        assert (await gw.http.post("/admin/reload", json={}, headers=bearer("root"))).status_code == 200
+        assert (
+            await gw.http.post("/admin/reload", json={}, headers=bearer("root"))
+        ).status_code == 200
         assert await status("alice-secret") == 401
         assert await status("carol-secret") == 401  # not in the file any more either
         assert (await gw.http.get("/admin/usage", headers=bearer("root"))).status_code == 200

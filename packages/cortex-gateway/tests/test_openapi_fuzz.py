@@ -86,6 +86,7 @@ def test_the_document_describes_every_route() -> None:
         "/admin/fleet",
         "/admin/models/load",
         "/admin/models/unload",
+        "/admin/usage",
         "/admin/reload",
     }
     chat = document["paths"]["/v1/chat/completions"]["post"]["responses"]

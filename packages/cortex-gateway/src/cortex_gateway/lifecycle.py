@@ -7,7 +7,8 @@ of :class:`~cortex_gateway.leases.Lease` s and the
 waits for a slot), and does three things with them: route
 (``router.route`` on the fleet snapshot), lease (the node held in the same
 step as the decision) and wait (for a load, for a node, for room, for a
-slot, bounded by ``max_waiting`` per model and ``load_timeout_s``). A node
+slot; a load's waiters bounded by ``max_waiting`` per model, every wait by
+``load_timeout_s``). A node
 that restarts, or is down by evidence with its requests gone quiet (see
 :mod:`~cortex_gateway.poller`), has its leases aborted at once; a slot that may
 have come free (a request ended, the fleet changed) is offered to the
@@ -93,6 +94,8 @@ class Lifecycle:
         self.catalogue: Catalogue = config.catalogue
         """The catalogue in force (:meth:`use` replaces it; requests keep what they resolved)."""
         self._waiting: Counter[str] = Counter()
+        self._for_slots: Counter[str] = Counter()
+        """Of those waiting, the ones that came for a slot (the model was ready, at its cap)."""
         self._arrivals: dict[str, list[float]] = {}
         """When each request waiting for a model arrived (monotonic), by model."""
 
@@ -238,15 +241,19 @@ class Lifecycle:
         eviction, a burst) comes between them; ``prefix`` (the prompt's block
         hashes) weighs where it goes and is recorded there, with its ``session``
         (a client's conversation key, which keeps it on one node). A request that has
-        to wait (for a load, for room, for a node, for a slot) is bounded by
-        ``max_waiting`` per model (429) and by ``load_timeout_s``; ``arrived``
+        to wait (for a load, for room, for a node) is bounded by ``max_waiting``
+        per model (429), one waiting for a slot of a model that is ready only by
+        the connections the gateway holds (it would have queued in the engine
+        before the cap); both by ``load_timeout_s``. ``arrived``
         (monotonic) is when it came, for the swap policy. A request waiting for
         a slot waits in ``key``'s line of its class (``batch`` or interactive).
         """
         decision = self._route(model_id, exclude, prefix, session, batch)
         if isinstance(decision, Serve) and not self.slots.waiting(model_id):
             return self._take(decision.node, model_id, prefix, decision.matched, session)
-        if self._waiting[model_id] >= self.settings.max_waiting:
+        for_slot = isinstance(decision, Serve | Saturated)
+        loads_waited = self._waiting[model_id] - self._for_slots[model_id]
+        if not for_slot and loads_waited >= self.settings.max_waiting:
             raise GatewayError(
                 429,
                 ErrorKind.OVERLOADED,
@@ -255,10 +262,11 @@ class Lifecycle:
             )
         arrival = time.monotonic() if arrived is None else arrived
         self._waiting[model_id] += 1
+        self._for_slots[model_id] += for_slot
         self._arrivals.setdefault(model_id, []).append(arrival)
         ticket = Ticket(model_id, key, batch, exclude, prefix, session=session)
         waiting = asyncio.ensure_future(self._wait_for(ticket))
-        waiting.add_done_callback(partial(self._waited, model_id, arrival))
+        waiting.add_done_callback(partial(self._waited, model_id, arrival, for_slot))
         return waiting
 
     def _take(
@@ -349,11 +357,14 @@ class Lifecycle:
         ticket.serve = decision if isinstance(decision, Serve) else None
         return True
 
-    def _waited(self, model_id: str, arrival: float, _: object) -> None:
+    def _waited(self, model_id: str, arrival: float, for_slot: bool, _: object) -> None:
         """A wait ended, however it ended: it no longer counts."""
         self._waiting[model_id] -= 1
         if self._waiting[model_id] <= 0:
             del self._waiting[model_id]
+        self._for_slots[model_id] -= for_slot
+        if self._for_slots[model_id] <= 0:
+            del self._for_slots[model_id]
         arrivals = self._arrivals.get(model_id, [])
         arrivals.remove(arrival)
         if not arrivals:
