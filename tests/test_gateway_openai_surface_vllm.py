@@ -84,6 +84,15 @@ def test_responses_answer_with_output_text_and_the_node(fleet: Fleet) -> None:
     assert response.usage.input_tokens > 5
 
 
+def test_max_output_tokens_past_the_context_is_served(fleet: Fleet) -> None:
+    """max_output_tokens 32,000 on an 8,192-token model answers, as chat's max_tokens does."""
+    response = fleet.openai().responses.create(
+        model="helexa/small", input=QUESTION, temperature=0, max_output_tokens=32000
+    )
+    assert response.status == "completed"
+    assert "Paris" in response.output_text
+
+
 def test_a_streamed_response_ends_completed(fleet: Fleet) -> None:
     """``stream=True``: output_text deltas, token by token, then response.completed."""
     client = fleet.openai()

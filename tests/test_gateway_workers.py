@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def test_a_keys_limits_and_usage_are_the_whole_gateways(
             f'[[keys]]\nname = "limited"\nkey_sha256 = "{limited}"\nmax_concurrent = 2\n'
             f'[[keys]]\nname = "ops"\nkey_sha256 = "{admin}"\nrole = "admin"\n'
         ),
-        env={"NEURON_TEST_CHUNK_DELAY": "0.4"},
+        # Streams of several seconds, sent at once: the two admitted are still
+        # running when the other six arrive, however busy the machine.
+        env={"NEURON_TEST_CHUNK_DELAY": "1.0"},
     )
     supervisor = fleet.gateway.pid
     until(lambda: len(workers_of(supervisor)) == 2)
@@ -140,10 +143,13 @@ def test_a_keys_limits_and_usage_are_the_whole_gateways(
     with fleet.http(authorization="Bearer admin-key") as client:
         assert client.post("/admin/models/load", json={"model": "fake/a"}).status_code == 200
 
+    together = threading.Barrier(8)
+
     def stream(_: int) -> int:
         # A connection of its own each: the kernel spreads them over both workers.
         with fleet.http(authorization="Bearer limited-key") as client:
             body = {"model": "fake/a", "messages": QUESTION, "stream": True}
+            together.wait(timeout=30)
             with client.stream("POST", "/v1/chat/completions", json=body) as answer:
                 answer.read()
                 return answer.status_code

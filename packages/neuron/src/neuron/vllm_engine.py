@@ -936,10 +936,19 @@ class VllmEngine:
         return _reply(self._lib, result)
 
     async def responses(self, body: bytes) -> Reply:
-        """Serve with vLLM's Responses layer; a stream is its named events, as vLLM frames them."""
+        """Serve with vLLM's Responses layer; a stream is its named events, as vLLM frames them.
+
+        ``max_output_tokens`` beyond the context is served with what the
+        context leaves, as chat's ``max_tokens`` is.
+        """
         responses = self._layers.responses
-        method = responses and responses.create_responses
-        return await self._serve(body, self._lib.ResponsesRequest, method, _responses_reply)
+        if responses is None:
+            return self._wrong_task()
+        request = self._validated(body, self._lib.ResponsesRequest)
+        if isinstance(request, JsonReply):
+            return request
+        request.max_output_tokens = fit_output(request.max_output_tokens, self.max_model_len)
+        return _responses_reply(self._lib, await self._call(request, responses.create_responses))
 
     async def embeddings(self, body: bytes) -> Reply:
         """Serve with vLLM's embedding layer (a pooling engine's)."""
