@@ -49,6 +49,22 @@ async def test_a_limit_holds_across_workers_and_a_dead_workers_requests_are_coun
     await coordinator.close()
 
 
+async def test_requests_arriving_together_open_the_link_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker's first eight admissions at once share one link: the limit holds, none alone."""
+    coordinator = Coordinator()
+    one = WorkerLink(coordinator.link(0), lambda: book(0.0))
+    two = WorkerLink(coordinator.link(1), lambda: book(0.0))
+    with caplog.at_level(logging.ERROR, logger="cortex_gateway.coordinator"):
+        verdicts = await asyncio.gather(*(link.admit(ALICE) for link in (one, two) * 4))
+    assert sum(not isinstance(v, Refusal) for v in verdicts) == 2
+    assert "counts its own requests alone" not in caplog.text
+    for link in (one, two):
+        await link.close()
+    await coordinator.close()
+
+
 async def test_tokens_spent_on_one_worker_count_on_the_other() -> None:
     """tokens_per_minute: what one worker's requests used holds back the other's."""
     coordinator = Coordinator()

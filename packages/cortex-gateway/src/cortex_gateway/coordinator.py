@@ -239,6 +239,8 @@ class WorkerLink:
         self._fd = fd
         self._local_usage = local_usage
         self._peer: _Peer | None = None
+        self._opening: asyncio.Task[_Peer] | None = None
+        """The link being opened: every request that needs it meanwhile waits for this one."""
         self._reading: asyncio.Task[None] | None = None
         self._alone: LocalQuotas | None = None
 
@@ -247,12 +249,21 @@ class WorkerLink:
         return self
 
     async def _connect(self) -> _Peer:
-        if self._peer is None:
-            sock = socket.socket(fileno=self._fd)
-            reader, writer = await asyncio.open_unix_connection(sock=sock)
-            self._peer = _Peer(reader, writer)
-            self._reading = asyncio.create_task(self._read(self._peer))
-        return self._peer
+        if self._peer is not None:
+            return self._peer
+        # Opened once however many requests ask at once (a second opening of the same
+        # descriptor fails, and the worker would count alone), and not abandoned when
+        # the request that started it goes.
+        if self._opening is None:
+            self._opening = asyncio.create_task(self._open())
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> _Peer:
+        sock = socket.socket(fileno=self._fd)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        peer = self._peer = _Peer(reader, writer)
+        self._reading = asyncio.create_task(self._read(peer))
+        return peer
 
     async def _read(self, peer: _Peer) -> None:
         try:
