@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -473,6 +474,13 @@ class VllmEngineFactory:
         cache.mkdir(parents=True, exist_ok=True)
         cached = await asyncio.to_thread(_cache_files, cache)
         env, caches = _environments(spec, rpc_dir, cache)
+        # Engines unloaded before leave vLLM objects in reference cycles whose
+        # finalizers shut down what they hold; left to the collector they run at
+        # any later moment, and a pooling engine forked just after an unload of
+        # the same model was seen answering its first request "EngineCore
+        # encountered an issue" with a client shut down by nobody in the neuron.
+        # Collect them now, before this engine exists.
+        await asyncio.to_thread(gc.collect)
         started_at = time.monotonic()
         async with self._start_lock:
             with _environ(env):
