@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bench.engine import wait_http
+from bench.engine import neuron_toml, wait_http
 from bench.proxy import started, stop_on_sigterm
 from cortex_core.testing import free_port
 from neuron.testing.models import prepare_smollm2
@@ -81,12 +81,7 @@ def main() -> None:
         (work / "models" / "bench" / "smollm2").symlink_to(weights)
         port = free_port("127.0.0.2")
         neuron = f"http://127.0.0.2:{port}"
-        (work / "neuron.toml").write_text(
-            f'[neuron]\nname = "cpu"\nlisten = "127.0.0.2:{port}"\n'
-            f'advertise_url = "{neuron}"\ncache_dir = "{work / "cache"}"\n'
-            f'default_source = "local"\n\n[sources.local]\npath = "{work / "models"}"\n'
-        )
-        command = [sys.executable, "-m", "neuron", "serve", "--config", str(work / "neuron.toml")]
+        command = neuron_toml(work / "neuron.toml", "cpu", f"127.0.0.2:{port}", work)
         env = {"VLLM_NO_USAGE_STATS": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
         stack.enter_context(started(command, None, work / "neuron.log", env))
         wait_http(f"{neuron}/health", 120, "the neuron")

@@ -168,6 +168,22 @@ def vllm_server(weights: Path, name: str, port: int, options: dict[str, Any]) ->
     return command
 
 
+def neuron_toml(
+    path: Path, name: str, listen: str, work: Path, *, cache: str = "cache", extra: str = ""
+) -> list[str]:
+    """Write a neuron's config at ``path`` serving ``work/models`` as its local source.
+
+    ``cache`` names its cache folder under ``work``; ``extra`` adds lines to
+    ``[neuron]``. Returns the command that serves it.
+    """
+    path.write_text(
+        f'[neuron]\nname = "{name}"\nlisten = "{listen}"\nadvertise_url = "http://{listen}"\n'
+        f'cache_dir = "{work / cache}"\ndefault_source = "local"\n{extra}\n'
+        f'[sources.local]\npath = "{work / "models"}"\n'
+    )
+    return [sys.executable, "-m", "neuron", "serve", "--config", str(path)]
+
+
 def wait_http(url: str, seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while True:
@@ -203,13 +219,8 @@ def main() -> None:
         models.mkdir(parents=True)
         (models / "smollm2").symlink_to(weights)
         port = free_port()
-        (work / "neuron.toml").write_text(
-            f'[neuron]\nname = "bench"\nlisten = "127.0.0.1:{port}"\n'
-            f'advertise_url = "http://127.0.0.1:{port}"\ncache_dir = "{work / "cache"}"\n'
-            f'default_source = "local"\n\n[sources.local]\npath = "{work / "models"}"\n'
-        )
+        command = neuron_toml(work / "neuron.toml", "bench", f"127.0.0.1:{port}", work)
         url = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "neuron", "serve", "--config", str(work / "neuron.toml")]
         with started(command, None, work / "neuron.log", env):
             wait_http(f"{url}/health", 120, "the neuron")
             load = {"model": MODEL, "wait": False, "options": options}

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from bench.engine import wait_http
+from bench.engine import neuron_toml, wait_http
 from bench.loadgen import percentile
 from bench.proxy import started, stop_on_sigterm
 from cortex_core.testing import free_port
@@ -201,12 +201,7 @@ def main() -> None:
         for i, host in enumerate(("127.0.0.2", "127.0.0.3")):
             port = free_port()
             config = work / f"neuron{i}.toml"
-            config.write_text(
-                f'[neuron]\nname = "cpu{i}"\nlisten = "{host}:{port}"\n'
-                f'advertise_url = "http://{host}:{port}"\ncache_dir = "{work / f"cache{i}"}"\n'
-                f'default_source = "local"\n\n[sources.local]\npath = "{work / "models"}"\n'
-            )
-            command = [sys.executable, "-m", "neuron", "serve", "--config", str(config)]
+            command = neuron_toml(config, f"cpu{i}", f"{host}:{port}", work, cache=f"cache{i}")
             # A core each where there are enough: two CPU engines sharing cores both slow
             # down many times over (their OpenMP threads fight), which no policy measures.
             core = sorted(os.sched_getaffinity(0))[i % len(os.sched_getaffinity(0))]

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import ctypes.util
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,16 @@ from typing import Any
 
 import httpx
 
-from bench.engine import CACHE, KV_BYTES, MAX_MODEL_LEN, MODEL, measure, probe, wait_http
+from bench.engine import (
+    CACHE,
+    KV_BYTES,
+    MAX_MODEL_LEN,
+    MODEL,
+    measure,
+    neuron_toml,
+    probe,
+    wait_http,
+)
 from bench.proxy import started, stop_on_sigterm
 from cortex_core.testing import free_port
 from neuron.testing.models import prepare_smollm2
@@ -58,16 +66,11 @@ def run_variant(
     models.mkdir(parents=True)
     (models / "smollm2").symlink_to(weights)
     port = free_port()
-    (folder / "neuron.toml").write_text(
-        f'[neuron]\nname = "bench"\nlisten = "127.0.0.1:{port}"\n'
-        f'advertise_url = "http://127.0.0.1:{port}"\ncache_dir = "{folder / "cache"}"\n'
-        f'default_source = "local"\n\n[sources.local]\npath = "{folder / "models"}"\n'
-    )
+    command = neuron_toml(folder / "neuron.toml", "bench", f"127.0.0.1:{port}", folder)
     env = {"VLLM_NO_USAGE_STATS": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     if preload:
         env["LD_PRELOAD"] = ":".join(str(p) for p in preload)
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "neuron", "serve", "--config", str(folder / "neuron.toml")]
     options = {"max_model_len": MAX_MODEL_LEN, "kv_cache_memory_bytes": KV_BYTES, "dtype": dtype}
     with started(command, None, folder / "neuron.log", env):
         wait_http(f"{url}/health", 120, "the neuron")

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from typing import Any
 
 import httpx
 
-from bench.engine import measure, vllm_server, wait_http
+from bench.engine import measure, neuron_toml, vllm_server, wait_http
 from bench.proxy import started, stop_on_sigterm
 from cortex_core.testing import free_port
 from neuron.testing.models import build_tiny_model, prepare_smollm2
@@ -187,13 +186,13 @@ def main() -> None:
         (work / "models" / TINY).symlink_to(tiny)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        (work / "neuron.toml").write_text(
-            f'[neuron]\nname = "bench"\nlisten = "127.0.0.1:{port}"\nadvertise_url = "{url}"\n'
-            f'cache_dir = "{work / "cache"}"\ndefault_source = "local"\n'
-            f"memory_limit_gb = {LIMIT_GB}\n\n"
-            f'[sources.local]\npath = "{work / "models"}"\n'
+        command = neuron_toml(
+            work / "neuron.toml",
+            "bench",
+            f"127.0.0.1:{port}",
+            work,
+            extra=f"memory_limit_gb = {LIMIT_GB}\n",
         )
-        command = [sys.executable, "-m", "neuron", "serve", "--config", str(work / "neuron.toml")]
         log = work / "neuron.log"
         began = time.perf_counter()
         with started(command, None, log, env), httpx.Client(base_url=url, timeout=900) as api:

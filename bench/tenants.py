@@ -45,7 +45,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.engine import wait_http
+from bench.engine import neuron_toml, wait_http
 from bench.loadgen import percentile
 from bench.proxy import started, stop_on_sigterm
 from cortex_core.testing import free_port
@@ -203,18 +203,12 @@ def main() -> None:
             (work / "models" / model).symlink_to(weights)
         port = free_port("127.0.0.2")
         neuron = f"http://127.0.0.2:{port}"
-        config = work / "neuron.toml"
-        config.write_text(
-            f'[neuron]\nname = "cpu"\nlisten = "127.0.0.2:{port}"\nadvertise_url = "{neuron}"\n'
-            f'cache_dir = "{work / "cache"}"\ndefault_source = "local"\n\n'
-            f'[sources.local]\npath = "{work / "models"}"\n'
-        )
+        command = neuron_toml(work / "neuron.toml", "cpu", f"127.0.0.2:{port}", work)
         env = {
             "VLLM_NO_USAGE_STATS": "1",
             "VLLM_LOGGING_LEVEL": "WARNING",
             "VLLM_CPU_OMP_THREADS_BIND": str(engine_core),
         }
-        command = [sys.executable, "-m", "neuron", "serve", "--config", str(config)]
         stack.enter_context(started(command, {engine_core}, work / "neuron.log", env))
         wait_http(f"{neuron}/health", 120, f"{neuron}/health")
         fcfs = {**ENGINE, "scheduling_policy": "fcfs"}
