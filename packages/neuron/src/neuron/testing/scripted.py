@@ -103,29 +103,31 @@ class ScriptedEngine:
 
     async def responses(self, body: bytes) -> Reply:
         """A Responses answer (or its stream of named events) saying ``reply``."""
-        request = json.loads(body)
-        self.requests.append(request)
+        request = self._take(body)
         if request.get("stream"):
             return StreamReply(self._events(scripted.response_events(request, self.reply)))
         return JsonReply(200, json.dumps(scripted.response_object(request, self.reply)).encode())
 
     async def embeddings(self, body: bytes) -> Reply:
         """An embedding per input text, derived from the text's hash."""
-        request = json.loads(body)
-        self.requests.append(request)
+        request = self._take(body)
         return JsonReply(200, json.dumps(scripted.embeddings_answer(request)).encode())
 
     async def rerank(self, body: bytes) -> Reply:
         """The documents ordered by their scripted similarity to the query."""
-        request = json.loads(body)
-        self.requests.append(request)
+        request = self._take(body)
         return JsonReply(200, json.dumps(scripted.rerank_answer(request)).encode())
 
     async def score(self, body: bytes) -> Reply:
         """The scripted similarity of each document to the query."""
-        request = json.loads(body)
-        self.requests.append(request)
+        request = self._take(body)
         return JsonReply(200, json.dumps(scripted.score_answer(request)).encode())
+
+    def _take(self, body: bytes) -> dict[str, Any]:
+        """The request, recorded in :attr:`requests`."""
+        request: dict[str, Any] = json.loads(body)
+        self.requests.append(request)
+        return request
 
     async def _events(self, events: list[bytes]) -> AsyncIterator[bytes]:
         for event in events:
