@@ -24,6 +24,7 @@ from cortex_core.config import (
 from cortex_core.runtime.logs import LogFormat, configure_logging
 from cortex_core.runtime.loops import run as run_loop
 from cortex_core.runtime.sockets import ListenError, bind_listen
+from cortex_core.text import columns
 from cortex_core.units import GIB
 from cortex_gateway import __version__
 from cortex_gateway.reloads import guard
@@ -237,11 +238,7 @@ def render_status(fleet: dict[str, Any]) -> str:
         lines.append("  none loaded")
     else:
         header = ("MODEL", "NODE", "TASK", "STATE", "IN FLIGHT", "LAST USE")
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        for row in [header, *rows]:
-            lines.append(
-                "  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()
-            )
+        lines.extend("  " + line for line in columns([header, *rows]))
     return "\n".join(lines)
 
 
@@ -277,9 +274,7 @@ def models(gateway: str, key: str | None, as_json: bool) -> None:
         )
         for m in listing["data"]
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    click.echo("\n".join(columns([header, *rows])))
 
 
 @main.command()

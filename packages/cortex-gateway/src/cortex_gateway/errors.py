@@ -18,6 +18,7 @@ from cortex_core.anthropic import error_envelope as anthropic_envelope
 from cortex_core.neuron_api import context_length_error
 from cortex_core.openai import ErrorEnvelope as OpenAIEnvelope
 from cortex_core.openai import error_envelope as openai_envelope
+from cortex_core.text import printable
 
 __all__ = [
     "ErrorKind",
@@ -26,6 +27,7 @@ __all__ = [
     "anthropic_type",
     "context_length_exceeded",
     "internal_error",
+    "no_such_model",
     "upstream_refusal",
 ]
 
@@ -184,3 +186,8 @@ def upstream_refusal(status: int, relayed: str | None, **log: Any) -> GatewayErr
         )
     message = relayed or f"the model server refused the request (upstream status {status})"
     return GatewayError(status, ErrorKind.BAD_REQUEST, message, upstream_status=status, **log)
+
+
+def no_such_model(name: str) -> str:
+    """The 404's words for a model that does not exist, or that the key may not use (the same)."""
+    return f"model '{printable(name)}' does not exist"

@@ -77,6 +77,12 @@ class Meter:
         first = self.first_token if self.first_token is not None else self.first_byte
         return None if first is None else first - self.started
 
+    def token(self, now: float) -> None:
+        """A token passed at ``now``: the first one's time, and the last one's so far."""
+        if self.first_token is None:
+            self.first_token = now
+        self.last_token = now
+
     @property
     def decode_rate(self) -> float | None:
         """Completion tokens per second from the first token to the last."""
@@ -93,9 +99,7 @@ class Meter:
         ``strip_usage`` (the gateway asked for it, not the client).
         """
         if _TOKEN.search(events) is not None:
-            if self.first_token is None:
-                self.first_token = now
-            self.last_token = now
+            self.token(now)
         if _USAGE.search(events) is None:
             return events
         kept = []
@@ -123,9 +127,7 @@ class Meter:
         for choice in chunk.choices:
             delta = choice.delta
             if delta.content or delta.refusal or delta.thinking or delta.tool_calls:
-                if self.first_token is None:
-                    self.first_token = now
-                self.last_token = now
+                self.token(now)
                 return
 
 

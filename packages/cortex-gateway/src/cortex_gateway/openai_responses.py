@@ -77,9 +77,7 @@ class ResponsesStream:
 
     def _scan(self, meter: Meter, events: bytes, now: float) -> bytes:
         if _DELTA.search(events) is not None:
-            if meter.first_token is None:
-                meter.first_token = now
-            meter.last_token = now
+            meter.token(now)
         if (numbers := _SEQUENCE.findall(events)) and (last := int(numbers[-1])) > self.sequence:
             self.sequence = last
         if _DECODED.search(events) is not None:

@@ -26,12 +26,11 @@ from starlette.responses import Response
 
 from cortex_core.config import GatewaySection
 from cortex_core.tasks import wrong_task
-from cortex_core.text import printable
 from cortex_core.wire import WireError
 from cortex_gateway.auth import Keys
 from cortex_gateway.bodies import stamp
 from cortex_gateway.calls import Call
-from cortex_gateway.errors import ErrorKind, GatewayError, Surface, internal_error
+from cortex_gateway.errors import ErrorKind, GatewayError, Surface, internal_error, no_such_model
 from cortex_gateway.incoming import ClientGone, require_json, unless_gone
 from cortex_gateway.leases import Lease
 from cortex_gateway.lifecycle import Lifecycle
@@ -103,7 +102,7 @@ class Adapter(Protocol):
         ...
 
     def prepare(self, model: str) -> bytes:
-        """The body to send the node, for the concrete id ``model``."""
+        """The body to send the node, for the concrete id ``model`` (a WireError: a 400)."""
         ...
 
     def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
@@ -266,9 +265,7 @@ class Pipeline:
         """The concrete id of ``asked``; 404 if the call's key may not use it (as if unknown)."""
         model = call.name(self.life.catalogue, asked)
         if not call.tenant.allows(asked, model):
-            raise GatewayError(
-                404, ErrorKind.NOT_FOUND, f"model '{printable(asked)}' does not exist"
-            )
+            raise GatewayError(404, ErrorKind.NOT_FOUND, no_such_model(asked))
         return model
 
     async def _admit(self, call: Call) -> None:

@@ -30,7 +30,6 @@ from cortex_gateway.events import Events
 from cortex_gateway.fleet import Fleet, NodeState
 from cortex_gateway.neurons import NeuronApi, NeuronCallError, Neurons
 from cortex_gateway.records import (
-    BREAKER_S,
     Evidence,
     NodeRecord,
     Transition,
@@ -38,18 +37,7 @@ from cortex_gateway.records import (
     rewrite_loopback,
 )
 
-__all__ = [
-    "BREAKER_S",
-    "WATCH_EVERY_S",
-    "Changes",
-    "Evidence",
-    "Node",
-    "NodeRecord",
-    "Poller",
-    "Transition",
-    "observe",
-    "rewrite_loopback",
-]
+__all__ = ["WATCH_EVERY_S", "Changes", "Node", "Poller"]
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from cortex_core.catalogue import Catalogue, ModelProfile
 from cortex_core.neuron_api import MODEL_STATES
 from cortex_core.tasks import Task
 from cortex_core.text import printable
+from cortex_gateway.errors import no_such_model
 from cortex_gateway.fleet import Fleet, InFlight, NodeState, in_flight_on
 
 __all__ = [
@@ -199,7 +200,7 @@ def route(
         return ColdLoad(profile)
     if any(n.model(model_id) is not None for n in fleet.nodes.values()):
         return NoNode(f"model '{printable(model_id)}' is only on nodes that are down or failed")
-    return NotFound(f"model '{printable(model_id)}' does not exist")
+    return NotFound(no_such_model(model_id))
 
 
 def _sleeper(model_id: str, fleet: Fleet) -> ModelProfile | None:

@@ -21,6 +21,7 @@ import msgspec
 from prometheus_client import CollectorRegistry, Counter
 
 from cortex_core.openai import Usage
+from cortex_core.text import columns
 
 __all__ = [
     "KeyAccounts",
@@ -28,7 +29,6 @@ __all__ = [
     "ModelReport",
     "UsageBook",
     "UsageReport",
-    "cached_tokens",
     "merge_reports",
     "usage_table",
 ]
@@ -60,20 +60,6 @@ class UsageReport(msgspec.Struct, kw_only=True):
 
     since: float
     keys: list[KeyReport] = msgspec.field(default_factory=list)
-
-
-def cached_tokens(usage: Usage) -> int:
-    """Prompt tokens the engine read from its prefix cache, as the answer's usage says.
-
-    The one place the per-key usage reads the cached figure: OpenAI's
-    ``usage.prompt_tokens_details.cached_tokens``, where the meter's usage
-    carries it on every surface (chat and completions as vLLM sends it,
-    Anthropic messages translated from chat, Responses mapped from
-    ``input_tokens_details``). Where the meter's ``Usage`` gains a figure of
-    its own for cached tokens (``Usage.cached_tokens``), read that here.
-    """
-    details = usage.prompt_tokens_details
-    return (details.cached_tokens or 0) if details is not None else 0
 
 
 class UsageBook:
@@ -153,14 +139,8 @@ def usage_table(report: UsageReport) -> str:
     totals = tuple(sum(column) for column in zip(*(c for _, _, c in counted), strict=True))
     header = ("KEY", "MODEL", "REQUESTS", "ERRORS", "PROMPT", "CACHED", "COMPLETION")
     rows = [(key, model, *map(str, c)) for key, model, c in [*counted, ("TOTAL", "", totals)]]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [f"since {started}"]
-    for row in [header, *rows]:
-        # Names to the left, figures to the right.
-        pairs = enumerate(zip(row, widths, strict=True))
-        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+    # Names to the left, figures to the right.
+    return "\n".join([f"since {started}", *columns([header, *rows], left=2)])
 
 
 class KeyAccounts:
@@ -187,7 +167,7 @@ class KeyAccounts:
         """Count one request of ``key`` on ``model`` (a bounded label) ending with ``status``."""
         prompt = usage.prompt_tokens if usage is not None else 0
         completion = usage.completion_tokens if usage is not None else 0
-        cached = cached_tokens(usage) if usage is not None else 0
+        cached = usage.cached_tokens if usage is not None else 0
         self.book.record(key, model, status, prompt, cached, completion)
         children = self._children.get((key, model, status))
         if children is None:

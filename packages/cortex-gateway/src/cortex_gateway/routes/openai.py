@@ -18,12 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from cortex_core.text import printable
-from cortex_core.wire import WireError, encode
+from cortex_core.wire import encode
 from cortex_gateway.bodies import RequestView, rewrite_model
 from cortex_gateway.calls import Call
 from cortex_gateway.catalogue_view import find_model, list_models
-from cortex_gateway.errors import ErrorKind, GatewayError, Surface
+from cortex_gateway.errors import ErrorKind, GatewayError, Surface, no_such_model
 from cortex_gateway.incoming import decode_body, read_body
 from cortex_gateway.metering import Meter, meter_stream, usage_of
 from cortex_gateway.pipeline import EarlyStart
@@ -55,10 +54,7 @@ class OpenAIRequest:
 
     def prepare(self, model: str) -> bytes:
         """The body as it came, with ``model`` (and the usage chunk asked for on a stream)."""
-        try:
-            return rewrite_model(self._body, model, include_usage=self._strip_usage)
-        except WireError as exc:
-            raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
+        return rewrite_model(self._body, model, include_usage=self._strip_usage)
 
     def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
         """The upstream's answer, byte for byte."""
@@ -133,9 +129,7 @@ class OpenAIRoutes:
         if entry is not None and not call.tenant.allows(model_id, entry.alias_of or entry.id):
             entry = None  # a model this key may not use does not exist for it
         if entry is None:
-            raise GatewayError(
-                404, ErrorKind.NOT_FOUND, f"model '{printable(model_id)}' does not exist"
-            )
+            raise GatewayError(404, ErrorKind.NOT_FOUND, no_such_model(model_id))
         return json_response(entry)
 
     async def chat(self, request: Request, call: Call) -> Response:

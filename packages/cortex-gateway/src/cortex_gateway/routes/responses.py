@@ -24,7 +24,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from cortex_core.text import printable
-from cortex_core.wire import WireError
 from cortex_gateway.bodies import ResponsesView, rewrite_model
 from cortex_gateway.calls import Call
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface
@@ -75,10 +74,7 @@ class ResponsesForward:
     def prepare(self, model: str) -> bytes:
         """The body as it came, with ``model``."""
         self._stream.model = model
-        try:
-            return rewrite_model(self._body, model)
-        except WireError as exc:
-            raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
+        return rewrite_model(self._body, model)
 
     def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
         """The upstream's answer, byte for byte; its usage read in the Responses API's terms."""
