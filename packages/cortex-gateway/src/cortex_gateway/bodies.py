@@ -91,15 +91,25 @@ class ResponsesView(msgspec.Struct):
         return key + b"\x00" * (-len(key) % block_chars) + prompt
 
 
-def rewrite_model(body: bytes, model: str, *, include_usage: bool = False) -> bytes:
+def rewrite_model(
+    body: bytes,
+    model: str,
+    *,
+    include_usage: bool = False,
+    priority: int = 0,
+    cache_salt: str | None = None,
+) -> bytes:
     """``body`` with its top-level ``model`` set to ``model``; other values kept byte for byte.
 
     With ``include_usage``, ``stream_options.include_usage`` is also set, so a
-    stream ends with the token counts the gateway's metrics need.
+    stream ends with the token counts the gateway's metrics need. ``priority``
+    and ``cache_salt`` are set as :func:`stamp` sets them, in the same pass.
     """
     try:
         fields = _raw_object.decode(body)
         fields["model"] = msgspec.Raw(encode(model))
+        fields.pop("priority", None)
+        fields.pop("cache_salt", None)
         if include_usage:
             raw = fields.get("stream_options")
             options = _raw_object.decode(raw) if raw is not None and raw != b"null" else {}
@@ -107,6 +117,7 @@ def rewrite_model(body: bytes, model: str, *, include_usage: bool = False) -> by
             fields["stream_options"] = msgspec.Raw(encode(options))
     except msgspec.DecodeError as exc:
         raise WireError(f"body is not a JSON object: {exc}") from exc
+    _stamp(fields, priority, cache_salt)
     return encode(fields)
 
 
@@ -126,11 +137,15 @@ def stamp(body: bytes, priority: int, cache_salt: str | None) -> bytes:
         raise WireError(f"body is not a JSON object: {exc}") from exc
     fields.pop("priority", None)
     fields.pop("cache_salt", None)
+    _stamp(fields, priority, cache_salt)
+    return encode(fields)
+
+
+def _stamp(fields: dict[str, msgspec.Raw], priority: int, cache_salt: str | None) -> None:
     if priority:
         fields["priority"] = msgspec.Raw(encode(priority))
     if cache_salt is not None:
         fields["cache_salt"] = msgspec.Raw(encode(cache_salt))
-    return encode(fields)
 
 
 def relayable_message(body: bytes) -> str | None:

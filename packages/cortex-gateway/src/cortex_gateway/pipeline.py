@@ -28,7 +28,6 @@ from cortex_core.config import GatewaySection
 from cortex_core.tasks import wrong_task
 from cortex_core.wire import WireError
 from cortex_gateway.auth import Keys
-from cortex_gateway.bodies import stamp
 from cortex_gateway.calls import Call
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface, internal_error, no_such_model
 from cortex_gateway.incoming import ClientGone, require_json, unless_gone
@@ -101,8 +100,11 @@ class Adapter(Protocol):
         """The prompt as prefix-aware routing compares it (asked only when that is on)."""
         ...
 
-    def prepare(self, model: str) -> bytes:
-        """The body to send the node, for the concrete id ``model`` (a WireError: a 400)."""
+    def prepare(self, model: str, priority: int, cache_salt: str | None) -> bytes:
+        """The body to send the node, for the concrete id ``model`` (a WireError: a 400).
+
+        ``priority`` and ``cache_salt`` are the key's: set, and a client's own dropped.
+        """
         ...
 
     def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
@@ -199,7 +201,7 @@ class Pipeline:
             space = model if tenant.cache_salt is None else f"{model}\x00{tenant.cache_salt}"
             call.prefix = prefix_hashes(space, adapter.prompt(), blocks) or None
         try:
-            body = stamp(adapter.prepare(model), tenant.priority, tenant.cache_salt)
+            body = adapter.prepare(model, tenant.priority, tenant.cache_salt)
         except WireError as exc:
             raise GatewayError(400, ErrorKind.BAD_REQUEST, exc.message) from exc
         meter = Meter(started=call.started)

@@ -29,7 +29,7 @@ from cortex_core.config import AnthropicSection
 from cortex_core.neuron_api import TokenizeRequest, TokenizeResponse
 from cortex_core.openai import ChatCompletion
 from cortex_core.wire import WireError, decode, encode
-from cortex_gateway.bodies import MessagesView
+from cortex_gateway.bodies import MessagesView, stamp
 from cortex_gateway.calls import Call
 from cortex_gateway.errors import ErrorKind, GatewayError, Surface, anthropic_type
 from cortex_gateway.incoming import decode_body, read_body
@@ -93,10 +93,13 @@ class MessagesForward:
             return encode(self._message.system) + bytes(view.messages)
         return view.rendered
 
-    def prepare(self, model: str) -> bytes:
-        """The OpenAI chat request for ``model``."""
+    def prepare(self, model: str, priority: int, cache_salt: str | None) -> bytes:
+        """The OpenAI chat request for ``model``, with the key's priority and cache salt."""
         self._concrete = model
-        return encode(to_openai(self._message, model))
+        body = encode(to_openai(self._message, model))
+        if not priority and cache_salt is None:
+            return body  # built here: it carries neither
+        return stamp(body, priority, cache_salt)
 
     def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
         """The chat completion as an Anthropic message (a malformed one is a 502)."""

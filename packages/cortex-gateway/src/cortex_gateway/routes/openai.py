@@ -52,9 +52,15 @@ class OpenAIRequest:
         """The raw JSON of the messages (or the prompt)."""
         return self._view.rendered
 
-    def prepare(self, model: str) -> bytes:
+    def prepare(self, model: str, priority: int, cache_salt: str | None) -> bytes:
         """The body as it came, with ``model`` (and the usage chunk asked for on a stream)."""
-        return rewrite_model(self._body, model, include_usage=self._strip_usage)
+        return rewrite_model(
+            self._body,
+            model,
+            include_usage=self._strip_usage,
+            priority=priority,
+            cache_salt=cache_salt,
+        )
 
     def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
         """The upstream's answer, byte for byte."""

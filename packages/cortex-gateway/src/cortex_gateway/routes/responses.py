@@ -71,10 +71,10 @@ class ResponsesForward:
         """The cache key (whole blocks of it), the instructions, then the input."""
         return self._view.rendered(self._block_chars)
 
-    def prepare(self, model: str) -> bytes:
+    def prepare(self, model: str, priority: int, cache_salt: str | None) -> bytes:
         """The body as it came, with ``model``."""
         self._stream.model = model
-        return rewrite_model(self._body, model)
+        return rewrite_model(self._body, model, priority=priority, cache_salt=cache_salt)
 
     def answer(self, call: Call, status: int, data: bytes, meter: Meter) -> Response:
         """The upstream's answer, byte for byte; its usage read in the Responses API's terms."""
