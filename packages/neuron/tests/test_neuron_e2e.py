@@ -399,6 +399,27 @@ def test_a_compiled_engine_reuses_its_caches(api: httpx.Client, neuron: NeuronPr
     assert int(first_new) > 0
 
 
+# Before the test of vLLM's own process model, not after it: a forked engine started
+# within seconds of such an engine's shutdown has been seen losing its engine client on
+# its first request (an open defect, docs/neuron.md; not yet explained).
+def test_an_embedding_engine_forks_from_the_engine_host_too(
+    api: httpx.Client, neuron: NeuronProcess
+) -> None:
+    """A pooling engine (task embed) is forked too: one process, embeddings, gone on unload."""
+    before = neuron.engine_pids()
+    load(api, "test/tiny-again", options=TINY_OPTIONS, task="embed").raise_for_status()
+    [pid] = neuron.engine_pids() - before
+    assert models(api)["test/tiny-again"]["task"] == "embed"
+    started = re.findall(
+        r"engine started .*model=test/tiny-again process_model=(\w+)", neuron.log()
+    )
+    assert started[-1] == "forked"
+    answer = client(neuron).embeddings.create(model="test/tiny-again", input=["hello", "world"])
+    assert [len(e.embedding) for e in answer.data] == [64, 64]  # the tiny model's hidden size
+    assert api.post("/models/unload", json={"model": "test/tiny-again"}).status_code == 200
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
 def test_a_dead_forked_engine_is_seen_and_reaped(api: httpx.Client, neuron: NeuronProcess) -> None:
     """A forked engine killed from outside turns the model failed; nothing of it is left."""
     before = neuron.engine_pids()
@@ -430,24 +451,6 @@ def test_vllm_own_process_model_on_request(api: httpx.Client, neuron: NeuronProc
     assert not [pid for pid in started if psutil.pid_exists(pid)]
     metrics = api.get("/metrics").text
     assert 'neuron_load_seconds_count{model="test/tiny-again",phase="starting"} 2.0' in metrics
-
-
-def test_an_embedding_engine_forks_from_the_engine_host_too(
-    api: httpx.Client, neuron: NeuronProcess
-) -> None:
-    """A pooling engine (task embed) is forked too: one process, embeddings, gone on unload."""
-    before = neuron.engine_pids()
-    load(api, "test/tiny-again", options=TINY_OPTIONS, task="embed").raise_for_status()
-    [pid] = neuron.engine_pids() - before
-    assert models(api)["test/tiny-again"]["task"] == "embed"
-    started = re.findall(
-        r"engine started .*model=test/tiny-again process_model=(\w+)", neuron.log()
-    )
-    assert started[-1] == "forked"
-    answer = client(neuron).embeddings.create(model="test/tiny-again", input=["hello", "world"])
-    assert [len(e.embedding) for e in answer.data] == [64, 64]  # the tiny model's hidden size
-    assert api.post("/models/unload", json={"model": "test/tiny-again"}).status_code == 200
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_failed_load_cleans_up(api: httpx.Client, neuron: NeuronProcess) -> None:

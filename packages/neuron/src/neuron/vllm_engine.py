@@ -22,7 +22,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import gc
 import importlib
 import importlib.metadata
 import importlib.util
@@ -472,14 +471,6 @@ class VllmEngineFactory:
         cache.mkdir(parents=True, exist_ok=True)
         cached = await asyncio.to_thread(_cache_files, cache)
         env, caches = _environments(spec, rpc_dir, cache)
-        # Engines unloaded before leave vLLM objects in reference cycles whose
-        # finalizers shut down what they hold; left to the collector they run at
-        # any later moment. A pooling engine forked just after an unload of the
-        # same model was seen answering its first request "EngineCore encountered
-        # an issue", its client shut down by nothing in the neuron: collecting
-        # here made that rarer (0 in 2 full slow runs, against 2 in 2), not gone
-        # (it came back once with the machine busy). Cause not found yet.
-        await asyncio.to_thread(gc.collect)
         started_at = time.monotonic()
         async with self._start_lock:
             with _environ(env):
