@@ -440,7 +440,14 @@ class VllmEngineFactory:
         options = dict(spec.options)
         serving = {k: options.pop(k) for k in _SERVING_OPTIONS if k in options}
         process = options.pop(ENGINE_PROCESS, None)
-        forked = process != "vllm" and not spec.devices and self._forkable(options)
+        # Pooling engines keep vLLM's own process model: forked, one crashed on its
+        # first request now and then (docs/neuron.md, "An open defect").
+        forked = (
+            process != "vllm"
+            and not spec.devices
+            and spec.task != "embed"
+            and self._forkable(options)
+        )
         if spec.sleep:
             options["enable_sleep_mode"] = True
         model = str(spec.path)
